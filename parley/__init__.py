@@ -1,0 +1,1 @@
+"""Parley's client package: generated stubs for every contract (`parley.<service>.v1`)."""

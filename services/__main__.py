@@ -1,0 +1,137 @@
+"""`python -m services` (`make run`): the whole suite on one machine.
+
+Starts an embedded PostgreSQL under `.parley/` (unless `PARLEY_DATABASE_URL` is set), the
+internal identity keys, and every service as its own process; waits until each reports
+SERVING; prints the addresses. Ctrl-C or SIGTERM stops every child (and a child that dies
+stops the suite), leaving no orphans: children also get SIGTERM if this process is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime.config import DEFAULT_PORTS, env_str, state_dir
+from services.runtime.db import start_embedded_postgres
+from services.runtime.identity import IdentityMinter, generate_private_key_pem, public_key_pem
+
+# Start order: dependencies first. Each service issue adds its own entry.
+SUITE = ["sessions"]
+STARTUP_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 15.0
+DEV_IDENTITY_TTL_SECONDS = 24 * 3600
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM us if the launcher dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _ensure_identity_keys(directory: Path) -> tuple[Path, Path]:
+    private, public = directory / "identity-ed25519.pem", directory / "identity-ed25519.pub.pem"
+    if not private.exists():
+        private.write_bytes(generate_private_key_pem())
+        private.chmod(0o600)
+    public.write_bytes(public_key_pem(private.read_bytes()))
+    return private, public
+
+
+def _port(service: str) -> int:
+    return int(env_str(f"PARLEY_{service.upper()}_PORT", str(DEFAULT_PORTS[service])))
+
+
+def _wait_healthy(service: str, port: int, process: subprocess.Popen, deadline: float) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{service} exited with code {process.returncode} while starting (see its log above)")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"{service} did not become healthy within {STARTUP_TIMEOUT_SECONDS:.0f}s")
+
+
+def _stop(children: dict[str, subprocess.Popen]) -> None:
+    for process in children.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for name, process in children.items():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"parley: {name} did not stop in time; killing it", file=sys.stderr)
+            process.kill()
+            process.wait()
+
+
+def main() -> int:
+    directory = state_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PARLEY_STATE_DIR=str(directory))
+    if not env_str("PARLEY_DATABASE_URL"):
+        print(f"parley: starting embedded PostgreSQL in {directory / 'pg'}", flush=True)
+        env["PARLEY_DATABASE_URL"] = start_embedded_postgres(directory / "pg")
+    private, public = _ensure_identity_keys(directory)
+    env.setdefault("PARLEY_IDENTITY_PUBLIC_KEY_FILE", str(public))
+    env.setdefault("PARLEY_IDENTITY_PRIVATE_KEY_FILE", str(private))
+
+    stopping = False
+
+    def request_stop(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    children: dict[str, subprocess.Popen] = {}
+    try:
+        for service in SUITE:
+            children[service] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"], env=env, preexec_fn=_die_with_parent
+            )
+            _wait_healthy(service, _port(service), children[service], time.monotonic() + STARTUP_TIMEOUT_SECONDS)
+            if stopping:
+                return 130
+        token = IdentityMinter(private.read_bytes(), ttl_seconds=DEV_IDENTITY_TTL_SECONDS).mint("dev", {"admin"})
+        (directory / "dev-identity").write_text(token + "\n")
+        print("\nParley is running:", flush=True)
+        for service in SUITE:
+            print(f"  {service:<10} 127.0.0.1:{_port(service)}")
+        print(f"\nA development identity (user 'dev', 24 h) is in {directory / 'dev-identity'}.")
+        print("Press Ctrl-C to stop.\n", flush=True)
+        while not stopping:
+            for name, process in children.items():
+                if process.poll() is not None:
+                    print(f"parley: {name} exited with code {process.returncode}; stopping the suite", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    except RuntimeError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("parley: stopping", file=sys.stderr, flush=True)
+        _stop(children)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

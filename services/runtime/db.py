@@ -1,0 +1,178 @@
+"""PostgreSQL access shared by every service: the embedded server, role-scoped pools,
+migrations, and per-call transactions that carry the caller's user id for row-level security.
+
+Each service owns one schema and connects as its own role, which is neither superuser nor
+BYPASSRLS; only migrations run as the admin. Every user-owned table has forced RLS with
+policies on `current_setting('app.user_id')`, which `Database.transaction` sets for the
+duration of one transaction from the verified identity and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+
+from services.runtime import errors
+from services.runtime.config import env_str, state_dir
+from services.runtime.identity import USER_ID_PATTERN
+
+log = logging.getLogger("parley.db")
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIGRATION_FILE = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
+
+
+def admin_database_url() -> str:
+    """`PARLEY_DATABASE_URL`, or an embedded PostgreSQL (pgserver) under the state directory."""
+    url = env_str("PARLEY_DATABASE_URL")
+    if url:
+        return url
+    return start_embedded_postgres(state_dir() / "pg")
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Starts (or joins) the embedded server in `data_dir` and returns its admin URL. The
+    server stops when the last process that started or joined it exits."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return pgserver.get_server(data_dir, cleanup_mode="stop").get_uri()
+
+
+def with_credentials(url: str, user: str, password: str | None) -> str:
+    """`url` with its user (and password) replaced: the service role's URL from the admin's."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    credentials = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit((parts.scheme, f"{credentials}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _check_identifier(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a safe SQL identifier: {name!r}")
+    return name
+
+
+async def migrate(admin_url: str, *, schema: str, role: str, role_password: str | None, migrations_dir: Path) -> list[str]:
+    """Creates the service's role and schema and applies pending migrations, in order, each in
+    its own transaction. Safe to run from several replicas at once (advisory lock). Returns
+    the versions applied."""
+    schema, role = _check_identifier(schema), _check_identifier(role)
+    files = sorted(
+        (int(m.group(1)), path) for path in migrations_dir.glob("*.sql") if (m := _MIGRATION_FILE.match(path.name))
+    )
+    applied_now: list[str] = []
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"parley-migrate-{schema}")
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        if not exists:
+            await conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE")
+        if role_password:
+            await conn.execute(f"ALTER ROLE {role} PASSWORD {quote_literal(role_password)}")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations "
+            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+        for number, path in files:
+            version = path.stem
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL search_path = {schema}, public")
+                await conn.execute(path.read_text())
+                await conn.execute(f"INSERT INTO {schema}.schema_migrations (version) VALUES ($1)", version)
+            applied_now.append(version)
+            log.info("applied migration %s.%s", schema, version)
+        # The role may read and write rows, never change or own the tables (owners could turn RLS off).
+        await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}")
+        await conn.execute(f"REVOKE ALL ON {schema}.schema_migrations FROM {role}")
+    finally:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        finally:
+            await conn.close()
+    return applied_now
+
+
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+class Database:
+    """A pool of connections as the service role, handing out user-scoped transactions."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        schema: str,
+        init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+        min_size: int = 2,
+        max_size: int = 20,
+    ) -> Database:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            init=init,
+            server_settings={"application_name": f"parley-{schema}", "search_path": _check_identifier(schema)},
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(self, user_id: str, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction in which RLS sees `user_id` as the current user.
+
+        BEGIN and the setting travel in one round trip: the user id is checked against the
+        identity alphabet, so quoting it as a literal is safe.
+        """
+        if not USER_ID_PATTERN.match(user_id):
+            raise errors.Unauthenticated("user id is not acceptable", reason="IDENTITY_INVALID")
+        begin = "BEGIN READ ONLY" if readonly else "BEGIN"
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(f"{begin}; SELECT set_config('app.user_id', {quote_literal(user_id)}, true)")
+                try:
+                    yield conn
+                except BaseException:
+                    try:
+                        await conn.execute("ROLLBACK")
+                    except Exception:  # noqa: BLE001 - a broken connection is reset by the pool
+                        pass
+                    raise
+                await conn.execute("COMMIT")
+        except _UNAVAILABLE as exc:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise errors.Unavailable("the database is unavailable; try again shortly", reason="DATABASE_UNAVAILABLE") from None
+        except asyncpg.exceptions.QueryCanceledError:
+            raise errors.DeadlineExceeded("the database query took too long", reason="DATABASE_TIMEOUT") from None

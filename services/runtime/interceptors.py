@@ -1,0 +1,159 @@
+"""The server interceptors every Parley service runs: error mapping and internal identity.
+
+Both wrap the servicer's behaviour; streaming handlers are async generators (they `yield`,
+never `context.write`), so one wrapper shape per cardinality is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc.aio import AbortError
+
+from services.runtime import errors
+from services.runtime.identity import METADATA_KEY, Identity, IdentityVerifier
+from services.runtime.status import to_grpc_status
+
+log = logging.getLogger("parley.rpc")
+
+# Infrastructure services that must answer without an identity and must not be wrapped
+# (the health servicer's Watch writes with `context.write`).
+UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_current_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("parley_identity", default=None)
+
+
+def current_identity() -> Identity:
+    """The verified caller of the RPC being served."""
+    identity = _current_identity.get()
+    if identity is None:
+        raise errors.Unauthenticated("no verified identity for this call", reason="IDENTITY_MISSING")
+    return identity
+
+
+def is_unguarded(method: str) -> bool:
+    return method.startswith(UNGUARDED_PREFIXES)
+
+
+Wrapper = Callable[[Callable], Callable]
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, unary: Wrapper, streaming: Wrapper) -> grpc.RpcMethodHandler:
+    """A copy of `handler` whose behaviour is wrapped by `unary` or `streaming`, by response kind."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: errors.ParleyError) -> None:
+    status = to_grpc_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    # The stack trace goes to the log with the method; the caller gets no internals.
+    log.error("unhandled error in %s", method, exc_info=exc)
+    await _abort(context, errors.Internal("internal error; the server log has the details", reason="INTERNAL"))
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns domain errors into rich statuses and anything unexpected into a bare INTERNAL."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or is_unguarded(method):
+            return handler
+        return wrap_handler(handler, lambda b: self._unary(method, b), lambda b: self._streaming(method, b))
+
+    @staticmethod
+    def _unary(method: str, behavior: Callable[..., Awaitable]):
+        async def handle(request, context):
+            try:
+                return await behavior(request, context)
+            except errors.ParleyError as error:
+                await _abort(context, error)
+            except (AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - last line of defence
+                await _abort_unexpected(context, method, exc)
+
+        return handle
+
+    @staticmethod
+    def _streaming(method: str, behavior: Callable):
+        async def handle(request, context):
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except errors.ParleyError as error:
+                await _abort(context, error)
+            except (AbortError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await _abort_unexpected(context, method, exc)
+
+        return handle
+
+
+class IdentityInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses any call that does not carry a valid identity minted by the gateway."""
+
+    def __init__(self, verifier: IdentityVerifier) -> None:
+        self._verifier = verifier
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or is_unguarded(method):
+            return handler
+        token = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == METADATA_KEY:
+                token = value
+                break
+        try:
+            identity: Identity | None = self._verifier.verify(token)
+            failure = None
+        except errors.Unauthenticated as error:
+            identity, failure = None, error
+
+        def unary(behavior):
+            async def handle(request, context):
+                if failure is not None:
+                    await _abort(context, failure)
+                reset = _current_identity.set(identity)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    _current_identity.reset(reset)
+
+            return handle
+
+        def streaming(behavior):
+            async def handle(request, context):
+                if failure is not None:
+                    await _abort(context, failure)
+                _current_identity.set(identity)
+                async for response in behavior(request, context):
+                    yield response
+
+            return handle
+
+        return wrap_handler(handler, unary, streaming)

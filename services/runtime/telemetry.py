@@ -1,0 +1,57 @@
+"""OpenTelemetry for every process: one tracer provider, W3C propagation, gRPC and asyncpg
+spans. Spans are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the
+exporter reads the standard `OTEL_*` variables itself)."""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+_configured = False
+
+
+def setup_telemetry(service: str, extra_processor: SpanProcessor | None = None) -> None:
+    """Install the tracer provider once per process. `extra_processor` lets tests collect spans."""
+    global _configured
+    if _configured:
+        if extra_processor is not None:
+            trace.get_tracer_provider().add_span_processor(extra_processor)  # type: ignore[attr-defined]
+        return
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"parley-{service}")})
+    provider = TracerProvider(resource=resource)
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if extra_processor is not None:
+        provider.add_span_processor(extra_processor)
+    trace.set_tracer_provider(provider)
+    try:
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+        AsyncPGInstrumentor().instrument()
+    except ImportError:  # services without a database don't install asyncpg's instrumentation
+        pass
+    _configured = True
+
+
+def _not_infrastructure():
+    # Health and reflection are polled constantly and the health Watch writes with
+    # context.write, which OpenTelemetry's aio wrapper does not support.
+    return filters.negate(
+        filters.any_of(filters.service_prefix("grpc.health."), filters.service_prefix("grpc.reflection."))
+    )
+
+
+def server_interceptor():
+    return aio_server_interceptor(filter_=_not_infrastructure())
+
+
+def client_interceptors():
+    """For channels from one Parley service to another: carries the trace context along."""
+    return aio_client_interceptors(filter_=_not_infrastructure())

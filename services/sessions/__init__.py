@@ -1,0 +1,1 @@
+"""The sessions service: conversations, messages and feedback in PostgreSQL under RLS."""

@@ -1,0 +1,97 @@
+"""Wiring for the sessions service: settings, migrations, the pool, the servicer and the
+retention job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+
+from parley.sessions.v1 import sessions_service_pb2, sessions_service_pb2_grpc
+from services.runtime.config import env_float, env_int, env_str
+from services.runtime.db import Database, admin_database_url, migrate, with_credentials
+from services.sessions.domain import Limits, Sessions
+from services.sessions.repository import init_connection
+from services.sessions.servicer import SessionServicer
+
+log = logging.getLogger("parley.sessions")
+
+SCHEMA = "sessions"
+ROLE = "parley_sessions"
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = sessions_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+
+
+@dataclass(frozen=True)
+class SessionsSettings:
+    # Admin URL: runs migrations; the service itself connects as ROLE.
+    admin_url: str | None
+    # Overrides the service-role URL derived from the admin URL.
+    database_url: str | None
+    role_password: str | None
+    pool_size: int
+    max_message_bytes: int
+    # Sessions idle longer than this are deleted; 0 keeps them forever.
+    retention_days: float
+    retention_interval_seconds: float
+
+    @classmethod
+    def from_env(cls) -> SessionsSettings:
+        return cls(
+            admin_url=env_str("PARLEY_DATABASE_URL"),
+            database_url=env_str("PARLEY_SESSIONS_DATABASE_URL"),
+            role_password=env_str("PARLEY_SESSIONS_DATABASE_PASSWORD"),
+            pool_size=env_int("PARLEY_SESSIONS_POOL_SIZE", 20, minimum=2),
+            max_message_bytes=env_int("PARLEY_SESSIONS_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1),
+            retention_days=env_float("PARLEY_SESSIONS_RETENTION_DAYS", 0.0, minimum=0),
+            retention_interval_seconds=env_float("PARLEY_SESSIONS_RETENTION_INTERVAL_SECONDS", 3600.0, minimum=1),
+        )
+
+
+class SessionsApp:
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, db: Database, sessions: Sessions, settings: SessionsSettings) -> None:
+        self.db = db
+        self.sessions = sessions
+        self._retention: asyncio.Task | None = None
+        if settings.retention_days > 0:
+            self._retention = asyncio.create_task(
+                self._purge_forever(timedelta(days=settings.retention_days), settings.retention_interval_seconds)
+            )
+
+    def register(self, server: grpc.aio.Server) -> None:
+        sessions_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(self.sessions), server)
+
+    async def _purge_forever(self, idle_for: timedelta, interval: float) -> None:
+        while True:
+            try:
+                purged = await self.sessions.purge_idle_sessions(idle_for)
+                if purged:
+                    log.info("retention purged %d idle sessions", purged)
+            except Exception:  # noqa: BLE001 - a failed round is retried at the next interval
+                log.exception("retention purge failed")
+            await asyncio.sleep(interval)
+
+    async def aclose(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+        await self.db.close()
+
+
+async def build_app(settings: SessionsSettings | None = None) -> SessionsApp:
+    settings = settings or SessionsSettings.from_env()
+    admin_url = settings.admin_url or (None if settings.database_url else admin_database_url())
+    if admin_url:
+        await migrate(admin_url, schema=SCHEMA, role=ROLE, role_password=settings.role_password, migrations_dir=MIGRATIONS)
+    url = settings.database_url or with_credentials(admin_url, ROLE, settings.role_password)
+    db = await Database.connect(url, schema=SCHEMA, init=init_connection, max_size=settings.pool_size)
+    sessions = Sessions(db, Limits(max_message_bytes=settings.max_message_bytes))
+    return SessionsApp(db, sessions, settings)
