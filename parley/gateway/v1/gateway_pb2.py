@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/gateway/v1/gateway.proto\x12\x11parley.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x03\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12(\n\x06scopes\x18\x05 \x03(\x0e\x32\x18.parley.gateway.v1.Scope\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.parley.gateway.v1.ApiKeyState\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brotate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x1bprevious_secret_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*y\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\r\n\tSCOPE_LLM\x10\x01\x12\x12\n\x0eSCOPE_SESSIONS\x10\x02\x12\x0f\n\x0bSCOPE_FILES\x10\x03\x12\x14\n\x10SCOPE_ASSISTANTS\x10\x04\x12\x0f\n\x0bSCOPE_ADMIN\x10\x05*|\n\x0b\x41piKeyState\x12\x1d\n\x19\x41PI_KEY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41PI_KEY_STATE_ACTIVE\x10\x01\x12\x19\n\x15\x41PI_KEY_STATE_REVOKED\x10\x02\x12\x19\n\x15\x41PI_KEY_STATE_EXPIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/gateway/v1/gateway.proto\x12\x11parley.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x04\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12(\n\x06scopes\x18\x05 \x03(\x0e\x32\x18.parley.gateway.v1.Scope\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.parley.gateway.v1.ApiKeyState\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brotate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x1bprevious_secret_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0brate_limits\x18\r \x01(\x0b\x32\x1d.parley.gateway.v1.RateLimits\x12\x19\n\x11redact_prompt_pii\x18\x0e \x01(\x08\"`\n\nRateLimits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x05\x12\x1a\n\x12\x63oncurrent_streams\x18\x02 \x01(\x05\x12\x19\n\x11tokens_per_minute\x18\x03 \x01(\x03*y\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\r\n\tSCOPE_LLM\x10\x01\x12\x12\n\x0eSCOPE_SESSIONS\x10\x02\x12\x0f\n\x0bSCOPE_FILES\x10\x03\x12\x14\n\x10SCOPE_ASSISTANTS\x10\x04\x12\x0f\n\x0bSCOPE_ADMIN\x10\x05*|\n\x0b\x41piKeyState\x12\x1d\n\x19\x41PI_KEY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41PI_KEY_STATE_ACTIVE\x10\x01\x12\x19\n\x15\x41PI_KEY_STATE_REVOKED\x10\x02\x12\x19\n\x15\x41PI_KEY_STATE_EXPIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=559
-  _globals['_SCOPE']._serialized_end=680
-  _globals['_APIKEYSTATE']._serialized_start=682
-  _globals['_APIKEYSTATE']._serialized_end=806
+  _globals['_SCOPE']._serialized_start=736
+  _globals['_SCOPE']._serialized_end=857
+  _globals['_APIKEYSTATE']._serialized_start=859
+  _globals['_APIKEYSTATE']._serialized_end=983
   _globals['_APIKEY']._serialized_start=88
-  _globals['_APIKEY']._serialized_end=557
+  _globals['_APIKEY']._serialized_end=636
+  _globals['_RATELIMITS']._serialized_start=638
+  _globals['_RATELIMITS']._serialized_end=734
 # @@protoc_insertion_point(module_scope)

@@ -104,6 +104,8 @@ class ApiKey(_message.Message):
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     ROTATE_TIME_FIELD_NUMBER: _builtins.int
     PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    RATE_LIMITS_FIELD_NUMBER: _builtins.int
+    REDACT_PROMPT_PII_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned UUID. Stays the same across rotations."""
     name: _builtins.str
@@ -115,6 +117,10 @@ class ApiKey(_message.Message):
     user_id: _builtins.str
     """The owner, taken from the caller's verified identity; never settable by clients."""
     state: Global___ApiKeyState.ValueType
+    redact_prompt_pii: _builtins.bool
+    """Emails, phone numbers and card numbers in prompts sent to LLMService with this key are
+    replaced by placeholders before they reach a model vendor.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[Global___Scope.ValueType]:
         """What the key may call. At least one; no duplicates."""
@@ -145,6 +151,12 @@ class ApiKey(_message.Message):
         past when it no longer does.
         """
 
+    @_builtins.property
+    def rate_limits(self) -> Global___RateLimits:
+        """Limits for calls made with this key; unset fields use the deployment's per-key
+        defaults. Limits per user apply as well, whichever is hit first.
+        """
+
     def __init__(
         self,
         *,
@@ -160,11 +172,45 @@ class ApiKey(_message.Message):
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
         rotate_time: _timestamp_pb2.Timestamp | None = ...,
         previous_secret_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        rate_limits: Global___RateLimits | None = ...,
+        redact_prompt_pii: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_used_time", b"last_used_time", "previous_secret_expire_time", b"previous_secret_expire_time", "revoke_time", b"revoke_time", "rotate_time", b"rotate_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_used_time", b"last_used_time", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limits", b"rate_limits", "revoke_time", b"revoke_time", "rotate_time", b"rotate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "last_used_time", b"last_used_time", "name", b"name", "prefix", b"prefix", "previous_secret_expire_time", b"previous_secret_expire_time", "revoke_time", b"revoke_time", "rotate_time", b"rotate_time", "scopes", b"scopes", "state", b"state", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "last_used_time", b"last_used_time", "name", b"name", "prefix", b"prefix", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limits", b"rate_limits", "redact_prompt_pii", b"redact_prompt_pii", "revoke_time", b"revoke_time", "rotate_time", b"rotate_time", "scopes", b"scopes", "state", b"state", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
+
+@_typing.final
+class RateLimits(_message.Message):
+    """Rate limits of an API key. Zero means the deployment's default. Without SCOPE_ADMIN a
+    caller may only set values at most the defaults (INVALID_ARGUMENT otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    CONCURRENT_STREAMS_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    requests_per_minute: _builtins.int
+    """Calls started per minute."""
+    concurrent_streams: _builtins.int
+    """Server-streaming calls open at once."""
+    tokens_per_minute: _builtins.int
+    """Model tokens (input + output, from the usage of finished calls) per minute."""
+    def __init__(
+        self,
+        *,
+        requests_per_minute: _builtins.int = ...,
+        concurrent_streams: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrent_streams", b"concurrent_streams", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimits: _TypeAlias = RateLimits  # noqa: Y015

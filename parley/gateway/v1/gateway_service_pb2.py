@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from parley.gateway.v1 import gateway_pb2 as parley_dot_gateway_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'parley/gateway/v1/gateway_service.proto\x12\x11parley.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fparley/gateway/v1/gateway.proto\"\xb8\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x06scopes\x18\x02 \x03(\x0e\x32\x18.parley.gateway.v1.Scope\x12\x31\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x42\x0c\n\nexpiration\"R\n\x14\x43reateApiKeyResponse\x12*\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x19.parley.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"j\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.parley.gateway.v1.ApiKeyState\"[\n\x13ListApiKeysResponse\x12+\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x19.parley.gateway.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10GetApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"Z\n\x13RotateApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"R\n\x14RotateApiKeyResponse\x12*\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x19.parley.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t2\xcf\x03\n\rApiKeyService\x12_\n\x0c\x43reateApiKey\x12&.parley.gateway.v1.CreateApiKeyRequest\x1a\'.parley.gateway.v1.CreateApiKeyResponse\x12\\\n\x0bListApiKeys\x12%.parley.gateway.v1.ListApiKeysRequest\x1a&.parley.gateway.v1.ListApiKeysResponse\x12K\n\tGetApiKey\x12#.parley.gateway.v1.GetApiKeyRequest\x1a\x19.parley.gateway.v1.ApiKey\x12Q\n\x0cRevokeApiKey\x12&.parley.gateway.v1.RevokeApiKeyRequest\x1a\x19.parley.gateway.v1.ApiKey\x12_\n\x0cRotateApiKey\x12&.parley.gateway.v1.RotateApiKeyRequest\x1a\'.parley.gateway.v1.RotateApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'parley/gateway/v1/gateway_service.proto\x12\x11parley.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fparley/gateway/v1/gateway.proto\"\x87\x02\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x06scopes\x18\x02 \x03(\x0e\x32\x18.parley.gateway.v1.Scope\x12\x31\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x32\n\x0brate_limits\x18\x05 \x01(\x0b\x32\x1d.parley.gateway.v1.RateLimits\x12\x19\n\x11redact_prompt_pii\x18\x06 \x01(\x08\x42\x0c\n\nexpiration\"R\n\x14\x43reateApiKeyResponse\x12*\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x19.parley.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"j\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.parley.gateway.v1.ApiKeyState\"[\n\x13ListApiKeysResponse\x12+\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x19.parley.gateway.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10GetApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"Z\n\x13RotateApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"R\n\x14RotateApiKeyResponse\x12*\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x19.parley.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t2\xcf\x03\n\rApiKeyService\x12_\n\x0c\x43reateApiKey\x12&.parley.gateway.v1.CreateApiKeyRequest\x1a\'.parley.gateway.v1.CreateApiKeyResponse\x12\\\n\x0bListApiKeys\x12%.parley.gateway.v1.ListApiKeysRequest\x1a&.parley.gateway.v1.ListApiKeysResponse\x12K\n\tGetApiKey\x12#.parley.gateway.v1.GetApiKeyRequest\x1a\x19.parley.gateway.v1.ApiKey\x12Q\n\x0cRevokeApiKey\x12&.parley.gateway.v1.RevokeApiKeyRequest\x1a\x19.parley.gateway.v1.ApiKey\x12_\n\x0cRotateApiKey\x12&.parley.gateway.v1.RotateApiKeyRequest\x1a\'.parley.gateway.v1.RotateApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.gateway.v1.gateway_s
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEAPIKEYREQUEST']._serialized_start=161
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=345
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=347
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=429
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=431
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=537
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=539
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=630
-  _globals['_GETAPIKEYREQUEST']._serialized_start=632
-  _globals['_GETAPIKEYREQUEST']._serialized_end=670
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=672
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=713
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=715
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=805
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=807
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=889
-  _globals['_APIKEYSERVICE']._serialized_start=892
-  _globals['_APIKEYSERVICE']._serialized_end=1355
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=424
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=426
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=508
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=510
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=616
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=618
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=709
+  _globals['_GETAPIKEYREQUEST']._serialized_start=711
+  _globals['_GETAPIKEYREQUEST']._serialized_end=749
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=751
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=792
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=794
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=884
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=886
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=968
+  _globals['_APIKEYSERVICE']._serialized_start=971
+  _globals['_APIKEYSERVICE']._serialized_end=1434
 # @@protoc_insertion_point(module_scope)

@@ -29,8 +29,12 @@ class CreateApiKeyRequest(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    RATE_LIMITS_FIELD_NUMBER: _builtins.int
+    REDACT_PROMPT_PII_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """At most 128 characters."""
+    redact_prompt_pii: _builtins.bool
+    """See ApiKey.redact_prompt_pii."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_gateway_pb2.Scope.ValueType]:
         """At least one."""
@@ -43,6 +47,10 @@ class CreateApiKeyRequest(_message.Message):
     def ttl(self) -> _duration_pb2.Duration:
         """Lifetime from now; positive."""
 
+    @_builtins.property
+    def rate_limits(self) -> _gateway_pb2.RateLimits:
+        """Unset or zero fields use the deployment's per-key defaults."""
+
     def __init__(
         self,
         *,
@@ -50,10 +58,12 @@ class CreateApiKeyRequest(_message.Message):
         scopes: _abc.Iterable[_gateway_pb2.Scope.ValueType] | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        rate_limits: _gateway_pb2.RateLimits | None = ...,
+        redact_prompt_pii: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "expire_time", b"expire_time", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "expire_time", b"expire_time", "rate_limits", b"rate_limits", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "expire_time", b"expire_time", "name", b"name", "scopes", b"scopes", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "expire_time", b"expire_time", "name", b"name", "rate_limits", b"rate_limits", "redact_prompt_pii", b"redact_prompt_pii", "scopes", b"scopes", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_expiration: _TypeAlias = _typing.Literal["expire_time", "ttl"]  # noqa: Y015
     _WhichOneofArgType_expiration: _TypeAlias = _typing.Literal["expiration", b"expiration"]  # noqa: Y015

@@ -28,7 +28,9 @@ if _version_not_supported:
 
 class ApiKeyServiceStub:
     """The caller's API keys. Callable with a JWT, or with an API key holding SCOPE_ADMIN
-    (otherwise PERMISSION_DENIED). Secrets are returned only by CreateApiKey and
+    (otherwise PERMISSION_DENIED). A key may only be given scopes its creator holds: a JWT
+    caller holds every scope but SCOPE_ADMIN, which only an admin key can pass on (the
+    first comes from `python -m services.gateway create-admin-key`). Secrets are returned only by CreateApiKey and
     RotateApiKey, once; nothing else ever returns them.
     """
 
@@ -67,7 +69,9 @@ class ApiKeyServiceStub:
 
 class ApiKeyServiceServicer:
     """The caller's API keys. Callable with a JWT, or with an API key holding SCOPE_ADMIN
-    (otherwise PERMISSION_DENIED). Secrets are returned only by CreateApiKey and
+    (otherwise PERMISSION_DENIED). A key may only be given scopes its creator holds: a JWT
+    caller holds every scope but SCOPE_ADMIN, which only an admin key can pass on (the
+    first comes from `python -m services.gateway create-admin-key`). Secrets are returned only by CreateApiKey and
     RotateApiKey, once; nothing else ever returns them.
     """
 
@@ -146,7 +150,9 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ApiKeyService:
     """The caller's API keys. Callable with a JWT, or with an API key holding SCOPE_ADMIN
-    (otherwise PERMISSION_DENIED). Secrets are returned only by CreateApiKey and
+    (otherwise PERMISSION_DENIED). A key may only be given scopes its creator holds: a JWT
+    caller holds every scope but SCOPE_ADMIN, which only an admin key can pass on (the
+    first comes from `python -m services.gateway create-admin-key`). Secrets are returned only by CreateApiKey and
     RotateApiKey, once; nothing else ever returns them.
     """
 

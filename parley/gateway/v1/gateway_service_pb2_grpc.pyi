@@ -29,7 +29,9 @@ GRPC_VERSION: str
 
 class ApiKeyServiceStub:
     """The caller's API keys. Callable with a JWT, or with an API key holding SCOPE_ADMIN
-    (otherwise PERMISSION_DENIED). Secrets are returned only by CreateApiKey and
+    (otherwise PERMISSION_DENIED). A key may only be given scopes its creator holds: a JWT
+    caller holds every scope but SCOPE_ADMIN, which only an admin key can pass on (the
+    first comes from `python -m services.gateway create-admin-key`). Secrets are returned only by CreateApiKey and
     RotateApiKey, once; nothing else ever returns them.
     """
 
@@ -55,7 +57,9 @@ class ApiKeyServiceStub:
 @_typing.type_check_only
 class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
     """The caller's API keys. Callable with a JWT, or with an API key holding SCOPE_ADMIN
-    (otherwise PERMISSION_DENIED). Secrets are returned only by CreateApiKey and
+    (otherwise PERMISSION_DENIED). A key may only be given scopes its creator holds: a JWT
+    caller holds every scope but SCOPE_ADMIN, which only an admin key can pass on (the
+    first comes from `python -m services.gateway create-admin-key`). Secrets are returned only by CreateApiKey and
     RotateApiKey, once; nothing else ever returns them.
     """
 
@@ -77,7 +81,9 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
 
 class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """The caller's API keys. Callable with a JWT, or with an API key holding SCOPE_ADMIN
-    (otherwise PERMISSION_DENIED). Secrets are returned only by CreateApiKey and
+    (otherwise PERMISSION_DENIED). A key may only be given scopes its creator holds: a JWT
+    caller holds every scope but SCOPE_ADMIN, which only an admin key can pass on (the
+    first comes from `python -m services.gateway create-admin-key`). Secrets are returned only by CreateApiKey and
     RotateApiKey, once; nothing else ever returns them.
     """
 
