@@ -16,10 +16,18 @@ import asyncpg
 import grpc
 import pytest
 
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from services.runtime.config import ServerSettings
 from services.runtime.db import start_embedded_postgres
 from services.runtime.identity import IdentityMinter, IdentityVerifier, generate_private_key_pem, public_key_pem
 from services.runtime.server import RunningServer, ServiceApp, start_server
+from services.runtime.telemetry import setup_telemetry
+
+# Every span the test process makes, for tests that check tracing.
+span_exporter = InMemorySpanExporter()
+setup_telemetry("tests", extra_processor=SimpleSpanProcessor(span_exporter))
 
 
 def _with_database(url: str, database: str) -> str:
@@ -90,3 +98,25 @@ async def serve_app(app: ServiceApp, service: str, public_key: bytes | None) -> 
 
 def channel_to(running: RunningServer) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+
+
+def rich_error(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, list[str]]:
+    """(code, ErrorInfo reason, fields named by BadRequest) of a failed call."""
+    from services.runtime.status import error_details, from_rpc_error
+
+    status = from_rpc_error(error)
+    if status is None:
+        return error.code(), "", []
+    details = error_details(status)
+    reason = details["ErrorInfo"].reason if "ErrorInfo" in details else ""
+    fields = [v.field for v in details["BadRequest"].field_violations] if "BadRequest" in details else []
+    return error.code(), reason, fields
+
+
+async def expect_error(call, code: grpc.StatusCode) -> tuple[str, list[str]]:
+    """Awaits `call`, asserts it fails with `code`, returns (reason, fields)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    got, reason, fields = rich_error(caught.value)
+    assert got == code, f"expected {code}, got {got}: {caught.value.details()}"
+    return reason, fields

@@ -83,6 +83,10 @@ class DeadlineExceeded(ParleyError):
     pass
 
 
+class Unimplemented(ParleyError):
+    """The method is part of the contract but this server does not provide it (yet)."""
+
+
 class Internal(ParleyError):
     """A bug or broken invariant on our side. The message must not leak internals."""
 

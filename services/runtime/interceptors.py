@@ -67,6 +67,8 @@ async def _abort(context: grpc.aio.ServicerContext, error: errors.ParleyError) -
 
 
 async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    if isinstance(exc, NotImplementedError):  # the generated base servicer's default
+        await _abort(context, errors.Unimplemented(f"{method} is not implemented by this server", reason="UNIMPLEMENTED"))
     # The stack trace goes to the log with the method; the caller gets no internals.
     log.error("unhandled error in %s", method, exc_info=exc)
     await _abort(context, errors.Internal("internal error; the server log has the details", reason="INTERNAL"))

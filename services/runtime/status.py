@@ -26,6 +26,7 @@ _CODES: dict[type[errors.ParleyError], int] = {
     errors.Aborted: code_pb2.ABORTED,
     errors.Unavailable: code_pb2.UNAVAILABLE,
     errors.DeadlineExceeded: code_pb2.DEADLINE_EXCEEDED,
+    errors.Unimplemented: code_pb2.UNIMPLEMENTED,
     errors.Internal: code_pb2.INTERNAL,
 }
 
