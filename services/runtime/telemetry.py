@@ -1,6 +1,10 @@
 """OpenTelemetry for every process: one tracer provider, W3C propagation, gRPC and asyncpg
 spans. Spans are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the
-exporter reads the standard `OTEL_*` variables itself)."""
+exporter reads the standard `OTEL_*` variables itself).
+
+Without an exporter the SDK is not installed: the instrumentation then makes non-recording
+spans, which still carry the W3C trace context from hop to hop but cost next to nothing on
+the request path."""
 
 from __future__ import annotations
 
@@ -22,15 +26,17 @@ def setup_telemetry(service: str, extra_processor: SpanProcessor | None = None) 
         if extra_processor is not None:
             trace.get_tracer_provider().add_span_processor(extra_processor)  # type: ignore[attr-defined]
         return
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"parley-{service}")})
-    provider = TracerProvider(resource=resource)
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    exporting = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    if exporting or extra_processor is not None:
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"parley-{service}")})
+        provider = TracerProvider(resource=resource)
+        if exporting:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    if extra_processor is not None:
-        provider.add_span_processor(extra_processor)
-    trace.set_tracer_provider(provider)
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        if extra_processor is not None:
+            provider.add_span_processor(extra_processor)
+        trace.set_tracer_provider(provider)
     try:
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
