@@ -87,6 +87,10 @@ class Unimplemented(ParleyError):
     """The method is part of the contract but this server does not provide it (yet)."""
 
 
+class DataLoss(ParleyError):
+    """Data arrived corrupted (e.g. a checksum mismatch); nothing was kept."""
+
+
 class Internal(ParleyError):
     """A bug or broken invariant on our side. The message must not leak internals."""
 

@@ -27,6 +27,7 @@ _CODES: dict[type[errors.ParleyError], int] = {
     errors.Unavailable: code_pb2.UNAVAILABLE,
     errors.DeadlineExceeded: code_pb2.DEADLINE_EXCEEDED,
     errors.Unimplemented: code_pb2.UNIMPLEMENTED,
+    errors.DataLoss: code_pb2.DATA_LOSS,
     errors.Internal: code_pb2.INTERNAL,
 }
 
