@@ -91,6 +91,10 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in app.service_names:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # Optional hook: an app that reports more than "up" (the gateway reports each backend).
+    on_health = getattr(app, "on_health", None)
+    if on_health is not None:
+        await on_health(health)
     reflection.enable_server_reflection(
         [*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )

@@ -1,0 +1,89 @@
+"""The edge policy every call passes: who is calling (API key or JWT), may they call this,
+are they within their limits, and the internal identity that speaks for them downstream.
+Independent of transport: the proxy and the ApiKeyService servicer both use it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from services.gateway.apikeys import ApiKeys, looks_like_api_key
+from services.gateway.jwt_auth import JwtVerifier, looks_like_jwt
+from services.gateway.models import JWT_SCOPES, Principal, RateLimits
+from services.gateway.ratelimit import Admission, MemoryLimiter, RedisLimiter, Subject
+from services.runtime import errors
+from services.runtime.identity import IdentityMinter
+
+_SCHEME = "bearer "
+
+
+class Gate:
+    def __init__(
+        self,
+        keys: ApiKeys,
+        jwt: JwtVerifier | None,
+        limiter: MemoryLimiter | RedisLimiter,
+        user_limits: RateLimits,
+        minter: IdentityMinter,
+        identity_ttl_seconds: float,
+    ) -> None:
+        self.keys = keys
+        self._jwt = jwt
+        self.limiter = limiter
+        self._user_limits = user_limits
+        self._minter = minter
+        # Minted tokens are reused for a third of their lifetime: a signature per call would
+        # cost more than the forwarding itself, and backends cache verified tokens too.
+        self._reuse_seconds = identity_ttl_seconds / 3
+        self._minted: dict[tuple[str, frozenset[str]], tuple[str, float]] = {}
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise errors.Unauthenticated(
+                "missing credentials: send `authorization: Bearer <API key or JWT>`", reason="CREDENTIALS_MISSING"
+            )
+        if authorization[:7].lower() != _SCHEME or len(authorization) > 8192:
+            raise errors.Unauthenticated("malformed credentials: expected `Bearer <API key or JWT>`",
+                                         reason="CREDENTIALS_MALFORMED")
+        credential = authorization[7:].strip()
+        if not credential or any(c.isspace() for c in credential):
+            raise errors.Unauthenticated("malformed credentials: expected `Bearer <API key or JWT>`",
+                                         reason="CREDENTIALS_MALFORMED")
+        if looks_like_api_key(credential):
+            return await self.keys.authenticate(credential)
+        if looks_like_jwt(credential):
+            if self._jwt is None:
+                raise errors.Unauthenticated("this deployment accepts API keys only; no identity provider is configured",
+                                             reason="JWT_NOT_ACCEPTED")
+            user_id = await self._jwt.verify(credential)
+            return Principal(user_id=user_id, scopes=JWT_SCOPES, kind="jwt")
+        raise errors.Unauthenticated("malformed credentials: neither an API key nor a JWT", reason="CREDENTIALS_MALFORMED")
+
+    @staticmethod
+    def authorize(principal: Principal, scope: str, what: str) -> None:
+        if not principal.allows(scope):
+            raise errors.PermissionDenied(
+                f"this credential lacks the {scope!r} scope needed for {what}",
+                reason="SCOPE_MISSING", metadata={"scope": scope},
+            )
+
+    def subjects(self, principal: Principal) -> Sequence[Subject]:
+        user = Subject(f"user:{principal.user_id}", self._user_limits)
+        if principal.key_limits is not None:
+            return (Subject(f"key:{principal.key_id}", principal.key_limits), user)
+        return (user,)
+
+    async def admit(self, principal: Principal, *, stream: bool) -> Admission:
+        return await self.limiter.admit(self.subjects(principal), stream=stream)
+
+    def identity(self, principal: Principal) -> str:
+        cache_key = (principal.user_id, principal.scopes)
+        now = time.monotonic()
+        cached = self._minted.get(cache_key)
+        if cached is not None and now - cached[1] < self._reuse_seconds:
+            return cached[0]
+        token = self._minter.mint(principal.user_id, principal.scopes)
+        if len(self._minted) > 10_000:
+            self._minted.clear()
+        self._minted[cache_key] = (token, now)
+        return token

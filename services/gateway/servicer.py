@@ -1,0 +1,56 @@
+"""ApiKeyService over gRPC: authenticate through the gate, convert, call the domain."""
+
+from __future__ import annotations
+
+from parley.gateway.v1 import gateway_service_pb2 as api
+from parley.gateway.v1 import gateway_service_pb2_grpc as api_grpc
+from services.gateway import convert
+from services.gateway.apikeys import utcnow
+from services.gateway.gate import Gate
+from services.gateway.models import Principal
+from services.runtime import errors
+
+
+class ApiKeyServicer(api_grpc.ApiKeyServiceServicer):
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._keys = gate.keys
+
+    async def _caller(self, context) -> Principal:
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value
+                break
+        principal = await self._gate.authenticate(authorization)
+        if principal.kind != "jwt" and not principal.is_admin:
+            raise errors.PermissionDenied("managing API keys needs a JWT or an API key with the admin scope",
+                                          reason="SCOPE_MISSING", metadata={"scope": "admin"})
+        await self._gate.admit(principal, stream=False)
+        return principal
+
+    async def CreateApiKey(self, request, context):
+        caller = await self._caller(context)
+        key, secret = await self._keys.create(caller, convert.new_api_key(request, utcnow()))
+        return api.CreateApiKeyResponse(api_key=convert.api_key_to_proto(key, utcnow()), secret=secret)
+
+    async def ListApiKeys(self, request, context):
+        caller = await self._caller(context)
+        page = await self._keys.list(caller, state=request.state, size=request.page_size, token=request.page_token)
+        now = utcnow()
+        return api.ListApiKeysResponse(api_keys=[convert.api_key_to_proto(k, now) for k in page.items],
+                                       next_page_token=page.next_page_token)
+
+    async def GetApiKey(self, request, context):
+        caller = await self._caller(context)
+        return convert.api_key_to_proto(await self._keys.get(caller, request.api_key_id), utcnow())
+
+    async def RevokeApiKey(self, request, context):
+        caller = await self._caller(context)
+        return convert.api_key_to_proto(await self._keys.revoke(caller, request.api_key_id), utcnow())
+
+    async def RotateApiKey(self, request, context):
+        caller = await self._caller(context)
+        grace = request.grace_period.ToTimedelta() if request.HasField("grace_period") else None
+        key, secret = await self._keys.rotate(caller, request.api_key_id, grace)
+        return api.RotateApiKeyResponse(api_key=convert.api_key_to_proto(key, utcnow()), secret=secret)

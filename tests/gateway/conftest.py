@@ -1,0 +1,217 @@
+"""Gateway fixtures: the real sessions service behind a real gateway on real ports, a local
+JWKS server, API keys, and a capture of every log line for the secrets check at the end."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from services.gateway.app import GatewaySettings, build_app
+from services.gateway.jwt_auth import JwtSettings
+from services.gateway.models import NewApiKey, Principal, RateLimits
+from services.runtime.config import ServerSettings
+from services.runtime.logs import JsonFormatter
+from services.runtime.server import start_server
+from services.sessions.app import SessionsSettings
+from services.sessions.app import build_app as build_sessions_app
+from tests.conftest import serve_app
+
+# Every secret and sample of PII a test sends; test_zz_logs.py checks none reached a log.
+SENSITIVE: set[str] = set()
+LOG_BUFFER = io.StringIO()
+# Log files of gateway and backend processes started by tests.
+PROCESS_LOGS: list = []
+
+ISSUER = "https://clerk.parley.test"
+AUDIENCE = "parley-api"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def capture_logs():
+    """Every log line of this process, formatted (and masked) as in production."""
+    handler = logging.StreamHandler(LOG_BUFFER)
+    handler.setFormatter(JsonFormatter("test"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous = root.level
+    root.setLevel(logging.INFO)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+def sensitive(value: str) -> str:
+    SENSITIVE.add(value)
+    return value
+
+
+# --- JWKS ----------------------------------------------------------------------------
+
+
+class Jwks:
+    """A JWKS endpoint on a local port, whose key set tests change, and signing keys."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, object] = {}  # kid → private key
+        self.published: list[str] = []
+        self.fetches = 0
+        jwks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                jwks.fetches += 1
+                body = json.dumps({"keys": [jwks.public_jwk(kid) for kid in jwks.published]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, kid: str, kind: str = "RS256", publish: bool = True):
+        if kind == "RS256":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif kind == "ES256":
+            key = ec.generate_private_key(ec.SECP256R1())
+        else:
+            key = ed25519.Ed25519PrivateKey.generate()
+        self.keys[kid] = (kind, key)
+        if publish:
+            self.published.append(kid)
+        return key
+
+    def public_jwk(self, kid: str) -> dict:
+        kind, key = self.keys[kid]
+        algorithm = {"RS256": jwt.algorithms.RSAAlgorithm, "ES256": jwt.algorithms.ECAlgorithm,
+                     "EdDSA": jwt.algorithms.OKPAlgorithm}[kind]
+        jwk = json.loads(algorithm.to_jwk(key.public_key()))
+        jwk.update(kid=kid, use="sig", alg=kind)
+        return jwk
+
+    def token(self, kid: str, *, user: str = "user_2abcDEF", headers: dict | None = None, **claims) -> str:
+        import time
+
+        kind, key = self.keys[kid]
+        now = int(time.time())
+        body = {"iss": ISSUER, "aud": AUDIENCE, "sub": user, "iat": now, "nbf": now, "exp": now + 300,
+                "azp": "https://app.parley.test"}
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        return sensitive(jwt.encode(body, key, algorithm=kind, headers={"kid": kid, **(headers or {})}))
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def jwks():
+    server = Jwks()
+    server.add("k1", "RS256")
+    server.add("k2", "ES256")
+    server.add("k3", "EdDSA")
+    yield server
+    server.close()
+
+
+# --- servers -------------------------------------------------------------------------
+
+
+def gateway_settings(admin_url: str, private_key: bytes, targets: dict, **overrides) -> GatewaySettings:
+    values = dict(
+        admin_url=admin_url,
+        database_url=None,
+        role_password=None,
+        pool_size=5,
+        identity_private_key=private_key,
+        identity_ttl_seconds=60.0,
+        targets=targets,
+        jwt=JwtSettings(),
+        key_limits=RateLimits(10_000, 50, 0),
+        user_limits=RateLimits(20_000, 100, 0),
+        redis_url=None,
+        key_cache_seconds=10.0,
+        max_request_bytes=256 * 1024,
+        max_message_bytes=64 * 1024 * 1024,
+        health_interval_seconds=0.5,
+    )
+    values.update(overrides)
+    return GatewaySettings(**values)
+
+
+def settings_for(service: str) -> ServerSettings:
+    return ServerSettings(service=service, host="127.0.0.1", port=0, shutdown_grace=1.0,
+                          max_message_bytes=64 * 1024 * 1024, identity_public_key=None)
+
+
+async def start_gateway(settings: GatewaySettings):
+    app = await build_app(settings)
+    return await start_server(app, settings_for("gateway"), verifier=None)
+
+
+@pytest.fixture(scope="session")
+async def sessions_backend(admin_url, identity_public_key):
+    app = await build_sessions_app(SessionsSettings(
+        admin_url=admin_url, database_url=None, role_password=None, pool_size=10,
+        max_message_bytes=1024 * 1024, retention_days=0.0, retention_interval_seconds=3600.0,
+    ))
+    running = await serve_app(app, "sessions", identity_public_key)
+    yield running
+    await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def gateway(admin_url, identity_private_key, sessions_backend, jwks):
+    settings = gateway_settings(
+        admin_url, identity_private_key,
+        targets={"llm": None, "sessions": f"127.0.0.1:{sessions_backend.port}", "files": "127.0.0.1:1",
+                 "assistants": None},
+        jwt=JwtSettings(jwks_url=jwks.url, issuer=ISSUER, audiences=(AUDIENCE,), jwks_min_refresh_seconds=0),
+    )
+    running = await start_gateway(settings)
+    yield running
+    await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+def keys(gateway):
+    return gateway.app.gate.keys
+
+
+@pytest.fixture(scope="session")
+def make_key(keys) -> Callable:
+    """`await make_key("alice", ["sessions"])` → a fresh secret (the domain call, as the CLI makes it)."""
+
+    async def make(user: str = "alice", scopes=("sessions",), *, limits: RateLimits = RateLimits(),
+                   redact: bool = False, expire_time=None, name: str = "test") -> str:
+        _, secret = await keys.create(Principal(user, frozenset({"admin"}), "cli"),
+                                      NewApiKey(name, tuple(scopes), expire_time, limits, redact))
+        return sensitive(secret)
+
+    return make
+
+
+@pytest.fixture
+async def gw_channel(gateway):
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+    yield channel
+    await channel.close()
+
+
+def bearer(credential: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {credential}"),)
