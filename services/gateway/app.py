@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -62,7 +62,6 @@ class GatewaySettings:
     max_message_bytes: int
     health_interval_seconds: float = 5.0
     redis_prefix: str = "parley:rl:"
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -109,6 +108,7 @@ class GatewaySettings:
             max_request_bytes=env_int("PARLEY_GATEWAY_MAX_REQUEST_BYTES", 256 * 1024, minimum=1024),
             max_message_bytes=env_int("PARLEY_MAX_GRPC_MESSAGE_BYTES", 64 * 1024 * 1024, minimum=1024),
             health_interval_seconds=env_float("PARLEY_GATEWAY_HEALTH_INTERVAL_SECONDS", 5.0, minimum=0.1),
+            redis_prefix=env_str("PARLEY_GATEWAY_REDIS_PREFIX", "parley:rl:"),
         )
 
 

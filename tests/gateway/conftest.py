@@ -215,3 +215,89 @@ async def gw_channel(gateway):
 
 def bearer(credential: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {credential}"),)
+
+
+# --- processes -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_serving(port: int, process, service: str = "", attempts: int = 300) -> None:
+    """Polls health until SERVING (bounded: about a minute), failing if the process died."""
+    import asyncio
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(attempts):
+            assert process.poll() is None, f"process exited with {process.returncode}"
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"port {port} never became SERVING")
+
+
+def spawn(module: str, env: dict, log_dir, name: str):
+    """`python -m <module>` with `env` added, its stderr kept for the log check."""
+    import os
+    import subprocess
+    import sys
+
+    log_path = log_dir / f"{name}.log"
+    PROCESS_LOGS.append(log_path)
+    out = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env}, stdout=out, stderr=out)
+    process.log_file = out
+    return process
+
+
+def stop(process) -> None:
+    import signal
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except Exception:  # noqa: BLE001
+            process.kill()
+            process.wait()
+    process.log_file.close()
+
+
+@pytest.fixture(scope="session")
+def key_files(tmp_path_factory, identity_private_key, identity_public_key):
+    directory = tmp_path_factory.mktemp("keys")
+    private, public = directory / "identity.pem", directory / "identity.pub.pem"
+    private.write_bytes(identity_private_key)
+    public.write_bytes(identity_public_key)
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("process-logs")
+
+
+def gateway_env(admin_url: str, key_files, port: int, targets: dict, **extra) -> dict:
+    env = {
+        "PARLEY_DATABASE_URL": admin_url,
+        "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(key_files[0]),
+        "PARLEY_GATEWAY_PORT": str(port),
+        "PARLEY_LOG_LEVEL": "INFO",
+        "PARLEY_SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    for name in ("llm", "sessions", "files", "assistants"):
+        env[f"PARLEY_{name.upper()}_TARGET"] = targets.get(name) or "none"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

@@ -1,0 +1,130 @@
+"""Rate limits: requests per minute per key and per user, concurrent streams and tokens per
+minute, in memory and in the running Redis, shared by two gateway processes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+
+from parley.sessions.v1 import sessions_service_pb2 as sapi
+from parley.sessions.v1 import sessions_service_pb2_grpc as sgrpc
+from services.gateway.models import RateLimits
+from services.gateway.ratelimit import MemoryLimiter, RedisLimiter, Subject
+from services.runtime import errors
+from services.runtime.status import error_details, from_rpc_error
+from tests.gateway.conftest import bearer, free_port, gateway_env, spawn, stop, wait_serving
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+async def call_many(channel, secret: str, count: int) -> tuple[int, list[grpc.aio.AioRpcError]]:
+    stub = sgrpc.SessionServiceStub(channel)
+    ok, failures = 0, []
+    for _ in range(count):
+        try:
+            await stub.ListSessions(sapi.ListSessionsRequest(page_size=1), metadata=bearer(secret))
+            ok += 1
+        except grpc.aio.AioRpcError as exc:
+            failures.append(exc)
+    return ok, failures
+
+
+def assert_rate_limited(failure: grpc.aio.AioRpcError) -> float:
+    assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, failure.details()
+    details = error_details(from_rpc_error(failure))
+    assert details["ErrorInfo"].reason in ("RATE_LIMITED", "TOO_MANY_STREAMS")
+    delay = details["RetryInfo"].retry_delay
+    seconds = delay.seconds + delay.nanos / 1e9
+    assert 0 < seconds <= 120
+    return seconds
+
+
+async def test_requests_per_minute_per_key_in_memory(gw_channel, make_key):
+    secret = await make_key("rl-user", ["sessions"], limits=RateLimits(requests_per_minute=5))
+    ok, failures = await call_many(gw_channel, secret, 8)
+    assert ok == 5 and len(failures) == 3
+    assert_rate_limited(failures[0])
+    # Another key of the same user has its own budget.
+    other = await make_key("rl-user", ["sessions"], limits=RateLimits(requests_per_minute=5))
+    assert (await call_many(gw_channel, other, 1))[0] == 1
+
+
+async def test_requests_per_minute_per_user_across_keys():
+    limiter = MemoryLimiter()
+    user = Subject("user:u1", RateLimits(requests_per_minute=3))
+    for i in range(3):
+        await limiter.admit([Subject(f"key:{i}", RateLimits(requests_per_minute=100)), user], stream=False)
+    with pytest.raises(errors.ResourceExhausted) as caught:
+        await limiter.admit([Subject("key:9", RateLimits(requests_per_minute=100)), user], stream=False)
+    assert caught.value.retry_after > 0 and caught.value.metadata["subject"] == "user"
+
+
+@pytest.mark.parametrize("make_limiter", [MemoryLimiter, lambda: RedisLimiter(REDIS_URL, f"t:{uuid.uuid4().hex}:")],
+                         ids=["memory", "redis"])
+async def test_concurrent_streams_and_tokens(make_limiter):
+    limiter = make_limiter()
+    try:
+        subject = Subject("key:s", RateLimits(concurrent_streams=2, tokens_per_minute=100))
+        first = await limiter.admit([subject], stream=True)
+        await limiter.admit([subject], stream=True)
+        with pytest.raises(errors.ResourceExhausted) as caught:
+            await limiter.admit([subject], stream=True)
+        assert caught.value.reason == "TOO_MANY_STREAMS"
+        await limiter.release(first)
+        await limiter.release(first)  # releasing twice frees one slot only
+        third = await limiter.admit([subject], stream=True)
+        with pytest.raises(errors.ResourceExhausted):
+            await limiter.admit([subject], stream=True)
+        await limiter.release(third)
+        # Tokens reported by finished calls count against the next ones.
+        await limiter.record_tokens([subject], 150)
+        with pytest.raises(errors.ResourceExhausted) as caught:
+            await limiter.admit([subject], stream=False)
+        assert caught.value.metadata["limit"] == "tokens_per_minute" and caught.value.retry_after > 0
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_refused_subject_consumes_nothing_from_the_others():
+    limiter = RedisLimiter(REDIS_URL, f"t:{uuid.uuid4().hex}:")
+    try:
+        key = Subject("key:a", RateLimits(requests_per_minute=2))
+        blocked_user = Subject("user:b", RateLimits(requests_per_minute=1))
+        await limiter.admit([Subject("key:z", RateLimits(requests_per_minute=5)), blocked_user], stream=False)
+        with pytest.raises(errors.ResourceExhausted):
+            await limiter.admit([key, blocked_user], stream=False)
+        await limiter.admit([key], stream=False)
+        await limiter.admit([key], stream=False)  # the refused call did not count against key:a
+    finally:
+        await limiter.aclose()
+
+
+async def test_two_gateway_processes_share_one_limit_in_redis(admin_url, key_files, sessions_backend, make_key,
+                                                               log_dir):
+    secret = await make_key("rl-shared", ["sessions"], limits=RateLimits(requests_per_minute=10))
+    prefix = f"parley:test:{uuid.uuid4().hex}:"
+    ports = [free_port(), free_port()]
+    targets = {"sessions": f"127.0.0.1:{sessions_backend.port}"}
+    processes = [
+        spawn("services.gateway", gateway_env(admin_url, key_files, port, targets, PARLEY_REDIS_URL=REDIS_URL,
+                                              PARLEY_GATEWAY_REDIS_PREFIX=prefix), log_dir, f"gateway-redis-{i}")
+        for i, port in enumerate(ports)
+    ]
+    try:
+        await asyncio.gather(*(wait_serving(port, p) for port, p in zip(ports, processes)))
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+        try:
+            first = await call_many(channels[0], secret, 6)
+            second = await call_many(channels[1], secret, 6)
+        finally:
+            for channel in channels:
+                await channel.close()
+    finally:
+        for process in processes:
+            stop(process)
+    assert first[0] == 6
+    assert second[0] == 4 and len(second[1]) == 2  # the second replica saw the first one's calls
+    assert_rate_limited(second[1][0])
