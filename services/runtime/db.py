@@ -121,6 +121,15 @@ _UNAVAILABLE = (
 )
 
 
+async def _reset_after_transaction(conn: asyncpg.Connection) -> None:
+    """Pool reset: connections only ever carry transaction-local state (`app.user_id` is set
+    with is_local), so a rollback of anything left open is enough. asyncpg's default reset
+    (unlock advisory locks, close cursors, unlisten, RESET ALL) would cost a round trip on
+    every call."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 class Database:
     """A pool of connections as the service role, handing out user-scoped transactions."""
 
@@ -142,6 +151,7 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             init=init,
+            reset=_reset_after_transaction,
             server_settings={"application_name": f"parley-{schema}", "search_path": _check_identifier(schema)},
         )
         return cls(pool)
