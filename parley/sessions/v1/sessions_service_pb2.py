@@ -22,13 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from parley.sessions.v1 import sessions_pb2 as parley_dot_sessions_dot_v1_dot_sessions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)parley/sessions/v1/sessions_service.proto\x12\x12parley.sessions.v1\x1a\x19google/protobuf/any.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a!parley/sessions/v1/sessions.proto\"\xb6\x01\n\x14\x43reateSessionRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12H\n\x08metadata\x18\x02 \x03(\x0b\x32\x36.parley.sessions.v1.CreateSessionRequest.MetadataEntry\x12\x14\n\x0c\x61ssistant_id\x18\x03 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"o\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.parley.sessions.v1.SessionStatus\"^\n\x14ListSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.parley.sessions.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x14UpdateSessionRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.parley.sessions.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa2\x03\n\x14\x43reateMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.parley.sessions.v1.Role\x12\x30\n\x07\x63ontent\x18\x03 \x03(\x0b\x32\x1f.parley.sessions.v1.ContentPart\x12\x33\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x1e.parley.sessions.v1.Attachment\x12\x30\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1c.parley.sessions.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x06 \x01(\t\x12H\n\x08metadata\x18\x07 \x03(\x0b\x32\x36.parley.sessions.v1.CreateMessageRequest.MetadataEntry\x12\x14\n\x0c\x61ssistant_id\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11GetMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\x8e\x01\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12,\n\x05order\x18\x04 \x01(\x0e\x32\x1d.parley.sessions.v1.SortOrder\x12\x0e\n\x06run_id\x18\x05 \x01(\t\"^\n\x14ListMessagesResponse\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.parley.sessions.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x14\x44\x65leteMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\\\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x06\x66ormat\x18\x02 \x01(\x0e\x32 .parley.sessions.v1.ExportFormat\"K\n\x15\x45xportSessionResponse\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"|\n\x15SubmitFeedbackRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12*\n\x06rating\x18\x03 \x01(\x0e\x32\x1a.parley.sessions.v1.Rating\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"G\n\x1c\x43reateAssistantRecordRequest\x12\'\n\tassistant\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"1\n\x19GetAssistantRecordRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\"D\n\x1bListAssistantRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x1cListAssistantRecordsResponse\x12(\n\nassistants\x18\x01 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x1cUpdateAssistantRecordRequest\x12\'\n\tassistant\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"4\n\x1c\x44\x65leteAssistantRecordRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\";\n\x16\x43reateRunRecordRequest\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x92\x01\n\x15ListRunRecordsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08statuses\x18\x04 \x03(\x05\x12,\n\x05order\x18\x05 \x01(\x0e\x32\x1d.parley.sessions.v1.SortOrder\"U\n\x16ListRunRecordsResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xad\x01\n\x16UpdateRunRecordRequest\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x19\n\x11\x65xpected_statuses\x18\x03 \x03(\x05\x12$\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x14.google.protobuf.Any\"/\n\x19GetActiveRunRecordRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"?\n\x1aGetActiveRunRecordResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"D\n\x1a\x43reateRunStepRecordRequest\x12&\n\x08run_step\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"u\n\x1aUpdateRunStepRecordRequest\x12&\n\x08run_step\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"R\n\x19ListRunStepRecordsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x1aListRunStepRecordsResponse\x12\'\n\trun_steps\x18\x01 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x16\x41ppendRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\"0\n\x17\x41ppendRunEventsResponse\x12\x15\n\rlast_sequence\x18\x01 \x01(\x03\"e\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x15ListRunEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x01\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x02*a\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16\x45XPORT_FORMAT_MARKDOWN\x10\x02\x32\xbe\x13\n\x0eSessionService\x12V\n\rCreateSession\x12(.parley.sessions.v1.CreateSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12P\n\nGetSession\x12%.parley.sessions.v1.GetSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12\x61\n\x0cListSessions\x12\'.parley.sessions.v1.ListSessionsRequest\x1a(.parley.sessions.v1.ListSessionsResponse\x12V\n\rUpdateSession\x12(.parley.sessions.v1.UpdateSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12Q\n\rDeleteSession\x12(.parley.sessions.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12V\n\rCreateMessage\x12(.parley.sessions.v1.CreateMessageRequest\x1a\x1b.parley.sessions.v1.Message\x12P\n\nGetMessage\x12%.parley.sessions.v1.GetMessageRequest\x1a\x1b.parley.sessions.v1.Message\x12\x61\n\x0cListMessages\x12\'.parley.sessions.v1.ListMessagesRequest\x1a(.parley.sessions.v1.ListMessagesResponse\x12Q\n\rDeleteMessage\x12(.parley.sessions.v1.DeleteMessageRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\rExportSession\x12(.parley.sessions.v1.ExportSessionRequest\x1a).parley.sessions.v1.ExportSessionResponse0\x01\x12Y\n\x0eSubmitFeedback\x12).parley.sessions.v1.SubmitFeedbackRequest\x1a\x1c.parley.sessions.v1.Feedback\x12_\n\x15\x43reateAssistantRecord\x12\x30.parley.sessions.v1.CreateAssistantRecordRequest\x1a\x14.google.protobuf.Any\x12Y\n\x12GetAssistantRecord\x12-.parley.sessions.v1.GetAssistantRecordRequest\x1a\x14.google.protobuf.Any\x12y\n\x14ListAssistantRecords\x12/.parley.sessions.v1.ListAssistantRecordsRequest\x1a\x30.parley.sessions.v1.ListAssistantRecordsResponse\x12_\n\x15UpdateAssistantRecord\x12\x30.parley.sessions.v1.UpdateAssistantRecordRequest\x1a\x14.google.protobuf.Any\x12\x61\n\x15\x44\x65leteAssistantRecord\x12\x30.parley.sessions.v1.DeleteAssistantRecordRequest\x1a\x16.google.protobuf.Empty\x12S\n\x0f\x43reateRunRecord\x12*.parley.sessions.v1.CreateRunRecordRequest\x1a\x14.google.protobuf.Any\x12M\n\x0cGetRunRecord\x12\'.parley.sessions.v1.GetRunRecordRequest\x1a\x14.google.protobuf.Any\x12g\n\x0eListRunRecords\x12).parley.sessions.v1.ListRunRecordsRequest\x1a*.parley.sessions.v1.ListRunRecordsResponse\x12S\n\x0fUpdateRunRecord\x12*.parley.sessions.v1.UpdateRunRecordRequest\x1a\x14.google.protobuf.Any\x12s\n\x12GetActiveRunRecord\x12-.parley.sessions.v1.GetActiveRunRecordRequest\x1a..parley.sessions.v1.GetActiveRunRecordResponse\x12[\n\x13\x43reateRunStepRecord\x12..parley.sessions.v1.CreateRunStepRecordRequest\x1a\x14.google.protobuf.Any\x12[\n\x13UpdateRunStepRecord\x12..parley.sessions.v1.UpdateRunStepRecordRequest\x1a\x14.google.protobuf.Any\x12s\n\x12ListRunStepRecords\x12-.parley.sessions.v1.ListRunStepRecordsRequest\x1a..parley.sessions.v1.ListRunStepRecordsResponse\x12j\n\x0f\x41ppendRunEvents\x12*.parley.sessions.v1.AppendRunEventsRequest\x1a+.parley.sessions.v1.AppendRunEventsResponse\x12\x64\n\rListRunEvents\x12(.parley.sessions.v1.ListRunEventsRequest\x1a).parley.sessions.v1.ListRunEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)parley/sessions/v1/sessions_service.proto\x12\x12parley.sessions.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a!parley/sessions/v1/sessions.proto\"\xb6\x01\n\x14\x43reateSessionRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12H\n\x08metadata\x18\x02 \x03(\x0b\x32\x36.parley.sessions.v1.CreateSessionRequest.MetadataEntry\x12\x14\n\x0c\x61ssistant_id\x18\x03 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"o\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.parley.sessions.v1.SessionStatus\"^\n\x14ListSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.parley.sessions.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x14UpdateSessionRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.parley.sessions.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa2\x03\n\x14\x43reateMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.parley.sessions.v1.Role\x12\x30\n\x07\x63ontent\x18\x03 \x03(\x0b\x32\x1f.parley.sessions.v1.ContentPart\x12\x33\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x1e.parley.sessions.v1.Attachment\x12\x30\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1c.parley.sessions.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x06 \x01(\t\x12H\n\x08metadata\x18\x07 \x03(\x0b\x32\x36.parley.sessions.v1.CreateMessageRequest.MetadataEntry\x12\x14\n\x0c\x61ssistant_id\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11GetMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\x8e\x01\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12,\n\x05order\x18\x04 \x01(\x0e\x32\x1d.parley.sessions.v1.SortOrder\x12\x0e\n\x06run_id\x18\x05 \x01(\t\"^\n\x14ListMessagesResponse\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.parley.sessions.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x14\x44\x65leteMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\\\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x06\x66ormat\x18\x02 \x01(\x0e\x32 .parley.sessions.v1.ExportFormat\"K\n\x15\x45xportSessionResponse\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"|\n\x15SubmitFeedbackRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12*\n\x06rating\x18\x03 \x01(\x0e\x32\x1a.parley.sessions.v1.Rating\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x01\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x02*a\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16\x45XPORT_FORMAT_MARKDOWN\x10\x02\x32\xeb\x07\n\x0eSessionService\x12V\n\rCreateSession\x12(.parley.sessions.v1.CreateSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12P\n\nGetSession\x12%.parley.sessions.v1.GetSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12\x61\n\x0cListSessions\x12\'.parley.sessions.v1.ListSessionsRequest\x1a(.parley.sessions.v1.ListSessionsResponse\x12V\n\rUpdateSession\x12(.parley.sessions.v1.UpdateSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12Q\n\rDeleteSession\x12(.parley.sessions.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12V\n\rCreateMessage\x12(.parley.sessions.v1.CreateMessageRequest\x1a\x1b.parley.sessions.v1.Message\x12P\n\nGetMessage\x12%.parley.sessions.v1.GetMessageRequest\x1a\x1b.parley.sessions.v1.Message\x12\x61\n\x0cListMessages\x12\'.parley.sessions.v1.ListMessagesRequest\x1a(.parley.sessions.v1.ListMessagesResponse\x12Q\n\rDeleteMessage\x12(.parley.sessions.v1.DeleteMessageRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\rExportSession\x12(.parley.sessions.v1.ExportSessionRequest\x1a).parley.sessions.v1.ExportSessionResponse0\x01\x12Y\n\x0eSubmitFeedback\x12).parley.sessions.v1.SubmitFeedbackRequest\x1a\x1c.parley.sessions.v1.Feedbackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,84 +38,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SORTORDER']._serialized_start=3657
-  _globals['_SORTORDER']._serialized_end=3749
-  _globals['_EXPORTFORMAT']._serialized_start=3751
-  _globals['_EXPORTFORMAT']._serialized_end=3848
-  _globals['_CREATESESSIONREQUEST']._serialized_start=191
-  _globals['_CREATESESSIONREQUEST']._serialized_end=373
-  _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_start=326
-  _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_end=373
-  _globals['_GETSESSIONREQUEST']._serialized_start=375
-  _globals['_GETSESSIONREQUEST']._serialized_end=414
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=416
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=527
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=529
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=623
-  _globals['_UPDATESESSIONREQUEST']._serialized_start=625
-  _globals['_UPDATESESSIONREQUEST']._serialized_end=742
-  _globals['_DELETESESSIONREQUEST']._serialized_start=744
-  _globals['_DELETESESSIONREQUEST']._serialized_end=786
-  _globals['_CREATEMESSAGEREQUEST']._serialized_start=789
-  _globals['_CREATEMESSAGEREQUEST']._serialized_end=1207
-  _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._serialized_start=326
-  _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._serialized_end=373
-  _globals['_GETMESSAGEREQUEST']._serialized_start=1209
-  _globals['_GETMESSAGEREQUEST']._serialized_end=1268
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1271
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1413
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1415
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1509
-  _globals['_DELETEMESSAGEREQUEST']._serialized_start=1511
-  _globals['_DELETEMESSAGEREQUEST']._serialized_end=1573
-  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1575
-  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1667
-  _globals['_EXPORTSESSIONRESPONSE']._serialized_start=1669
-  _globals['_EXPORTSESSIONRESPONSE']._serialized_end=1744
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1746
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1870
-  _globals['_CREATEASSISTANTRECORDREQUEST']._serialized_start=1872
-  _globals['_CREATEASSISTANTRECORDREQUEST']._serialized_end=1943
-  _globals['_GETASSISTANTRECORDREQUEST']._serialized_start=1945
-  _globals['_GETASSISTANTRECORDREQUEST']._serialized_end=1994
-  _globals['_LISTASSISTANTRECORDSREQUEST']._serialized_start=1996
-  _globals['_LISTASSISTANTRECORDSREQUEST']._serialized_end=2064
-  _globals['_LISTASSISTANTRECORDSRESPONSE']._serialized_start=2066
-  _globals['_LISTASSISTANTRECORDSRESPONSE']._serialized_end=2163
-  _globals['_UPDATEASSISTANTRECORDREQUEST']._serialized_start=2165
-  _globals['_UPDATEASSISTANTRECORDREQUEST']._serialized_end=2285
-  _globals['_DELETEASSISTANTRECORDREQUEST']._serialized_start=2287
-  _globals['_DELETEASSISTANTRECORDREQUEST']._serialized_end=2339
-  _globals['_CREATERUNRECORDREQUEST']._serialized_start=2341
-  _globals['_CREATERUNRECORDREQUEST']._serialized_end=2400
-  _globals['_GETRUNRECORDREQUEST']._serialized_start=2402
-  _globals['_GETRUNRECORDREQUEST']._serialized_end=2439
-  _globals['_LISTRUNRECORDSREQUEST']._serialized_start=2442
-  _globals['_LISTRUNRECORDSREQUEST']._serialized_end=2588
-  _globals['_LISTRUNRECORDSRESPONSE']._serialized_start=2590
-  _globals['_LISTRUNRECORDSRESPONSE']._serialized_end=2675
-  _globals['_UPDATERUNRECORDREQUEST']._serialized_start=2678
-  _globals['_UPDATERUNRECORDREQUEST']._serialized_end=2851
-  _globals['_GETACTIVERUNRECORDREQUEST']._serialized_start=2853
-  _globals['_GETACTIVERUNRECORDREQUEST']._serialized_end=2900
-  _globals['_GETACTIVERUNRECORDRESPONSE']._serialized_start=2902
-  _globals['_GETACTIVERUNRECORDRESPONSE']._serialized_end=2965
-  _globals['_CREATERUNSTEPRECORDREQUEST']._serialized_start=2967
-  _globals['_CREATERUNSTEPRECORDREQUEST']._serialized_end=3035
-  _globals['_UPDATERUNSTEPRECORDREQUEST']._serialized_start=3037
-  _globals['_UPDATERUNSTEPRECORDREQUEST']._serialized_end=3154
-  _globals['_LISTRUNSTEPRECORDSREQUEST']._serialized_start=3156
-  _globals['_LISTRUNSTEPRECORDSREQUEST']._serialized_end=3238
-  _globals['_LISTRUNSTEPRECORDSRESPONSE']._serialized_start=3240
-  _globals['_LISTRUNSTEPRECORDSRESPONSE']._serialized_end=3334
-  _globals['_APPENDRUNEVENTSREQUEST']._serialized_start=3336
-  _globals['_APPENDRUNEVENTSREQUEST']._serialized_end=3414
-  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_start=3416
-  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_end=3464
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=3466
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=3567
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=3569
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=3655
-  _globals['_SESSIONSERVICE']._serialized_start=3851
-  _globals['_SESSIONSERVICE']._serialized_end=6345
+  _globals['_SORTORDER']._serialized_start=1845
+  _globals['_SORTORDER']._serialized_end=1937
+  _globals['_EXPORTFORMAT']._serialized_start=1939
+  _globals['_EXPORTFORMAT']._serialized_end=2036
+  _globals['_CREATESESSIONREQUEST']._serialized_start=164
+  _globals['_CREATESESSIONREQUEST']._serialized_end=346
+  _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_start=299
+  _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_end=346
+  _globals['_GETSESSIONREQUEST']._serialized_start=348
+  _globals['_GETSESSIONREQUEST']._serialized_end=387
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=389
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=500
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=502
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=596
+  _globals['_UPDATESESSIONREQUEST']._serialized_start=598
+  _globals['_UPDATESESSIONREQUEST']._serialized_end=715
+  _globals['_DELETESESSIONREQUEST']._serialized_start=717
+  _globals['_DELETESESSIONREQUEST']._serialized_end=759
+  _globals['_CREATEMESSAGEREQUEST']._serialized_start=762
+  _globals['_CREATEMESSAGEREQUEST']._serialized_end=1180
+  _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._serialized_start=299
+  _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._serialized_end=346
+  _globals['_GETMESSAGEREQUEST']._serialized_start=1182
+  _globals['_GETMESSAGEREQUEST']._serialized_end=1241
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1244
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1386
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1388
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1482
+  _globals['_DELETEMESSAGEREQUEST']._serialized_start=1484
+  _globals['_DELETEMESSAGEREQUEST']._serialized_end=1546
+  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1548
+  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1640
+  _globals['_EXPORTSESSIONRESPONSE']._serialized_start=1642
+  _globals['_EXPORTSESSIONRESPONSE']._serialized_end=1717
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1719
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1843
+  _globals['_SESSIONSERVICE']._serialized_start=2039
+  _globals['_SESSIONSERVICE']._serialized_end=3042
 # @@protoc_insertion_point(module_scope)
