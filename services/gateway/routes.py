@@ -1,8 +1,9 @@
 """Which public method goes to which backend, needs which scope, and may carry how much.
 
 Built from the generated descriptors, so a method added to a contract is routed without a
-change here. SessionService's storage RPCs for the run engine are internal: they are not
-routed, so a client calling one through the gateway gets UNIMPLEMENTED.
+change here. Only the public services below are routed: internal ones (the run engine's
+RunStoreService, the sandbox) are not, so a client calling them through the gateway gets
+UNIMPLEMENTED, and the backends refuse direct callers without a gateway identity.
 """
 
 from __future__ import annotations
@@ -55,13 +56,6 @@ PROMPT_METHODS = {
 }
 
 
-def is_internal(service: str, method: str) -> bool:
-    """SessionService's storage RPCs, which only the gateway's own run engine may call."""
-    return service == "parley.sessions.v1.SessionService" and (
-        method.endswith(("Record", "Records")) or method in ("AppendRunEvents", "ListRunEvents")
-    )
-
-
 @dataclass(frozen=True)
 class Route:
     path: str  # "/parley.llm.v1.LLMService/StreamGenerate"
@@ -80,8 +74,6 @@ def build_routes(default_max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> 
     routes: dict[str, Route] = {}
     for backend, (service, scope) in _SERVICES.items():
         for method in service.methods:
-            if is_internal(service.full_name, method.name):
-                continue
             path = f"/{service.full_name}/{method.name}"
             routes[path] = Route(
                 path=path,

@@ -34,12 +34,14 @@ async def test_backend_errors_are_relayed_with_their_details(gw_channel, make_ke
     assert reason == "SESSION_NOT_FOUND"
 
 
-async def test_storage_rpcs_are_not_routed(gw_channel, make_key):
+async def test_internal_services_are_not_routed(gw_channel, make_key):
+    from parley.runstore.v1 import runstore_service_pb2 as rapi
+    from parley.runstore.v1 import runstore_service_pb2_grpc as rgrpc
+
     secret = await make_key("route-admin", ["admin"])
-    stub = sgrpc.SessionServiceStub(gw_channel)
-    for call in (stub.ListRunEvents(sapi.ListRunEventsRequest(run_id="x"), metadata=bearer(secret)),
-                 stub.GetRunRecord(sapi.GetRunRecordRequest(run_id="x"), metadata=bearer(secret)),
-                 stub.ListAssistantRecords(sapi.ListAssistantRecordsRequest(), metadata=bearer(secret))):
+    stub = rgrpc.RunStoreServiceStub(gw_channel)
+    for call in (stub.ListRunEvents(rapi.ListRunEventsRequest(run_id="x"), metadata=bearer(secret)),
+                 stub.GetRun(rapi.GetRunRequest(run_id="x"), metadata=bearer(secret))):
         await expect_error(call, grpc.StatusCode.UNIMPLEMENTED)
 
 
