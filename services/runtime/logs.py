@@ -1,8 +1,9 @@
 """Structured logs: one JSON object per line, with trace ids, and secrets masked.
 
 The level comes from `PARLEY_LOG_LEVEL` (default INFO). Whatever a log line carries passes
-through `mask_secrets` first, so a bearer token or API key pasted into an error message
-never reaches the log. Message content is never logged by Parley's own code.
+through `mask_secrets` first, so a bearer token, API key, email address, phone or card
+number pasted into an error message never reaches the log. Message content is never
+logged by Parley's own code.
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ import time
 from opentelemetry import trace
 
 _SECRET_PATTERNS = [
+    # Credentials: bearer and basic auth, JWTs (API tokens, internal identities), API keys.
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [REDACTED]"),
+    (re.compile(r"(?i)\b(basic)\s+[A-Za-z0-9+/=]{8,}"), r"\1 [REDACTED]"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[REDACTED_JWT]"),
     (re.compile(r"\b(sk|pk|rk|pky|ak)[-_][A-Za-z0-9_-]{12,}"), "[REDACTED_KEY]"),
-    (re.compile(r"(?i)(password|passwd|secret|api[_-]?key|token)(\s*[=:]\s*)(\S+)"), r"\1\2[REDACTED]"),
+    (re.compile(r"\b(?:AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+                r"|xox[abprs]-[A-Za-z0-9-]{10,})"), "[REDACTED_KEY]"),
+    (re.compile(r"(?i)(password|passwd|secret|api[_-]?key|token|authorization|x-parley-identity)"
+                r"([\"']?\s*[=:]\s*[\"']?)(?!\[REDACTED|bearer |basic )([^\s\"',}]+)"), r"\1\2[REDACTED]"),
     (re.compile(r"(?i)(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@"), r"\1[REDACTED]@"),
+    (re.compile(r"(?i)(redis(?:s)?://[^:/@\s]*:)[^@\s]+@"), r"\1[REDACTED]@"),
+    # PII: emails, card numbers (and other long digit runs), phone numbers.
     (re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), "[REDACTED_EMAIL]"),
-    (re.compile(r"\b(?:\d[ -]?){13,19}\b"), "[REDACTED_NUMBER]"),
+    # Digit runs inside ids (UUIDs, hex) are not card numbers: they must stand alone.
+    (re.compile(r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w-])"), "[REDACTED_NUMBER]"),
+    (re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){2,4}"
+                r"|\(\d{3}\)\s?\d{3}[\s.-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?!\w)"), "[REDACTED_PHONE]"),
 ]
 
 
