@@ -24,7 +24,7 @@ from services.runtime.db import start_embedded_postgres
 from services.runtime.identity import IdentityMinter, generate_private_key_pem, public_key_pem
 
 # Start order: dependencies first. Each service issue adds its own entry.
-SUITE = ["llm", "sessions"]
+SUITE = ["llm", "sessions", "files"]
 STARTUP_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
 DEV_IDENTITY_TTL_SECONDS = 24 * 3600
