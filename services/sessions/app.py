@@ -1,5 +1,5 @@
-"""Wiring for the sessions service: settings, migrations, the pool, the servicer and the
-retention job."""
+"""Wiring for the sessions service: settings, migrations, the pool, the servicers (sessions and
+the run store) and the retention job."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from pathlib import Path
 
 import grpc
 
+from parley.runstore.v1 import runstore_service_pb2, runstore_service_pb2_grpc
 from parley.sessions.v1 import sessions_service_pb2, sessions_service_pb2_grpc
 from services.runtime.config import env_float, env_int, env_str
 from services.runtime.db import Database, admin_database_url, migrate, with_credentials
 from services.sessions.domain import Limits, Sessions
 from services.sessions.repository import init_connection
+from services.sessions.runstore import RunStore
+from services.sessions.runstore_servicer import RunStoreServicer
 from services.sessions.servicer import SessionServicer
 
 log = logging.getLogger("parley.sessions")
@@ -25,6 +28,8 @@ SCHEMA = "sessions"
 ROLE = "parley_sessions"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = sessions_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+# Internal storage for the gateway's run engine, served next to the sessions its runs live in.
+RUN_STORE_SERVICE_NAME = runstore_service_pb2.DESCRIPTOR.services_by_name["RunStoreService"].full_name
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,12 @@ class SessionsSettings:
 
 
 class SessionsApp:
-    service_names = (SERVICE_NAME,)
+    service_names = (SERVICE_NAME, RUN_STORE_SERVICE_NAME)
 
     def __init__(self, db: Database, sessions: Sessions, settings: SessionsSettings) -> None:
         self.db = db
         self.sessions = sessions
+        self.run_store = RunStore(db)
         self._retention: asyncio.Task | None = None
         if settings.retention_days > 0:
             self._retention = asyncio.create_task(
@@ -67,6 +73,7 @@ class SessionsApp:
 
     def register(self, server: grpc.aio.Server) -> None:
         sessions_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(self.sessions), server)
+        runstore_service_pb2_grpc.add_RunStoreServiceServicer_to_server(RunStoreServicer(self.run_store), server)
 
     async def _purge_forever(self, idle_for: timedelta, interval: float) -> None:
         while True:

@@ -1,0 +1,98 @@
+"""Protobuf ⇄ domain conversions for the run store, and nothing else.
+
+Resources travel into the domain as drafts (their populated top-level fields in protobuf
+JSON form, by .proto field name, enums as numbers) and come back from stored bodies, so a
+field added to parley.assistants.v1 is stored and returned without a change here.
+"""
+
+from __future__ import annotations
+
+from datetime import timezone
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from parley.assistants.v1 import assistants_pb2 as pb
+from services.sessions.convert import timestamp
+from services.sessions.runstore_models import Assistant, Draft, NewRunEvent, Run, RunEvent, RunStep
+
+# Output-only, or carried outside the body: never taken from a request's body fields.
+_EVENT_ENVELOPE = ("sequence", "run_id", "create_time")
+
+
+def _fields(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True, use_integers_for_enums=True)
+
+
+def _parse(body: dict[str, Any], message: Message) -> Message:
+    # Unknown fields are skipped so that rows written before a field was removed still read.
+    return json_format.ParseDict(body, message, ignore_unknown_fields=True)
+
+
+def draft(message: Message) -> Draft:
+    """A request's resource as the domain reads it. Timestamps the store keeps as columns
+    (a run's expire_time) become datetimes."""
+    fields = _fields(message)
+    if isinstance(message, pb.Run) and message.HasField("expire_time"):
+        fields["expire_time"] = message.expire_time.ToDatetime(tzinfo=timezone.utc)
+    return Draft(fields)
+
+
+def new_events(events) -> list[NewRunEvent]:
+    result = []
+    for event in events:
+        body = _fields(event)
+        for name in _EVENT_ENVELOPE:
+            body.pop(name, None)
+        result.append(NewRunEvent(
+            sequence=event.sequence,
+            run_id=event.run_id,
+            create_time=event.create_time.ToDatetime(tzinfo=timezone.utc) if event.HasField("create_time") else None,
+            body=body,
+        ))
+    return result
+
+
+def assistant_to_proto(assistant: Assistant) -> pb.Assistant:
+    message = _parse(assistant.body, pb.Assistant())
+    message.id = str(assistant.id)
+    message.user_id = assistant.user_id
+    message.create_time.CopyFrom(timestamp(assistant.create_time))
+    message.update_time.CopyFrom(timestamp(assistant.update_time))
+    return message
+
+
+def run_to_proto(run: Run) -> pb.Run:
+    message = _parse(run.body, pb.Run())
+    message.id = str(run.id)
+    message.user_id = run.user_id
+    message.session_id = str(run.session_id)
+    message.assistant_id = str(run.assistant_id)
+    message.status = int(run.status)
+    message.busy_session_strategy = int(run.busy_session_strategy)
+    message.last_sequence = run.last_sequence
+    message.create_time.CopyFrom(timestamp(run.create_time))
+    if run.expire_time is not None:
+        message.expire_time.CopyFrom(timestamp(run.expire_time))
+    return message
+
+
+def run_step_to_proto(step: RunStep) -> pb.RunStep:
+    message = _parse(step.body, pb.RunStep())
+    message.id = str(step.id)
+    message.run_id = str(step.run_id)
+    message.session_id = str(step.session_id)
+    message.assistant_id = str(step.assistant_id)
+    message.type = int(step.type)
+    message.status = int(step.status)
+    message.create_time.CopyFrom(timestamp(step.create_time))
+    return message
+
+
+def run_event_to_proto(event: RunEvent) -> pb.RunEvent:
+    message = _parse(event.body, pb.RunEvent())
+    message.sequence = event.sequence
+    message.run_id = str(event.run_id)
+    message.create_time.CopyFrom(timestamp(event.create_time))
+    return message

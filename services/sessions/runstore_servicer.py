@@ -1,0 +1,108 @@
+"""RunStoreService over gRPC: internal storage for the gateway's run engine. Each RPC converts,
+calls the run store as the verified caller, and converts back."""
+
+from __future__ import annotations
+
+from google.protobuf.empty_pb2 import Empty
+
+from parley.runstore.v1 import runstore_service_pb2 as api
+from parley.runstore.v1 import runstore_service_pb2_grpc as api_grpc
+from services.runtime.interceptors import current_identity
+from services.sessions import runstore_convert as convert
+from services.sessions.runstore import RunStore
+
+
+class RunStoreServicer(api_grpc.RunStoreServiceServicer):
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+
+    async def CreateAssistant(self, request, context):
+        assistant = await self._store.create_assistant(current_identity().user_id, convert.draft(request.assistant))
+        return convert.assistant_to_proto(assistant)
+
+    async def GetAssistant(self, request, context):
+        return convert.assistant_to_proto(await self._store.get_assistant(current_identity().user_id, request.assistant_id))
+
+    async def ListAssistants(self, request, context):
+        page = await self._store.list_assistants(current_identity().user_id, size=request.page_size, token=request.page_token)
+        return api.ListAssistantsResponse(
+            assistants=[convert.assistant_to_proto(a) for a in page.items], next_page_token=page.next_page_token
+        )
+
+    async def UpdateAssistant(self, request, context):
+        assistant = await self._store.update_assistant(
+            current_identity().user_id, request.assistant.id, list(request.update_mask.paths), convert.draft(request.assistant)
+        )
+        return convert.assistant_to_proto(assistant)
+
+    async def DeleteAssistant(self, request, context):
+        await self._store.delete_assistant(current_identity().user_id, request.assistant_id)
+        return Empty()
+
+    async def CreateRun(self, request, context):
+        return convert.run_to_proto(await self._store.create_run(current_identity().user_id, convert.draft(request.run)))
+
+    async def GetRun(self, request, context):
+        return convert.run_to_proto(await self._store.get_run(current_identity().user_id, request.run_id))
+
+    async def ListRuns(self, request, context):
+        page = await self._store.list_runs(
+            current_identity().user_id,
+            request.session_id,
+            size=request.page_size,
+            token=request.page_token,
+            statuses=list(request.statuses),
+            order=request.order,
+        )
+        return api.ListRunsResponse(runs=[convert.run_to_proto(r) for r in page.items], next_page_token=page.next_page_token)
+
+    async def UpdateRun(self, request, context):
+        run = await self._store.update_run(
+            current_identity().user_id,
+            request.run.id,
+            list(request.update_mask.paths),
+            convert.draft(request.run),
+            expected_statuses=list(request.expected_statuses),
+            events=convert.new_events(request.events),
+        )
+        return convert.run_to_proto(run)
+
+    async def GetActiveRun(self, request, context):
+        run = await self._store.get_active_run(current_identity().user_id, request.session_id)
+        return api.GetActiveRunResponse(run=convert.run_to_proto(run)) if run else api.GetActiveRunResponse()
+
+    async def CreateRunStep(self, request, context):
+        step = await self._store.create_run_step(current_identity().user_id, convert.draft(request.run_step))
+        return convert.run_step_to_proto(step)
+
+    async def UpdateRunStep(self, request, context):
+        step = await self._store.update_run_step(
+            current_identity().user_id, request.run_step.id, list(request.update_mask.paths), convert.draft(request.run_step)
+        )
+        return convert.run_step_to_proto(step)
+
+    async def ListRunSteps(self, request, context):
+        page = await self._store.list_run_steps(
+            current_identity().user_id, request.run_id, size=request.page_size, token=request.page_token
+        )
+        return api.ListRunStepsResponse(
+            run_steps=[convert.run_step_to_proto(s) for s in page.items], next_page_token=page.next_page_token
+        )
+
+    async def AppendRunEvents(self, request, context):
+        last = await self._store.append_run_events(
+            current_identity().user_id, request.run_id, convert.new_events(request.events)
+        )
+        return api.AppendRunEventsResponse(last_sequence=last)
+
+    async def ListRunEvents(self, request, context):
+        page = await self._store.list_run_events(
+            current_identity().user_id,
+            request.run_id,
+            after_sequence=request.after_sequence,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return api.ListRunEventsResponse(
+            events=[convert.run_event_to_proto(e) for e in page.items], next_page_token=page.next_page_token
+        )
