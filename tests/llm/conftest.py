@@ -74,6 +74,9 @@ models:
   - id: openai/limited
     capabilities: [streaming]
     limits: {rpm: 120}
+  - id: openai/scarce
+    capabilities: [streaming]
+    limits: {rpm: 1}
   - id: openai/tiny
     capabilities: [streaming]
     context_window: 64

@@ -9,6 +9,7 @@ default streamed answer. A step is a dict:
 - `{"status": 429, "headers": {...}, "error": "message"}` — an HTTP error in the vendor's shape
 - `{"hang": True}` — accept the request and answer nothing until the client hangs up
 - `{"text": "...", "endless": True}` — stream deltas every 20 ms until the client hangs up
+- `{"text": "...", "fail_midway": True}` — (OpenAI) stream the text, then an in-stream error
 
 Every request body is kept in `fake.requests`, and every client hang-up seen in
 `fake.disconnects` (as the model name), so tests can check what the SDKs sent and that a
@@ -168,6 +169,9 @@ class FakeVendor:
             await self._endless(response, lambda text: send_choice({"content": text}))
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
+        if step.get("fail_midway"):
+            await self._sse(response, {"error": {"message": "upstream model crashed", "type": "server_error"}})
+            return
         calls = step.get("tool_calls") or []
         # Parallel calls: headers first, then argument fragments interleaved between calls.
         for index, (call_id, name, _) in enumerate(calls):
