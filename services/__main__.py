@@ -21,13 +21,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime.config import DEFAULT_PORTS, env_str, state_dir
 from services.runtime.db import start_embedded_postgres
-from services.runtime.identity import IdentityMinter, generate_private_key_pem, public_key_pem
+from services.runtime.identity import generate_private_key_pem, public_key_pem
 
 # Start order: dependencies first. Each service issue adds its own entry.
-SUITE = ["llm", "sessions", "files"]
+SUITE = ["llm", "sessions", "files", "gateway"]
 STARTUP_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
-DEV_IDENTITY_TTL_SECONDS = 24 * 3600
 _PR_SET_PDEATHSIG = 1
 
 
@@ -68,6 +67,15 @@ def _wait_healthy(service: str, port: int, process: subprocess.Popen, deadline: 
     raise RuntimeError(f"{service} did not become healthy within {STARTUP_TIMEOUT_SECONDS:.0f}s")
 
 
+def _dev_api_key(env: dict[str, str], key_file: Path) -> str:
+    """The development API key: the one in `key_file` while it still works, else a new one."""
+    result = subprocess.run([sys.executable, "-m", "services.gateway", "dev-key", "--file", str(key_file)],
+                            env=env, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_SECONDS)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not issue the development API key: {result.stderr.strip()[-500:]}")
+    return result.stdout.strip()
+
+
 def _stop(children: dict[str, subprocess.Popen]) -> None:
     for process in children.values():
         if process.poll() is None:
@@ -102,6 +110,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    # The gateway reaches each backend of the suite on the port the suite gives it.
+    for service in SUITE:
+        if service in ("llm", "sessions", "files", "assistants"):
+            env.setdefault(f"PARLEY_{service.upper()}_TARGET", f"127.0.0.1:{_port(service)}")
+
     children: dict[str, subprocess.Popen] = {}
     try:
         for service in SUITE:
@@ -111,12 +124,14 @@ def main() -> int:
             _wait_healthy(service, _port(service), children[service], time.monotonic() + STARTUP_TIMEOUT_SECONDS)
             if stopping:
                 return 130
-        token = IdentityMinter(private.read_bytes(), ttl_seconds=DEV_IDENTITY_TTL_SECONDS).mint("dev", {"admin"})
-        (directory / "dev-identity").write_text(token + "\n")
+        key_file = directory / "dev-api-key"
+        api_key = _dev_api_key(env, key_file)
         print("\nParley is running:", flush=True)
         for service in SUITE:
             print(f"  {service:<10} 127.0.0.1:{_port(service)}")
-        print(f"\nA development identity (user 'dev', 24 h) is in {directory / 'dev-identity'}.")
+        print(f"\nA development API key (user 'dev', admin scope), also in {key_file}:\n\n  {api_key}\n")
+        print(f"  export PARLEY_TARGET=127.0.0.1:{_port('gateway')} PARLEY_API_KEY=$(cat {key_file})")
+        print("  parley chat -m local/echo 'Hello, Parley'\n")
         print("Press Ctrl-C to stop.\n", flush=True)
         while not stopping:
             for name, process in children.items():
