@@ -175,12 +175,72 @@ async def sessions_backend(admin_url, identity_public_key):
     await running.stop(0.5)
 
 
+class ObservedVendor:
+    """Stands in for a model vendor behind the real llm service: the local echo model,
+    answering one word every `delay` seconds, recording how each answer ended."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        from services.llm.providers.local import LocalProvider
+
+        self._local = LocalProvider()
+        self.name = "local"
+        self.delay = delay
+        self.started = 0
+        self.finished = 0
+        self.closed_early = 0
+        self.words_sent: list[int] = []
+
+    async def stream(self, model, request, *, max_tokens, timeout):
+        import asyncio
+
+        self.started += 1
+        sent, complete = 0, False
+        try:
+            async for event in self._local.stream(model, request, max_tokens=max_tokens, timeout=timeout):
+                if self.delay and sent:
+                    await asyncio.sleep(self.delay)
+                sent += 1
+                yield event
+            complete = True
+        finally:
+            self.words_sent.append(sent)
+            if complete:
+                self.finished += 1
+            else:
+                self.closed_early += 1  # the consumer went away: the vendor request is closed
+
+    async def embed(self, *args, **kwargs):
+        return await self._local.embed(*args, **kwargs)
+
+    async def aclose(self):
+        await self._local.aclose()
+
+
 @pytest.fixture(scope="session")
-async def gateway(admin_url, identity_private_key, sessions_backend, jwks):
+def vendor():
+    return ObservedVendor()
+
+
+@pytest.fixture(scope="session")
+async def llm_backend(identity_public_key, vendor):
+    import dataclasses
+
+    from services.llm.app import LLMSettings
+    from services.llm.app import build_app as build_llm_app
+
+    settings = dataclasses.replace(LLMSettings.from_env(), use_database=False, warm_embeddings=False, redis_url=None,
+                                   models_file=None, providers={"local": vendor})
+    running = await serve_app(await build_llm_app(settings), "llm", identity_public_key)
+    yield running
+    await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def gateway(admin_url, identity_private_key, sessions_backend, llm_backend, jwks):
     settings = gateway_settings(
         admin_url, identity_private_key,
-        targets={"llm": None, "sessions": f"127.0.0.1:{sessions_backend.port}", "files": "127.0.0.1:1",
-                 "assistants": None},
+        targets={"llm": f"127.0.0.1:{llm_backend.port}", "sessions": f"127.0.0.1:{sessions_backend.port}",
+                 "files": "127.0.0.1:1", "assistants": None},
         jwt=JwtSettings(jwks_url=jwks.url, issuer=ISSUER, audiences=(AUDIENCE,), jwks_min_refresh_seconds=0),
     )
     running = await start_gateway(settings)
