@@ -107,9 +107,12 @@ class Budgets:
         limits = [Limit.from_json(item) for item in raw]
         now = datetime.now(timezone.utc)
         starts = sorted({period_bounds(limit.period, now)[0] for limit in limits})
-        spent = await self._repo.spending_by_period(user_id, starts) if starts else []
+        # Unwritten records first, then the database without them: each call counts once,
+        # whether or not its batch commits in between.
+        pending = [r for r in self._pending() if r.user_id == user_id]
+        spent = await self._repo.spending_by_period(user_id, starts, [r.id for r in pending]) if starts else []
         entry = _Entry(limits, starts, spent, time.monotonic())
-        entry.observed = [r for r in self._pending() if r.user_id == user_id]
+        entry.observed = pending
         self._entries[user_id] = entry
         if len(self._entries) > 100_000:
             self._entries.pop(next(iter(self._entries)))

@@ -36,12 +36,6 @@ def _row(g: UsageGroup) -> pb.UsageRow:
 
 
 async def get_usage(repo: UsageRepository, user_id: str, request: api.GetUsageRequest, models: list[str]) -> api.GetUsageResponse:
-    end = request.end_time.ToDatetime(tzinfo=timezone.utc) if request.HasField("end_time") else datetime.now(timezone.utc)
-    start = request.start_time.ToDatetime(tzinfo=timezone.utc) if request.HasField("start_time") else end - timedelta(days=30)
-    if start >= end:
-        raise errors.InvalidArgument.for_field("start_time", "must be before end_time", "INVALID_RANGE")
-    if end - start > MAX_RANGE:
-        raise errors.InvalidArgument.for_field("start_time", "the range is at most 366 days", "INVALID_RANGE")
     group_by = []
     for value in request.group_by:
         if value not in _GROUP_KEYS:
@@ -49,8 +43,22 @@ async def get_usage(repo: UsageRepository, user_id: str, request: api.GetUsageRe
         if _GROUP_KEYS[value] not in group_by:
             group_by.append(_GROUP_KEYS[value])
     size = page_size(request.page_size, default=100, maximum=1000)
-    query = f"{user_id}|{request.all_users}|{start.isoformat()}|{end.isoformat()}|{sorted(group_by)}|{sorted(models)}"
+    raw_start = request.start_time.ToJsonString() if request.HasField("start_time") else ""
+    raw_end = request.end_time.ToJsonString() if request.HasField("end_time") else ""
+    query = f"{user_id}|{request.all_users}|{raw_start}|{raw_end}|{sorted(group_by)}|{sorted(models)}"
     position = decode_token(request.page_token, query)
+    # A listing keeps the "now" of its first page, so later pages read the same range.
+    if position:
+        end = datetime.fromisoformat(position[1])
+    elif request.HasField("end_time"):
+        end = request.end_time.ToDatetime(tzinfo=timezone.utc)
+    else:
+        end = datetime.now(timezone.utc)
+    start = request.start_time.ToDatetime(tzinfo=timezone.utc) if request.HasField("start_time") else end - timedelta(days=30)
+    if start >= end:
+        raise errors.InvalidArgument.for_field("start_time", "must be before end_time", "INVALID_RANGE")
+    if end - start > MAX_RANGE:
+        raise errors.InvalidArgument.for_field("start_time", "the range is at most 366 days", "INVALID_RANGE")
     offset = int(position[0]) if position else 0
     groups, total = await repo.report(user_id, all_users=request.all_users, start=start, end=end, group_by=group_by,
                                       models=models, limit=size + 1, offset=offset)
@@ -58,7 +66,7 @@ async def get_usage(repo: UsageRepository, user_id: str, request: api.GetUsageRe
     groups = groups[:size]
     return api.GetUsageResponse(
         rows=[_row(g) for g in groups], total=_row(total),
-        next_page_token=encode_token(query, [offset + size]) if more else "",
+        next_page_token=encode_token(query, [offset + size, end.isoformat()]) if more else "",
     )
 
 

