@@ -7,9 +7,13 @@ The database is an embedded PostgreSQL (pgserver) in a temporary directory, or t
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -35,10 +39,21 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
+def private_temp_dir(prefix: str) -> Path:
+    """A temporary directory outside pytest's own: as root, pgserver runs PostgreSQL as the
+    `pgserver` user, which must reach its data directory, and every pytest session resets
+    /tmp/pytest-of-<user> to mode 0700 (other sessions on the machine included). Removed
+    when the test process exits, after the embedded server has stopped."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory) -> str:
+def postgres_server_url() -> str:
     """Admin URL of the PostgreSQL server the tests use (its default database)."""
-    return os.environ.get("PARLEY_TEST_DATABASE_URL") or start_embedded_postgres(tmp_path_factory.mktemp("pg"))
+    url = os.environ.get("PARLEY_TEST_DATABASE_URL")
+    return url or start_embedded_postgres(private_temp_dir("parley-test-pg-") / "pg", delete_on_exit=True)
 
 
 @pytest.fixture(scope="session")

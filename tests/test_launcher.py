@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.__main__ import SUITE
+from tests.conftest import private_temp_dir
 from tests.runtime.test_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,12 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.fixture
+def tmp_path():
+    """The suite's state directory must be reachable by the embedded PostgreSQL's user."""
+    return private_temp_dir("parley-test-launcher-")
 
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen, dict[str, int]]:

@@ -37,13 +37,14 @@ def admin_database_url() -> str:
     return start_embedded_postgres(state_dir() / "pg")
 
 
-def start_embedded_postgres(data_dir: Path) -> str:
+def start_embedded_postgres(data_dir: Path, *, delete_on_exit: bool = False) -> str:
     """Starts (or joins) the embedded server in `data_dir` and returns its admin URL. The
-    server stops when the last process that started or joined it exits."""
+    server stops (and with `delete_on_exit`, its data goes) when the last process that
+    started or joined it exits."""
     import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(data_dir, cleanup_mode="stop").get_uri()
+    return pgserver.get_server(data_dir, cleanup_mode="delete" if delete_on_exit else "stop").get_uri()
 
 
 def with_credentials(url: str, user: str, password: str | None) -> str:
