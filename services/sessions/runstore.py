@@ -70,7 +70,30 @@ def _seq_position(token: str, query_key: str) -> int | None:
         return None
     if len(position) != 1 or not isinstance(position[0], int) or isinstance(position[0], bool):
         raise _invalid_token()
+    if not 0 <= position[0] < 2**63:  # tokens are opaque, not signed: keep forged ones out of SQL
+        raise _invalid_token()
     return position[0]
+
+
+def _nul_violations(value: Any, path: str) -> list[FieldViolation]:
+    """PostgreSQL's jsonb cannot hold NUL characters: name the first field that has one."""
+    if isinstance(value, str):
+        return [FieldViolation(path, "must not contain NUL characters")] if "\x00" in value else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_violations(key, path) or _nul_violations(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _nul_violations(item, f"{path}[{i}]")
+            if found:
+                return found
+    return []
+
+
+def _body_violations(body: dict[str, Any], prefix: str) -> list[FieldViolation]:
+    return [v for name, value in body.items() for v in _nul_violations(value, f"{prefix}.{name}")]
 
 
 def _number_violations(value: Any, field: str, low: float, high: float) -> list[FieldViolation]:
@@ -83,10 +106,11 @@ def _number_violations(value: Any, field: str, low: float, high: float) -> list[
 
 def _writes(
     paths: Sequence[str], draft: Draft, *, writable: Sequence[str], columns: Sequence[str], prefix: str,
-    allow_empty: bool = False,
+    oneof: Sequence[str] = (), allow_empty: bool = False,
 ) -> tuple[ColumnWrites, list[FieldViolation]]:
     """The writes an update mask asks for (AIP-134): without a mask, every writable field the
-    request populates. Only top-level fields; messages, lists and maps are replaced whole."""
+    request populates. Only top-level fields; messages, lists and maps are replaced whole, and
+    writing one member of the `oneof` fields clears the others."""
     if not paths:
         paths = [name for name in writable if name in draft.fields]
         if not paths and not allow_empty:
@@ -99,11 +123,11 @@ def _writes(
     column_values = {p: draft.get(p) for p in wanted if p in columns}
     set_body = {p: draft.fields[p] for p in wanted if p not in columns and p in draft.fields}
     clear_body = [p for p in wanted if p not in columns and p not in draft.fields]
-    details = [p for p in set_body if p in RUN_STEP_DETAILS]
-    if len(details) > 1:
-        violations.append(FieldViolation(f"{prefix}.{details[1]}", f"step details are one of {', '.join(RUN_STEP_DETAILS)}"))
-    elif details:  # a oneof: writing one kind of details clears the other
-        clear_body += [p for p in RUN_STEP_DETAILS if p != details[0] and p not in clear_body]
+    members = [p for p in set_body if p in oneof]
+    if len(members) > 1:
+        violations.append(FieldViolation(f"{prefix}.{members[1]}", f"only one of {', '.join(oneof)} may be set"))
+    elif members:
+        clear_body += [p for p in oneof if p != members[0] and p not in clear_body]
     return ColumnWrites(columns=column_values, set_body=set_body, clear_body=tuple(clear_body)), violations
 
 
@@ -113,7 +137,8 @@ def _assistant_violations(fields: dict[str, Any], prefix: str) -> list[FieldViol
     for name, limit in (("name", NAME_MAX_CHARS), ("description", DESCRIPTION_MAX_CHARS),
                         ("model", MODEL_MAX_CHARS), ("instructions", INSTRUCTIONS_MAX_CHARS)):
         if name in fields:
-            found += text_violations(fields[name], f"{prefix}.{name}", max_chars=limit, single_line=name in ("name", "model"))
+            single_line = name in ("name", "model")
+            found += text_violations(fields[name], f"{prefix}.{name}", max_chars=limit, single_line=single_line)
     if len(fields.get("tools", ())) > MAX_TOOLS:
         found.append(FieldViolation(f"{prefix}.tools", f"has more than {MAX_TOOLS} tools"))
     if "metadata" in fields:
@@ -136,6 +161,7 @@ def _event_violations(events: Sequence[NewRunEvent], run_id: uuid.UUID, *, requi
             found.append(FieldViolation(f"events[{i}].run_id", "must be empty or the run's id"))
         if not event.body:
             found.append(FieldViolation(f"events[{i}]", "must set one kind of event"))
+        found += _body_violations(event.body, f"events[{i}]")
     return found
 
 
@@ -166,7 +192,7 @@ class RunStore:
 
     async def create_assistant(self, user_id: str, draft: Draft) -> Assistant:
         body = {k: v for k, v in draft.fields.items() if k in ASSISTANT_FIELDS}
-        violations = _assistant_violations(body, "assistant")
+        violations = _assistant_violations(body, "assistant") + _body_violations(body, "assistant")
         if not body.get("model"):
             violations.append(FieldViolation("assistant.model", "is required"))
         errors.collect(violations)
@@ -201,6 +227,7 @@ class RunStore:
         aid = parse_id(assistant_id, "assistant.id")
         writes, violations = _writes(paths, draft, writable=ASSISTANT_FIELDS, columns=(), prefix="assistant")
         violations += _assistant_violations(writes.set_body, "assistant")
+        violations += _body_violations(writes.set_body, "assistant")
         if "model" in writes.clear_body:  # unset in the request but named by the mask
             violations.append(FieldViolation("assistant.model", "is required"))
         errors.collect(violations)
@@ -236,10 +263,11 @@ class RunStore:
         strategy = draft.get("busy_session_strategy", 0)
         violations += _enum_value(strategy, BusySessionStrategy, "run.busy_session_strategy", allow_unspecified=True)
         violations += metadata_violations(draft.get("metadata", {}), "run.metadata")
+        body = {k: v for k, v in draft.fields.items() if k in RUN_FIELDS and k not in RUN_COLUMNS}
+        violations += _body_violations(body, "run")
         errors.collect(violations)
         assert sid is not None and aid is not None
         strategy = BusySessionStrategy(strategy or BusySessionStrategy.REJECT)
-        body = {k: v for k, v in draft.fields.items() if k in RUN_FIELDS and k not in RUN_COLUMNS}
         async with self._db.transaction(user_id) as conn:
             # The session row lock serialises run creation per session: the busy check and
             # the insert cannot interleave with another create's.
@@ -259,7 +287,8 @@ class RunStore:
                         metadata={"session_id": str(sid), "active_run_id": str(active.id)},
                     )
             return await self._repo.insert_run(
-                conn, session_id=sid, assistant_id=aid, strategy=strategy, expire_time=draft.get("expire_time"), body=body
+                conn, session_id=sid, assistant_id=aid, strategy=strategy, expire_time=draft.get("expire_time"),
+                body=body,
             )
 
     async def get_run(self, user_id: str, run_id: str) -> Run:
@@ -284,7 +313,9 @@ class RunStore:
         async with self._db.transaction(user_id, readonly=True) as conn:
             if not await self._repo.session_exists(conn, sid):
                 raise _session_not_found(sid)
-            rows = await self._repo.list_runs(conn, sid, statuses=wanted, order=sort, after_seq=after_seq, limit=limit + 1)
+            rows = await self._repo.list_runs(
+                conn, sid, statuses=wanted, order=sort, after_seq=after_seq, limit=limit + 1
+            )
         page, more = rows[:limit], len(rows) > limit
         next_token = encode_token(query_key, [page[-1][0]]) if more else ""
         return Page(items=[run for _, run in page], next_page_token=next_token)
@@ -309,6 +340,7 @@ class RunStore:
                                       "run.busy_session_strategy", allow_unspecified=True)
         if "metadata" in writes.set_body:
             violations += metadata_violations(writes.set_body["metadata"], "run.metadata")
+        violations += _body_violations(writes.set_body, "run")
         expected, found = _statuses(expected_statuses, "expected_statuses")
         violations += found + _event_violations(events, rid, required=False)
         errors.collect(violations)
@@ -321,10 +353,9 @@ class RunStore:
                 raise _not_found("run", "run_id", rid)
             status, last_sequence = current
             if expected and status not in expected:
-                raise errors.Aborted(
-                    f"run {rid} is {RunStatus(status).name}, not one of the expected statuses",
-                    reason="RUN_STATUS_CONFLICT", metadata={"run_id": str(rid), "status": RunStatus(status).name},
-                )
+                name = f"RUN_STATUS_{RunStatus(status).name}"
+                raise errors.Aborted(f"run {rid} is {name}, not one of the expected statuses",
+                                     reason="RUN_STATUS_CONFLICT", metadata={"run_id": str(rid), "status": name})
             if events:
                 _check_sequence(rid, last_sequence, events)
                 last_sequence = events[-1].sequence
@@ -348,8 +379,9 @@ class RunStore:
         for name, kind in RUN_STEP_DETAILS.items():
             if name in draft.fields and step_type != kind:
                 violations.append(FieldViolation(f"run_step.{name}", "does not match the step's type"))
-        errors.collect(violations)
         body = {k: v for k, v in draft.fields.items() if k in RUN_STEP_FIELDS and k not in RUN_STEP_COLUMNS}
+        violations += _body_violations(body, "run_step")
+        errors.collect(violations)
         async with self._db.transaction(user_id) as conn:
             step = await self._repo.insert_run_step(
                 conn, rid, step_type=RunStepType(step_type), status=RunStepStatus(status or RunStepStatus.IN_PROGRESS),
@@ -361,12 +393,15 @@ class RunStore:
 
     async def update_run_step(self, user_id: str, step_id: str, paths: Sequence[str], draft: Draft) -> RunStep:
         step_id_ = parse_id(step_id, "run_step.id")
-        writes, violations = _writes(paths, draft, writable=RUN_STEP_FIELDS, columns=RUN_STEP_COLUMNS, prefix="run_step")
+        writes, violations = _writes(paths, draft, writable=RUN_STEP_FIELDS, columns=RUN_STEP_COLUMNS,
+                                     prefix="run_step", oneof=tuple(RUN_STEP_DETAILS))
         if "type" in writes.columns:
-            violations += _enum_value(writes.columns["type"] or 0, RunStepType, "run_step.type", allow_unspecified=False)
+            violations += _enum_value(writes.columns["type"] or 0, RunStepType, "run_step.type",
+                                      allow_unspecified=False)
         if "status" in writes.columns:
             violations += _enum_value(writes.columns["status"] or 0, RunStepStatus, "run_step.status",
                                       allow_unspecified=False)
+        violations += _body_violations(writes.set_body, "run_step")
         errors.collect(violations)
         async with self._db.transaction(user_id) as conn:
             step = await self._repo.update_run_step(conn, step_id_, writes)
@@ -415,9 +450,12 @@ class RunStore:
         position = _seq_position(token, query_key)
         after = after_sequence if position is None else max(position, after_sequence)
         async with self._db.transaction(user_id, readonly=True) as conn:
-            if not await self._repo.run_exists(conn, rid):
+            last_sequence = await self._repo.get_last_sequence(conn, rid)
+            if last_sequence is None:
                 raise _not_found("run", "run_id", rid)
-            events: list[RunEvent] = await self._repo.list_events(conn, rid, after_sequence=after, limit=limit + 1)
+            events: list[RunEvent] = []
+            if after < last_sequence:  # past the end there is nothing to read
+                events = await self._repo.list_events(conn, rid, after_sequence=after, limit=limit + 1)
         page, more = events[:limit], len(events) > limit
         next_token = encode_token(query_key, [page[-1].sequence]) if more else ""
         return Page(items=page, next_page_token=next_token)

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from parley.assistants.v1 import assistants_pb2 as pb
+from services.runtime import errors
 from services.sessions.convert import timestamp
 from services.sessions.runstore_models import Assistant, Draft, NewRunEvent, Run, RunEvent, RunStep
 
@@ -21,8 +22,27 @@ from services.sessions.runstore_models import Assistant, Draft, NewRunEvent, Run
 _EVENT_ENVELOPE = ("sequence", "run_id", "create_time")
 
 
-def _fields(message: Message) -> dict[str, Any]:
+def _to_dict(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True, use_integers_for_enums=True)
+
+
+def _fields(message: Message, field: str) -> dict[str, Any]:
+    """`message`'s populated fields; a value protobuf JSON cannot carry (a timestamp out of
+    range) is the request's fault, named by its top-level field."""
+    try:
+        return _to_dict(message)
+    except (json_format.Error, ValueError) as error:
+        for bad, _ in message.ListFields():
+            probe = type(message)()
+            probe.CopyFrom(message)
+            for other, _ in message.ListFields():
+                if other.name != bad.name:
+                    probe.ClearField(other.name)
+            try:
+                _to_dict(probe)
+            except (json_format.Error, ValueError):
+                raise errors.InvalidArgument.for_field(f"{field}.{bad.name}", "is not a valid value") from error
+        raise errors.InvalidArgument.for_field(field, "is not a valid value") from error
 
 
 def _parse(body: dict[str, Any], message: Message) -> Message:
@@ -30,10 +50,10 @@ def _parse(body: dict[str, Any], message: Message) -> Message:
     return json_format.ParseDict(body, message, ignore_unknown_fields=True)
 
 
-def draft(message: Message) -> Draft:
-    """A request's resource as the domain reads it. Timestamps the store keeps as columns
-    (a run's expire_time) become datetimes."""
-    fields = _fields(message)
+def draft(message: Message, field: str) -> Draft:
+    """A request's resource (the request field `field`) as the domain reads it. Timestamps
+    the store keeps as columns (a run's expire_time) become datetimes."""
+    fields = _fields(message, field)
     if isinstance(message, pb.Run) and message.HasField("expire_time"):
         fields["expire_time"] = message.expire_time.ToDatetime(tzinfo=timezone.utc)
     return Draft(fields)
@@ -41,8 +61,8 @@ def draft(message: Message) -> Draft:
 
 def new_events(events) -> list[NewRunEvent]:
     result = []
-    for event in events:
-        body = _fields(event)
+    for i, event in enumerate(events):
+        body = _fields(event, f"events[{i}]")
         for name in _EVENT_ENVELOPE:
             body.pop(name, None)
         result.append(NewRunEvent(

@@ -14,6 +14,7 @@ import asyncpg
 from services.runtime.validation import uuid7
 from services.sessions.models import SortOrder
 from services.sessions.runstore_models import (
+    ACTIVE_RUN_STATUSES,
     Assistant,
     BusySessionStrategy,
     ColumnWrites,
@@ -32,8 +33,9 @@ _RUN_COLUMNS = (
     "create_time"
 )
 _RUN_STEP_COLUMNS = "seq, id, run_id, session_id, assistant_id, type, status, body, create_time"
-# Must match the partial index runs_active_by_session (ACTIVE_RUN_STATUSES).
-_ACTIVE = "status IN (1, 2, 3, 4)"
+# "status IN (1, 2, 3, 4)": written out so that the planner matches the partial index
+# runs_active_by_session, whose predicate must list the same statuses.
+_ACTIVE = f"status IN ({', '.join(str(int(s)) for s in ACTIVE_RUN_STATUSES)})"
 
 
 def _assistant(row: asyncpg.Record) -> Assistant:
@@ -115,7 +117,9 @@ class RunStoreRepository:
             )
         return [_assistant(r) for r in rows]
 
-    async def update_assistant(self, conn: asyncpg.Connection, assistant_id: uuid.UUID, writes: ColumnWrites) -> Assistant | None:
+    async def update_assistant(
+        self, conn: asyncpg.Connection, assistant_id: uuid.UUID, writes: ColumnWrites
+    ) -> Assistant | None:
         args: list[Any] = [assistant_id]
         sets = ["update_time = now()", *_updates(writes, args)]
         row = await conn.fetchrow(
@@ -163,6 +167,9 @@ class RunStoreRepository:
     async def run_exists(self, conn: asyncpg.Connection, run_id: uuid.UUID) -> bool:
         return await conn.fetchval("SELECT true FROM runs WHERE id = $1", run_id) is not None
 
+    async def get_last_sequence(self, conn: asyncpg.Connection, run_id: uuid.UUID) -> int | None:
+        return await conn.fetchval("SELECT last_sequence FROM runs WHERE id = $1", run_id)
+
     async def lock_run(self, conn: asyncpg.Connection, run_id: uuid.UUID) -> tuple[int, int] | None:
         """Locks the run row until the transaction ends; (status, last_sequence), or None if not
         visible. A concurrent writer waits here and then reads what the first one committed."""
@@ -208,7 +215,9 @@ class RunStoreRepository:
         return _run(row)
 
     async def set_last_sequence(self, conn: asyncpg.Connection, run_id: uuid.UUID, last_sequence: int) -> None:
-        await conn.execute("UPDATE runs SET last_sequence = $2, update_time = now() WHERE id = $1", run_id, last_sequence)
+        await conn.execute(
+            "UPDATE runs SET last_sequence = $2, update_time = now() WHERE id = $1", run_id, last_sequence
+        )
 
     # -- run steps --------------------------------------------------------------------------
 
@@ -234,7 +243,9 @@ class RunStoreRepository:
         )
         return _run_step(row) if row else None
 
-    async def update_run_step(self, conn: asyncpg.Connection, step_id: uuid.UUID, writes: ColumnWrites) -> RunStep | None:
+    async def update_run_step(
+        self, conn: asyncpg.Connection, step_id: uuid.UUID, writes: ColumnWrites
+    ) -> RunStep | None:
         args: list[Any] = [step_id]
         sets = _updates(writes, args)
         row = await conn.fetchrow(
@@ -269,9 +280,11 @@ class RunStoreRepository:
     async def list_events(
         self, conn: asyncpg.Connection, run_id: uuid.UUID, *, after_sequence: int, limit: int
     ) -> list[RunEvent]:
+        # A run's sequences have no gaps, so the page is exactly the next `limit` numbers: the
+        # bounded range keeps the read O(page) whatever plan row-level security leads to.
         rows = await conn.fetch(
-            "SELECT run_id, sequence, create_time, body FROM run_events WHERE run_id = $1 AND sequence > $2 "
-            "ORDER BY sequence LIMIT $3",
+            "SELECT run_id, sequence, create_time, body FROM run_events "
+            "WHERE run_id = $1 AND sequence > $2 AND sequence <= $2 + $3 ORDER BY sequence LIMIT $3",
             run_id, after_sequence, limit,
         )
         return [RunEvent(run_id=r["run_id"], sequence=r["sequence"], create_time=r["create_time"], body=r["body"])

@@ -17,21 +17,29 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
         self._store = store
 
     async def CreateAssistant(self, request, context):
-        assistant = await self._store.create_assistant(current_identity().user_id, convert.draft(request.assistant))
+        assistant = await self._store.create_assistant(
+            current_identity().user_id, convert.draft(request.assistant, "assistant")
+        )
         return convert.assistant_to_proto(assistant)
 
     async def GetAssistant(self, request, context):
-        return convert.assistant_to_proto(await self._store.get_assistant(current_identity().user_id, request.assistant_id))
+        assistant = await self._store.get_assistant(current_identity().user_id, request.assistant_id)
+        return convert.assistant_to_proto(assistant)
 
     async def ListAssistants(self, request, context):
-        page = await self._store.list_assistants(current_identity().user_id, size=request.page_size, token=request.page_token)
+        page = await self._store.list_assistants(
+            current_identity().user_id, size=request.page_size, token=request.page_token
+        )
         return api.ListAssistantsResponse(
             assistants=[convert.assistant_to_proto(a) for a in page.items], next_page_token=page.next_page_token
         )
 
     async def UpdateAssistant(self, request, context):
         assistant = await self._store.update_assistant(
-            current_identity().user_id, request.assistant.id, list(request.update_mask.paths), convert.draft(request.assistant)
+            current_identity().user_id,
+            request.assistant.id,
+            list(request.update_mask.paths),
+            convert.draft(request.assistant, "assistant"),
         )
         return convert.assistant_to_proto(assistant)
 
@@ -40,7 +48,8 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
         return Empty()
 
     async def CreateRun(self, request, context):
-        return convert.run_to_proto(await self._store.create_run(current_identity().user_id, convert.draft(request.run)))
+        run = await self._store.create_run(current_identity().user_id, convert.draft(request.run, "run"))
+        return convert.run_to_proto(run)
 
     async def GetRun(self, request, context):
         return convert.run_to_proto(await self._store.get_run(current_identity().user_id, request.run_id))
@@ -54,14 +63,16 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
             statuses=list(request.statuses),
             order=request.order,
         )
-        return api.ListRunsResponse(runs=[convert.run_to_proto(r) for r in page.items], next_page_token=page.next_page_token)
+        return api.ListRunsResponse(
+            runs=[convert.run_to_proto(r) for r in page.items], next_page_token=page.next_page_token
+        )
 
     async def UpdateRun(self, request, context):
         run = await self._store.update_run(
             current_identity().user_id,
             request.run.id,
             list(request.update_mask.paths),
-            convert.draft(request.run),
+            convert.draft(request.run, "run"),
             expected_statuses=list(request.expected_statuses),
             events=convert.new_events(request.events),
         )
@@ -72,12 +83,17 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
         return api.GetActiveRunResponse(run=convert.run_to_proto(run)) if run else api.GetActiveRunResponse()
 
     async def CreateRunStep(self, request, context):
-        step = await self._store.create_run_step(current_identity().user_id, convert.draft(request.run_step))
+        step = await self._store.create_run_step(
+            current_identity().user_id, convert.draft(request.run_step, "run_step")
+        )
         return convert.run_step_to_proto(step)
 
     async def UpdateRunStep(self, request, context):
         step = await self._store.update_run_step(
-            current_identity().user_id, request.run_step.id, list(request.update_mask.paths), convert.draft(request.run_step)
+            current_identity().user_id,
+            request.run_step.id,
+            list(request.update_mask.paths),
+            convert.draft(request.run_step, "run_step"),
         )
         return convert.run_step_to_proto(step)
 
