@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from parley.runstore.v1 import runstore_service_pb2_grpc
 from parley.sessions.v1 import sessions_service_pb2_grpc
 from services.sessions.app import SessionsSettings, build_app
 from tests.conftest import channel_to, serve_app
@@ -33,4 +34,12 @@ async def sessions_server(admin_url, identity_public_key):
 async def sessions_stub(sessions_server):
     channel = channel_to(sessions_server)
     yield sessions_service_pb2_grpc.SessionServiceStub(channel)
+    await channel.close()
+
+
+@pytest.fixture(scope="session")
+async def run_store_stub(sessions_server):
+    """The internal RunStoreService, served by the same sessions process."""
+    channel = channel_to(sessions_server)
+    yield runstore_service_pb2_grpc.RunStoreServiceStub(channel)
     await channel.close()
