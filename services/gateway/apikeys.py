@@ -93,6 +93,13 @@ class ApiKeys:
         self._pending_use: dict[uuid.UUID, datetime] = {}
         self._last_written: dict[uuid.UUID, float] = {}
         self._flush_task: asyncio.Task | None = None
+        # Bumped whenever this replica changes a key, so that callers' caches of
+        # authenticated credentials (the gate's) drop what they hold.
+        self.generation = 0
+
+    @property
+    def cache_seconds(self) -> float:
+        return self._policy.cache_seconds
 
     # --- management (the caller's own keys) ----------------------------------------------
 
@@ -197,12 +204,18 @@ class ApiKeys:
 
     def _forget(self, key_id: uuid.UUID) -> None:
         """Drops cached lookups of a key this replica just changed."""
+        self.generation += 1
         for digest in [d for d, (found, _) in self._cache.items() if found is not None and found.key.id == key_id]:
             del self._cache[digest]
 
     # --- authentication ---------------------------------------------------------------
 
     async def authenticate(self, secret: str) -> Principal:
+        return (await self.authenticate_until(secret))[0]
+
+    async def authenticate_until(self, secret: str) -> tuple[Principal, float]:
+        """The key's principal and the epoch time until which this secret stays valid (unless
+        revoked or rotated meanwhile)."""
         if not _SECRET.match(secret):
             raise _unauthenticated("the API key is malformed", "API_KEY_MALFORMED")
         digest = hash_secret(secret)
@@ -211,11 +224,13 @@ class ApiKeys:
             raise _unauthenticated("the API key is not known", "API_KEY_UNKNOWN")
         key = stored.key
         now = utcnow()
+        valid_until = key.expire_time.timestamp() if key.expire_time is not None else float("inf")
         if hmac.compare_digest(digest, stored.secret_hash):
             pass
         elif stored.previous_secret_hash is not None and hmac.compare_digest(digest, stored.previous_secret_hash):
             if key.previous_secret_expire_time is None or key.previous_secret_expire_time <= now:
                 raise _unauthenticated("the API key was rotated and its grace period has ended", "API_KEY_ROTATED")
+            valid_until = min(valid_until, key.previous_secret_expire_time.timestamp())
         else:  # a cached entry for a secret since replaced twice
             raise _unauthenticated("the API key is not known", "API_KEY_UNKNOWN")
         state = key.state(now)
@@ -223,15 +238,17 @@ class ApiKeys:
             raise _unauthenticated("the API key has been revoked", "API_KEY_REVOKED")
         if state is ApiKeyState.EXPIRED:
             raise _unauthenticated("the API key has expired", "API_KEY_EXPIRED")
-        self._note_use(key.id)
-        return Principal(
+        self.note_use(key.id)
+        principal = Principal(
             user_id=key.user_id,
             scopes=frozenset(key.scopes),
             kind="api_key",
             key_id=str(key.id),
             key_limits=key.rate_limits.over(self._policy.default_limits),
             redact_prompt_pii=key.redact_prompt_pii,
+            key_uuid=key.id,
         )
+        return principal, valid_until
 
     async def _lookup(self, digest: bytes) -> StoredKey | None:
         cached = self._cache.get(digest)
@@ -252,7 +269,7 @@ class ApiKeys:
 
     # --- last-used times, written lazily ------------------------------------------------
 
-    def _note_use(self, key_id: uuid.UUID) -> None:
+    def note_use(self, key_id: uuid.UUID) -> None:
         now = time.monotonic()
         if now - self._last_written.get(key_id, -LAST_USED_RESOLUTION) >= LAST_USED_RESOLUTION:
             self._last_written[key_id] = now

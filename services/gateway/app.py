@@ -129,6 +129,8 @@ class GatewayApp:
         self.backends = backends
         self.routes = build_routes(settings.max_request_bytes)
         self.service_names = (*service_names(), API_KEY_SERVICE)
+        # The forwarding handlers map their own errors and trace themselves (see Proxy).
+        self.self_managed_prefixes = Proxy.prefixes(self.routes)
         self._monitor: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -36,8 +36,27 @@ class Gate:
         # cost more than the forwarding itself, and backends cache verified tokens too.
         self._reuse_seconds = identity_ttl_seconds / 3
         self._minted: dict[tuple[str, frozenset[str]], tuple[str, float]] = {}
+        # authorization header → (principal, cached until (monotonic), valid until (epoch),
+        # key generation). Skips hashing and verifying a credential on every call.
+        self._known: dict[str, tuple[Principal, float, float, int]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
+        known = self._known.get(authorization) if authorization else None
+        if known is not None:
+            principal, cached_until, valid_until, generation = known
+            if time.monotonic() < cached_until and time.time() < valid_until and generation == self.keys.generation:
+                if principal.key_uuid is not None:
+                    self.keys.note_use(principal.key_uuid)
+                return principal
+            del self._known[authorization]
+        principal, cache_seconds, valid_until = await self._authenticate(authorization)
+        if len(self._known) >= 10_000:
+            self._known.clear()
+        self._known[authorization] = (principal, time.monotonic() + cache_seconds, valid_until, self.keys.generation)
+        return principal
+
+    async def _authenticate(self, authorization: str | None) -> tuple[Principal, float, float]:
+        """(principal, seconds it may be cached, epoch time it stops being valid)."""
         if not authorization:
             raise errors.Unauthenticated(
                 "missing credentials: send `authorization: Bearer <API key or JWT>`", reason="CREDENTIALS_MISSING"
@@ -50,13 +69,14 @@ class Gate:
             raise errors.Unauthenticated("malformed credentials: expected `Bearer <API key or JWT>`",
                                          reason="CREDENTIALS_MALFORMED")
         if looks_like_api_key(credential):
-            return await self.keys.authenticate(credential)
+            principal, valid_until = await self.keys.authenticate_until(credential)
+            return principal, self.keys.cache_seconds, valid_until
         if looks_like_jwt(credential):
             if self._jwt is None:
                 raise errors.Unauthenticated("this deployment accepts API keys only; no identity provider is configured",
                                              reason="JWT_NOT_ACCEPTED")
-            user_id = await self._jwt.verify(credential)
-            return Principal(user_id=user_id, scopes=JWT_SCOPES, kind="jwt")
+            user_id, valid_until = await self._jwt.verify_until(credential)
+            return Principal(user_id=user_id, scopes=JWT_SCOPES, kind="jwt"), 300.0, valid_until
         raise errors.Unauthenticated("malformed credentials: neither an API key nor a JWT", reason="CREDENTIALS_MALFORMED")
 
     @staticmethod

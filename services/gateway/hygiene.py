@@ -31,6 +31,36 @@ def _single_line(name: str) -> bool:
     return name.endswith(_SINGLE_LINE_SUFFIXES)
 
 
+# What to check in each field of a message type, computed once per type: the walk runs on
+# every request, so it must not ask descriptors the same questions again.
+_SKIP, _TEXT, _TEXTS, _MESSAGE_ONE, _MESSAGES, _MAP_TEXT, _MAP_MESSAGE = range(7)
+_PLANS: dict[str, dict[str, tuple[int, bool]]] = {}
+
+
+def _plan(descriptor) -> dict[str, tuple[int, bool]]:
+    plan = _PLANS.get(descriptor.full_name)
+    if plan is not None:
+        return plan
+    plan = {}
+    for field in descriptor.fields:
+        single = _single_line(field.name)
+        if field.type == _STRING:
+            plan[field.name] = (_TEXTS if field.is_repeated else _TEXT, single)
+        elif field.type == _MESSAGE and field.message_type.full_name not in _OPAQUE:
+            if field.message_type.GetOptions().map_entry:
+                value = field.message_type.fields_by_name["value"]
+                if value.type == _STRING:
+                    plan[field.name] = (_MAP_TEXT, single)
+                elif value.type == _MESSAGE and value.message_type.full_name not in _OPAQUE:
+                    plan[field.name] = (_MAP_MESSAGE, single)
+                else:
+                    plan[field.name] = (_SKIP, single)
+            else:
+                plan[field.name] = (_MESSAGES if field.is_repeated else _MESSAGE_ONE, single)
+    _PLANS[descriptor.full_name] = plan
+    return plan
+
+
 def control_character_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
     """Every string field holding a control character it should not, by field path."""
     found: list[FieldViolation] = []
@@ -45,34 +75,30 @@ def _check(value: str, path: str, single_line: bool, found: list[FieldViolation]
 
 
 def _walk(message: Message, prefix: str, found: list[FieldViolation]) -> None:
+    plan = _plan(message.DESCRIPTOR)
     for field, value in message.ListFields():
         if len(found) >= _MAX_VIOLATIONS:
             return
-        path = f"{prefix}{field.name}"
-        if field.type == _STRING:
-            single = _single_line(field.name)
-            if field.is_repeated:
-                for i, item in enumerate(value):
-                    _check(item, f"{path}[{i}]", single, found)
-            else:
-                _check(value, path, single, found)
-        elif field.type == _MESSAGE:
-            if field.message_type.full_name in _OPAQUE:
-                continue
-            if field.message_type.GetOptions().map_entry:
-                value_field = field.message_type.fields_by_name["value"]
-                for key in value:
-                    _check(str(key), f"{path}[{key!r}]", True, found)
-                    item = value[key]
-                    if value_field.type == _STRING:
-                        _check(item, f"{path}[{key!r}]", False, found)
-                    elif value_field.type == _MESSAGE and value_field.message_type.full_name not in _OPAQUE:
-                        _walk(item, f"{path}[{key!r}].", found)
-            elif field.is_repeated:
-                for i, item in enumerate(value):
-                    _walk(item, f"{path}[{i}].", found)
-            else:
-                _walk(value, f"{path}.", found)
+        kind, single = plan.get(field.name, (_SKIP, False))
+        if kind == _TEXT:
+            if (_CONTROL_OR_NEWLINE if single else _CONTROL).search(value):
+                found.append(FieldViolation(f"{prefix}{field.name}", "must not contain control characters"))
+        elif kind == _MESSAGES:
+            for i, item in enumerate(value):
+                _walk(item, f"{prefix}{field.name}[{i}].", found)
+        elif kind == _MESSAGE_ONE:
+            _walk(value, f"{prefix}{field.name}.", found)
+        elif kind == _TEXTS:
+            for i, item in enumerate(value):
+                _check(item, f"{prefix}{field.name}[{i}]", single, found)
+        elif kind in (_MAP_TEXT, _MAP_MESSAGE):
+            path = f"{prefix}{field.name}"
+            for key in value:
+                _check(str(key), f"{path}[{key!r}]", True, found)
+                if kind == _MAP_TEXT:
+                    _check(value[key], f"{path}[{key!r}]", False, found)
+                else:
+                    _walk(value[key], f"{path}[{key!r}].", found)
 
 
 # --- PII in prompts -------------------------------------------------------------------

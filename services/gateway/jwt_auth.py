@@ -138,11 +138,15 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> str:
         """The user id of a valid token; Unauthenticated otherwise."""
+        return (await self.verify_until(token))[0]
+
+    async def verify_until(self, token: str) -> tuple[str, float]:
+        """The user id of a valid token and the epoch time it stops being valid."""
         cached = self._verified.get(token)
         if cached is not None:
             user_id, expires = cached
             if time.time() < expires + self._settings.leeway_seconds:
-                return user_id
+                return user_id, expires + self._settings.leeway_seconds
             del self._verified[token]
         try:
             header = jwt.get_unverified_header(token)
@@ -188,4 +192,4 @@ class JwtVerifier:
         self._verified[token] = (user_id, float(claims["exp"]))
         if len(self._verified) > self._cache_size:
             self._verified.popitem(last=False)
-        return user_id
+        return user_id, float(claims["exp"]) + self._settings.leeway_seconds

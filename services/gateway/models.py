@@ -90,6 +90,7 @@ class Principal:
     # The key's own limits (defaults applied); None for JWT callers, who only have per-user limits.
     key_limits: RateLimits | None = None
     redact_prompt_pii: bool = False
+    key_uuid: uuid.UUID | None = None
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or ADMIN in self.scopes

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc.aio import EOF, AbortError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 
 from parley.llm.v1 import llm_service_pb2
 from services.gateway.gate import Gate
@@ -29,12 +30,14 @@ from services.gateway.models import Principal
 from services.gateway.routes import PROMPT_METHODS, USAGE_METHODS, Route
 from services.runtime import errors
 from services.runtime.identity import METADATA_KEY
+from services.runtime.status import to_grpc_status
 
 log = logging.getLogger("parley.gateway.proxy")
 
 REQUEST_ID_KEY = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _DETAILS_KEY = "grpc-status-details-bin"
+_TRACE_KEYS = ("traceparent", "tracestate", "baggage")
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -118,6 +121,10 @@ def _tokens_in(route: Route, message: bytes) -> int:
 
 
 class Proxy(grpc.GenericRpcHandler):
+    """The forwarding handlers. They map their own errors and start their own spans (the
+    app lists their prefixes as self-managed), because the shared interceptors would add a
+    wrapper per streamed message; the mapping is the same `to_grpc_status`."""
+
     def __init__(self, routes: Mapping[str, Route], backends: Mapping[str, Backend], gate: Gate) -> None:
         self._gate = gate
         self._backends = backends
@@ -136,23 +143,47 @@ class Proxy(grpc.GenericRpcHandler):
     def service(self, handler_call_details):
         return self._handlers.get(handler_call_details.method)
 
+    @staticmethod
+    def prefixes(routes: Mapping[str, Route]) -> tuple[str, ...]:
+        return tuple(sorted({f"/{route.service}/" for route in routes.values()}))
+
     # --- the parts every call shares ---------------------------------------------------
 
-    async def _enter(self, route: Route, context) -> tuple[Principal, tuple[tuple[str, str], ...]]:
+    async def _enter(self, route: Route, context) -> tuple[Principal, list[tuple[str, str]], object]:
+        """Authenticates and authorises; the metadata for the backend and the span (or None)."""
         authorization = request_id = None
+        trace_headers: dict[str, str] = {}
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 authorization = value
             elif key == REQUEST_ID_KEY:
                 request_id = value
-        principal = await self._gate.authenticate(authorization)
-        self._gate.authorize(principal, route.scope, route.service)
+            elif key in _TRACE_KEYS:
+                trace_headers[key] = value
+        try:
+            principal = await self._gate.authenticate(authorization)
+            self._gate.authorize(principal, route.scope, route.service)
+        except (errors.Unauthenticated, errors.PermissionDenied) as error:
+            log.info("refused %s: %s", route.path, error.reason)
+            raise
         if not request_id or not _REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        metadata = ((METADATA_KEY, self._gate.identity(principal)), (REQUEST_ID_KEY, request_id), *carrier.items())
-        return principal, metadata
+        metadata = [(METADATA_KEY, self._gate.identity(principal)), (REQUEST_ID_KEY, request_id)]
+        span = None
+        provider = trace.get_tracer_provider()
+        if hasattr(provider, "add_span_processor"):  # the SDK is installed: spans go somewhere
+            parent = propagate.extract(trace_headers)
+            span = provider.get_tracer("parley.gateway").start_span(
+                route.path[1:], context=parent, kind=trace.SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": route.service, "rpc.method": route.method,
+                            "parley.backend": route.backend, "parley.request_id": request_id},
+            )
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier, context=trace.set_span_in_context(span, parent))
+            metadata.extend(carrier.items())
+        else:  # no spans here: the caller's trace context goes on unchanged
+            metadata.extend(trace_headers.items())
+        return principal, metadata, span
 
     def _inspect(self, route: Route, principal: Principal, request: bytes, index: int = 0) -> bytes:
         """Size limit, control characters and the PII policy; the request to forward."""
@@ -168,7 +199,9 @@ class Proxy(grpc.GenericRpcHandler):
         except DecodeError:
             raise errors.InvalidArgument(f"the request is not a valid {route.request_class.DESCRIPTOR.full_name}",
                                          reason="REQUEST_MALFORMED") from None
-        errors.collect(control_character_violations(message))
+        violations = control_character_violations(message)
+        if violations:
+            errors.collect(violations)
         if principal.redact_prompt_pii and route.path in PROMPT_METHODS and redact_prompt(message):
             return message.SerializeToString()
         return request
@@ -184,6 +217,17 @@ class Proxy(grpc.GenericRpcHandler):
             raise backend.unavailable()
         await context.abort(code, exc.details() or "", trailing)
 
+    @staticmethod
+    async def _fail(context, route: Route, exc: BaseException, span) -> None:
+        """Ends the call with the rich status of a domain error, or a bare INTERNAL."""
+        if span is not None:
+            span.set_status(trace.Status(trace.StatusCode.ERROR))
+        if not isinstance(exc, errors.ParleyError):
+            log.error("unhandled error in %s", route.path, exc_info=exc)
+            exc = errors.Internal("internal error; the server log has the details", reason="INTERNAL")
+        status = to_grpc_status(exc)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
     async def _record_usage(self, route: Route, principal: Principal, last: bytes | None) -> None:
         if last is None or route.path not in USAGE_METHODS:
             return
@@ -197,19 +241,28 @@ class Proxy(grpc.GenericRpcHandler):
         backend = self._backends[route.backend]
 
         async def forward(request: bytes, context) -> bytes:
-            principal, metadata = await self._enter(route, context)
-            request = self._inspect(route, principal, request)
-            await self._gate.admit(principal, stream=False)
-            call = backend.callable(route)(request, metadata=metadata, timeout=context.time_remaining())
+            span = None
             try:
-                response = await call
-            except grpc.aio.AioRpcError as exc:
-                await self._relay(context, backend, exc)
-            except asyncio.CancelledError:
-                call.cancel()
+                principal, metadata, span = await self._enter(route, context)
+                request = self._inspect(route, principal, request)
+                await self._gate.admit(principal, stream=False)
+                call = backend.callable(route)(request, metadata=metadata, timeout=context.time_remaining())
+                try:
+                    response = await call
+                except grpc.aio.AioRpcError as exc:
+                    await self._relay(context, backend, exc)
+                except asyncio.CancelledError:
+                    call.cancel()
+                    raise
+                await self._record_usage(route, principal, response)
+                return response
+            except (AbortError, asyncio.CancelledError):
                 raise
-            await self._record_usage(route, principal, response)
-            return response
+            except Exception as exc:  # noqa: BLE001 - domain errors and the last line of defence
+                await self._fail(context, route, exc, span)
+            finally:
+                if span is not None:
+                    span.end()
 
         return forward
 
@@ -217,23 +270,38 @@ class Proxy(grpc.GenericRpcHandler):
         backend = self._backends[route.backend]
 
         async def forward(request: bytes, context) -> AsyncIterator[bytes]:
-            principal, metadata = await self._enter(route, context)
-            request = self._inspect(route, principal, request)
-            admission = await self._gate.admit(principal, stream=True)
+            span = call = admission = principal = None
             last = None
-            call = None
             try:
+                principal, metadata, span = await self._enter(route, context)
+                request = self._inspect(route, principal, request)
+                admission = await self._gate.admit(principal, stream=True)
                 call = backend.callable(route)(request, metadata=metadata, timeout=context.time_remaining())
-                async for message in call:
+                read = call.read
+                while True:
+                    message = await read()
+                    if message is EOF:
+                        break
                     last = message
                     yield message
             except grpc.aio.AioRpcError as exc:
-                await self._relay(context, backend, exc)
+                try:
+                    await self._relay(context, backend, exc)
+                except errors.ParleyError as error:
+                    await self._fail(context, route, error, span)
+            except (AbortError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await self._fail(context, route, exc, span)
             finally:
                 if call is not None and not call.done():
                     call.cancel()  # the client went away: stop the backend (and its vendor) too
-                await self._gate.limiter.release(admission)
-                await self._record_usage(route, principal, last)
+                if admission is not None:
+                    await self._gate.limiter.release(admission)
+                if principal is not None:
+                    await self._record_usage(route, principal, last)
+                if span is not None:
+                    span.end()
 
         return forward
 
@@ -241,33 +309,42 @@ class Proxy(grpc.GenericRpcHandler):
         backend = self._backends[route.backend]
 
         async def forward(request_iterator, context) -> bytes:
-            principal, metadata = await self._enter(route, context)
-            await self._gate.admit(principal, stream=False)
+            span = None
             failure: list[errors.ParleyError] = []
-            call = None
-
-            async def requests():
-                index = 0
-                async for message in request_iterator:
-                    try:
-                        message = self._inspect(route, principal, message, index)
-                    except errors.ParleyError as error:
-                        failure.append(error)
-                        call.cancel()
-                        return
-                    index += 1
-                    yield message
-
-            call = backend.callable(route)(requests(), metadata=metadata, timeout=context.time_remaining())
             try:
-                return await call
-            except grpc.aio.AioRpcError as exc:
-                await self._relay(context, backend, exc)
-            except asyncio.CancelledError:
-                if failure:
-                    raise failure[0] from None
-                call.cancel()
+                principal, metadata, span = await self._enter(route, context)
+                await self._gate.admit(principal, stream=False)
+                call = None
+
+                async def requests():
+                    index = 0
+                    async for message in request_iterator:
+                        try:
+                            message = self._inspect(route, principal, message, index)
+                        except errors.ParleyError as error:
+                            failure.append(error)
+                            call.cancel()
+                            return
+                        index += 1
+                        yield message
+
+                call = backend.callable(route)(requests(), metadata=metadata, timeout=context.time_remaining())
+                try:
+                    return await call
+                except grpc.aio.AioRpcError as exc:
+                    await self._relay(context, backend, exc)
+                except asyncio.CancelledError:
+                    if failure:
+                        raise failure[0] from None
+                    call.cancel()
+                    raise
+            except (AbortError, asyncio.CancelledError):
                 raise
+            except Exception as exc:  # noqa: BLE001
+                await self._fail(context, route, exc, span)
+            finally:
+                if span is not None:
+                    span.end()
 
         return forward
 
@@ -275,24 +352,35 @@ class Proxy(grpc.GenericRpcHandler):
         backend = self._backends[route.backend]
 
         async def forward(request_iterator, context) -> AsyncIterator[bytes]:
-            principal, metadata = await self._enter(route, context)
-            admission = await self._gate.admit(principal, stream=True)
-
-            async def requests():
-                index = 0
-                async for message in request_iterator:
-                    yield self._inspect(route, principal, message, index)
-                    index += 1
-
-            call = backend.callable(route)(requests(), metadata=metadata, timeout=context.time_remaining())
+            span = call = admission = None
             try:
+                principal, metadata, span = await self._enter(route, context)
+                admission = await self._gate.admit(principal, stream=True)
+
+                async def requests():
+                    index = 0
+                    async for message in request_iterator:
+                        yield self._inspect(route, principal, message, index)
+                        index += 1
+
+                call = backend.callable(route)(requests(), metadata=metadata, timeout=context.time_remaining())
                 async for message in call:
                     yield message
             except grpc.aio.AioRpcError as exc:
-                await self._relay(context, backend, exc)
+                try:
+                    await self._relay(context, backend, exc)
+                except errors.ParleyError as error:
+                    await self._fail(context, route, error, span)
+            except (AbortError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await self._fail(context, route, exc, span)
             finally:
-                if not call.done():
+                if call is not None and not call.done():
                     call.cancel()
-                await self._gate.limiter.release(admission)
+                if admission is not None:
+                    await self._gate.limiter.release(admission)
+                if span is not None:
+                    span.end()
 
         return forward

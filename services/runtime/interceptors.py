@@ -75,12 +75,18 @@ async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns domain errors into rich statuses and anything unexpected into a bare INTERNAL."""
+    """Turns domain errors into rich statuses and anything unexpected into a bare INTERNAL.
+
+    Methods under `skip_prefixes` map their own errors (the gateway's forwarding handlers,
+    which cannot afford a wrapper per streamed message)."""
+
+    def __init__(self, skip_prefixes: tuple[str, ...] = ()) -> None:
+        self._skip = (*UNGUARDED_PREFIXES, *skip_prefixes)
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if handler is None or is_unguarded(method):
+        if handler is None or method.startswith(self._skip):
             return handler
         return wrap_handler(handler, lambda b: self._unary(method, b), lambda b: self._streaming(method, b))
 

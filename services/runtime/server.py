@@ -82,7 +82,12 @@ async def start_server(
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
     """Starts serving `app`. With a verifier, every call must carry a gateway-minted identity."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [server_interceptor(), ErrorInterceptor(), *extra_interceptors]
+    # An app may serve some methods with its own error mapping and tracing (the gateway's
+    # forwarding handlers): the shared interceptors leave those alone.
+    own = tuple(getattr(app, "self_managed_prefixes", ()))
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        server_interceptor(own), ErrorInterceptor(own), *extra_interceptors
+    ]
     if verifier is not None:
         interceptors.append(IdentityInterceptor(verifier))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))

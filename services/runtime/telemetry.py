@@ -54,8 +54,14 @@ def _not_infrastructure():
     )
 
 
-def server_interceptor():
-    return aio_server_interceptor(filter_=_not_infrastructure())
+_INFRASTRUCTURE = ("/grpc.health.", "/grpc.reflection.")
+
+
+def server_interceptor(skip_prefixes: tuple[str, ...] = ()):
+    """Server spans for every method but infrastructure and `skip_prefixes` (methods whose
+    handlers trace themselves). The filter runs on every call, so it is one startswith."""
+    skipped = (*_INFRASTRUCTURE, *skip_prefixes)
+    return aio_server_interceptor(filter_=lambda details: not details.method.startswith(skipped))
 
 
 def client_interceptors():

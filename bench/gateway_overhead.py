@@ -1,0 +1,140 @@
+"""Gateway benchmark: what the gateway adds to a call. The same calls go to the llm service
+directly (with a minted identity, as the gateway would send) and through the gateway (with
+an API key), in one run, alternating rounds: unary p50/p99 (Generate on `local/echo`), stream
+time to first token, and streaming throughput, at concurrency 1 and 32.
+Run with `python -m bench.gateway_overhead` (about two minutes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from bench._common import ServiceProcess, percentile, run_concurrently
+from parley.llm.v1 import llm_pb2
+from parley.llm.v1 import llm_service_pb2 as api
+from parley.llm.v1 import llm_service_pb2_grpc as api_grpc
+from services.runtime.db import start_embedded_postgres
+from services.runtime.identity import IdentityMinter, generate_private_key_pem, public_key_pem
+
+ROUNDS = 3
+UNARY_CALLS = {1: 1000, 32: 4000}
+TTFT_STREAMS = {1: 300, 32: 1200}
+LONG_STREAM_WORDS = 2000
+THROUGHPUT_STREAMS = {1: 3, 32: 32}
+
+
+def _messages(text: str) -> list[llm_pb2.ChatMessage]:
+    return [llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text=text)])]
+
+
+async def unary(stub, metadata, clients: int, total: int) -> list[float]:
+    request = api.GenerateRequest(model="local/echo", messages=_messages("How do I rotate an API key?"))
+
+    async def call():
+        await stub.Generate(request, metadata=metadata)
+
+    return (await run_concurrently(call, clients, total))[1]
+
+
+async def ttft(stub, metadata, clients: int, total: int) -> list[float]:
+    request = api.StreamGenerateRequest(model="local/echo", messages=_messages("time to the first token"))
+    firsts: list[float] = []
+
+    async def call():
+        started = time.perf_counter()
+        seen = False
+        async for _ in stub.StreamGenerate(request, metadata=metadata):
+            if not seen:
+                firsts.append(time.perf_counter() - started)
+                seen = True
+
+    await run_concurrently(call, clients, total)
+    return firsts
+
+
+async def throughput(stub, metadata, streams: int) -> float:
+    """Events per second over `streams` concurrent long streams."""
+    text = " ".join(f"w{i}" for i in range(LONG_STREAM_WORDS))
+    request = api.StreamGenerateRequest(model="local/echo", messages=_messages(text))
+
+    async def one() -> int:
+        return sum([1 async for _ in stub.StreamGenerate(request, metadata=metadata)])
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(one() for _ in range(streams)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms"
+
+
+async def measure(direct, gateway) -> list[str]:
+    """direct/gateway: (stub, metadata). Alternating rounds; medians over rounds."""
+    lines = []
+    for clients in (1, 32):
+        results: dict[str, dict[str, list]] = {k: {"direct": [], "gateway": []} for k in ("unary", "ttft", "tput")}
+        for round_number in range(ROUNDS):
+            print(f"concurrency {clients}, round {round_number + 1}/{ROUNDS}", file=sys.stderr, flush=True)
+            for name, (stub, metadata) in (("direct", direct), ("gateway", gateway)):
+                results["unary"][name].append(await unary(stub, metadata, clients, UNARY_CALLS[clients] // ROUNDS))
+                results["ttft"][name].append(await ttft(stub, metadata, clients, TTFT_STREAMS[clients] // ROUNDS))
+                results["tput"][name].append(await throughput(stub, metadata, THROUGHPUT_STREAMS[clients]))
+
+        def pooled(kind, name):
+            return [v for round_values in results[kind][name] for v in round_values]
+
+        for kind, label in (("unary", "unary Generate"), ("ttft", "stream time to first token")):
+            d, g = pooled(kind, "direct"), pooled(kind, "gateway")
+            d50, g50, d99, g99 = (percentile(d, 0.5), percentile(g, 0.5), percentile(d, 0.99), percentile(g, 0.99))
+            lines.append(f"| {clients} | {label} | p50 {_ms(d50)}, p99 {_ms(d99)} | p50 {_ms(g50)}, p99 {_ms(g99)} "
+                         f"| **{(g50 - d50) * 1e3:+.2f} ms** ({g50 / d50:.2f}×) | {(g99 - d99) * 1e3:+.2f} ms "
+                         f"({g99 / d99:.2f}×) |")
+        d, g = statistics.median(results["tput"]["direct"]), statistics.median(results["tput"]["gateway"])
+        lines.append(f"| {clients} | streaming throughput ({THROUGHPUT_STREAMS[clients]} streams × {LONG_STREAM_WORDS} "
+                     f"events) | {d:,.0f} events/s | {g:,.0f} events/s | **{g / d:.2f}× direct** | |")
+    return lines
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="parley-bench-gw-") as tmp:
+        admin_url = os.environ.get("PARLEY_DATABASE_URL") or start_embedded_postgres(Path(tmp) / "pg")
+        private_key = generate_private_key_pem()
+        (Path(tmp) / "id.pem").write_bytes(private_key)
+        (Path(tmp) / "id.pub.pem").write_bytes(public_key_pem(private_key))
+        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(Path(tmp) / "id.pub.pem"),
+                  "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(Path(tmp) / "id.pem"), "PARLEY_REDIS_URL": ""}
+        llm_env = {**common, "PARLEY_LLM_WARM_EMBEDDINGS": "false"}
+        async with ServiceProcess("llm", llm_env) as llm:
+            gateway_env = {**common, "PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}", "PARLEY_SESSIONS_TARGET": "none",
+                           "PARLEY_FILES_TARGET": "none", "PARLEY_ASSISTANTS_TARGET": "none",
+                           "PARLEY_GATEWAY_KEY_REQUESTS_PER_MINUTE": "0", "PARLEY_GATEWAY_USER_REQUESTS_PER_MINUTE": "0",
+                           "PARLEY_GATEWAY_KEY_CONCURRENT_STREAMS": "0", "PARLEY_GATEWAY_USER_CONCURRENT_STREAMS": "0"}
+            async with ServiceProcess("gateway", gateway_env) as gateway:
+                made = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user", "bench"],
+                                      env={**os.environ, **common}, capture_output=True, text=True, check=True)
+                api_key = made.stdout.strip()
+                minter = IdentityMinter(private_key, ttl_seconds=3600)
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{llm.port}") as direct_channel, \
+                        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as gateway_channel:
+                    direct = (api_grpc.LLMServiceStub(direct_channel), minter.metadata("bench", {"admin"}))
+                    via = (api_grpc.LLMServiceStub(gateway_channel), (("authorization", f"Bearer {api_key}"),))
+                    # Warm up both paths (connections, caches, JIT-free but allocator-warm).
+                    await unary(*direct, 8, 200)
+                    await unary(*via, 8, 200)
+                    lines = await measure(direct, via)
+    print("| clients | measure | direct to llm | through the gateway | added at p50 | added at p99 |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
