@@ -18,6 +18,7 @@ from services.llm.engine import LLM, EngineSettings
 from services.llm.providers.base import LLMProvider
 from services.llm.providers.local import LocalProvider
 from services.llm.servicer import LLMServicer
+from services.llm.tokens import TokenCounter
 from services.llm.usage import Ledger
 from services.runtime.config import ConfigError, env_bool, env_float, env_int, env_str
 
@@ -176,7 +177,9 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
         budgets = Budgets(usage, cache_seconds=settings.budget_cache_seconds, pending=ledger.pending_records)
         ledger.add_listener(budgets.observe)
     ledger.start()
-    llm = LLM(catalog, providers, settings.engine, cache=cache, ledger=ledger, budgets=budgets)
+    tokens = TokenCounter()
+    await asyncio.to_thread(tokens.warm)
+    llm = LLM(catalog, providers, settings.engine, cache=cache, ledger=ledger, budgets=budgets, tokens=tokens)
     app = LLMApp(llm, ledger, cache, db=db, budgets=budgets, usage=usage)
     if settings.warm_embeddings:
         app.warm_embeddings()

@@ -481,8 +481,11 @@ class LLM:
             try:
                 while True:
                     try:
-                        async with asyncio.timeout_at(deadline.at):
+                        if deadline.at is None:
                             event = await anext(it)
+                        else:
+                            async with asyncio.timeout_at(deadline.at):
+                                event = await anext(it)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:

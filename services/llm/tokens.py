@@ -78,8 +78,10 @@ def encoding_for(spec: ModelSpec) -> tuple[str, bool]:
 
 
 class TokenCounter:
-    def __init__(self) -> None:
-        self._exact_cache: dict[str, bool] = {}
+    def warm(self) -> None:
+        """Loads the encodings now (a third of a second), not in the first request."""
+        _encoding("cl100k_base")
+        _encoding("o200k_base")
 
     def count_text(self, spec: ModelSpec, text: str) -> tuple[int, bool]:
         name, native = encoding_for(spec)

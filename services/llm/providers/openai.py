@@ -7,9 +7,13 @@ are off: the service's retry loop decides.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
 
+import aiohttp
+import httpx2
 import openai
 
 from services.llm.models import (
@@ -149,52 +153,66 @@ class OpenAIProvider:
                                          http_client=_http_client(transport))
 
     async def stream(self, model: str, request: ChatRequest, *, max_tokens: int, timeout: float | None) -> AsyncIterator[StreamEvent]:
+        """The SDK sends the request and maps HTTP errors; the SSE body is read as raw lines
+        and decoded with json.loads here. The SDK's typed chunk models cost about 0.5 ms of
+        CPU per chunk, more than everything else the service does per token together."""
         params = openai_params(request, compatible=self.compatible)
-        try:
-            stream = await self.client.chat.completions.create(
-                model=model, messages=to_openai_messages(request.messages), stream=True,
-                stream_options={"include_usage": True}, timeout=timeout, **params,
-            )
-        except openai.OpenAIError as exc:
-            raise provider_error(exc) from None
         finish = FinishReason.UNSPECIFIED
         usage: Usage | None = None
         response_model = ""
         output_chars = 0
         try:
-            async for chunk in stream:
-                response_model = chunk.model or response_model
-                if chunk.usage is not None:
-                    u = chunk.usage
-                    prompt_details = getattr(u, "prompt_tokens_details", None)
-                    completion_details = getattr(u, "completion_tokens_details", None)
-                    usage = Usage(
-                        input_tokens=u.prompt_tokens or 0,
-                        output_tokens=u.completion_tokens or 0,
-                        cached_input_tokens=(getattr(prompt_details, "cached_tokens", 0) or 0) if prompt_details else 0,
-                        reasoning_tokens=(getattr(completion_details, "reasoning_tokens", 0) or 0)
-                        if completion_details else 0,
-                    )
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue
-                    delta = choice.delta
-                    if delta is not None:
-                        if delta.content:
-                            output_chars += len(delta.content)
-                            yield TextDelta(delta.content)
-                        for call in delta.tool_calls or ():
-                            fn = call.function
-                            arguments = (fn.arguments or "") if fn else ""
+            async with self.client.chat.completions.with_streaming_response.create(
+                model=model, messages=to_openai_messages(request.messages), stream=True,
+                stream_options={"include_usage": True}, timeout=timeout, **params,
+            ) as response:
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, `event:` lines
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        raise ProviderError("server", "the provider sent a malformed stream chunk") from None
+                    if chunk.get("error"):
+                        error = chunk["error"]
+                        text = error.get("message") if isinstance(error, dict) else str(error)
+                        raise ProviderError("server", f"the provider reported an error: {safe_message(text)}")
+                    response_model = chunk.get("model") or response_model
+                    u = chunk.get("usage")
+                    if u:
+                        prompt_details = u.get("prompt_tokens_details") or {}
+                        completion_details = u.get("completion_tokens_details") or {}
+                        usage = Usage(
+                            input_tokens=u.get("prompt_tokens") or 0,
+                            output_tokens=u.get("completion_tokens") or 0,
+                            cached_input_tokens=prompt_details.get("cached_tokens") or 0,
+                            reasoning_tokens=completion_details.get("reasoning_tokens") or 0,
+                        )
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("index", 0) != 0:
+                            continue
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
+                        if content:
+                            output_chars += len(content)
+                            yield TextDelta(content)
+                        for call in delta.get("tool_calls") or ():
+                            fn = call.get("function") or {}
+                            arguments = fn.get("arguments") or ""
                             output_chars += len(arguments)
-                            yield ToolCallDelta(index=call.index, id=call.id or "",
-                                                name=(fn.name or "") if fn else "", arguments=arguments)
-                    if choice.finish_reason:
-                        finish = FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP)
+                            yield ToolCallDelta(index=call.get("index", 0), id=call.get("id") or "",
+                                                name=fn.get("name") or "", arguments=arguments)
+                        if choice.get("finish_reason"):
+                            finish = FINISH_REASONS.get(choice["finish_reason"], FinishReason.STOP)
         except openai.OpenAIError as exc:
             raise provider_error(exc) from None
-        finally:
-            await stream.close()
+        except (httpx2.TimeoutException, asyncio.TimeoutError):
+            raise ProviderError("timeout", "the provider did not answer in time") from None
+        except (httpx2.HTTPError, aiohttp.ClientError, OSError):
+            raise ProviderError("connection", "the connection to the provider broke") from None
         if usage is None:
             # Servers that ignore include_usage: an estimate beats reporting nothing.
             usage = Usage(input_tokens=sum(estimate_text(m.text) + 3 for m in request.messages),

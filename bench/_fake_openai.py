@@ -1,0 +1,57 @@
+"""A fake OpenAI-compatible upstream for the benchmarks: `python -m bench._fake_openai PORT`.
+
+Streams chat completions as fast as it can, in OpenAI's wire format (chunks, then a usage
+chunk from `stream_options.include_usage`, then `[DONE]`). The model name says how many
+tokens to stream: "fake-200" streams 200 one-word deltas.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from aiohttp import web
+
+_BASE = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000}
+
+
+def _chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
+    body = {**_BASE, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+_cache: dict[str, list[bytes]] = {}
+
+
+def _stream(model: str) -> list[bytes]:
+    if model not in _cache:
+        tokens = int(model.rsplit("-", 1)[-1])
+        parts = [_chunk(model, {"role": "assistant", "content": ""})]
+        parts += [_chunk(model, {"content": f"tok{i} "}) for i in range(tokens)]
+        parts.append(_chunk(model, {}, "stop"))
+        usage = {**_BASE, "model": model, "choices": [],
+                 "usage": {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens}}
+        parts.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
+        parts.append(b"data: [DONE]\n\n")
+        _cache[model] = parts
+    return _cache[model]
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for part in _stream(body["model"]):
+        await response.write(part)
+    await response.write_eof()
+    return response
+
+
+def main() -> None:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
