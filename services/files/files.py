@@ -69,10 +69,11 @@ class Files:
     def _check_metadata(self, metadata: UploadMetadata) -> str:
         violations: list[FieldViolation] = []
         filename = ""
+        filename_error: errors.InvalidArgument | None = None
         try:
             filename = sniff.sanitize_filename(metadata.filename)
         except errors.InvalidArgument as exc:
-            violations += exc.field_violations
+            filename_error = exc
         if metadata.purpose not in FilePurpose._value2member_map_:
             violations.append(FieldViolation("metadata.purpose", "is required: ASSISTANTS, ASSISTANTS_OUTPUT, VISION or USER_DATA"))
         violations += attribute_violations(metadata.attributes, "metadata.attributes")
@@ -84,6 +85,10 @@ class Files:
             violations.append(FieldViolation("metadata.sha256", "must be 64 lowercase hex digits"))
         if len(metadata.declared_media_type) > 255:
             violations.append(FieldViolation("metadata.media_type", "must have at most 255 characters"))
+        if filename_error is not None:
+            if not violations:
+                raise filename_error
+            violations = filename_error.field_violations + violations
         errors.collect(violations)
         return filename
 

@@ -398,18 +398,25 @@ class FileRepository:
         if mode in (RankingMode.HYBRID, RankingMode.TEXT):
             args.extend([ts_config, query])
             cfg, text = f"${len(args) - 1}::regconfig", f"${len(args)}::text"
-            # Any of the query's terms may match (plainto_tsquery alone would require all).
+            # Strict, then relaxed: chunks with all of the query's terms if there are any (an
+            # identifier matches exactly), otherwise chunks with any of them (a question
+            # rarely has all its words in one passage).
             ctes.append(
-                f"q AS (SELECT replace(plainto_tsquery({cfg}, {text})::text, ' & ', ' | ')::tsquery AS query), "
-                "t AS (SELECT c.id, ts_rank_cd(c.tsv, q.query, 32) AS trank FROM chunks c, q "
-                "      WHERE c.tsv @@ q.query AND c.entry_id = ANY($1::bigint[]) ORDER BY trank DESC, c.id LIMIT $2), "
+                f"q AS (SELECT plainto_tsquery({cfg}, {text}) AS query_all, "
+                f"      replace(plainto_tsquery({cfg}, {text})::text, ' & ', ' | ')::tsquery AS query_any), "
+                "t_all AS (SELECT c.id, ts_rank_cd(c.tsv, q.query_all, 32) AS trank FROM chunks c, q "
+                "          WHERE c.tsv @@ q.query_all AND c.entry_id = ANY($1::bigint[]) ORDER BY trank DESC, c.id LIMIT $2), "
+                "t AS (SELECT * FROM t_all UNION ALL "
+                "      (SELECT c.id, ts_rank_cd(c.tsv, q.query_any, 32) AS trank FROM chunks c, q "
+                "       WHERE NOT EXISTS (SELECT 1 FROM t_all) AND c.tsv @@ q.query_any AND c.entry_id = ANY($1::bigint[]) "
+                "       ORDER BY trank DESC, c.id LIMIT $2)), "
                 "tr AS (SELECT id, trank, row_number() OVER (ORDER BY trank DESC, id) AS rank FROM t)"
             )
         else:
             ctes.append("tr AS (SELECT NULL::bigint AS id, NULL::float8 AS trank, NULL::bigint AS rank WHERE false)")
-        args.extend([float(vector_weight), float(text_weight), int(rrf_k)])
-        wv, wt, k = f"${len(args) - 2}::float8", f"${len(args) - 1}::float8", f"${len(args)}::float8"
         if mode == RankingMode.HYBRID:
+            args.extend([float(vector_weight), float(text_weight), int(rrf_k)])
+            wv, wt, k = f"${len(args) - 2}::float8", f"${len(args) - 1}::float8", f"${len(args)}::float8"
             score = (f"(coalesce({wv} / ({k} + vr.rank), 0) + coalesce({wt} / ({k} + tr.rank), 0)) "
                      f"/ (({wv} + {wt}) / ({k} + 1))")
         elif mode == RankingMode.VECTOR:

@@ -6,16 +6,46 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import uuid
+from urllib.parse import urlsplit, urlunsplit
 
-import grpc
+import asyncpg
 import pytest
 
 from parley.files.v1 import files_pb2, files_service_pb2, files_service_pb2_grpc
 from services.files.app import FilesSettings, build_app
 from services.files.worker import WorkerSettings
+from services.runtime.db import start_embedded_postgres
 from tests.conftest import channel_to, serve_app
 
 CHUNK = 256 * 1024
+
+
+@pytest.fixture(scope="session")
+async def admin_url(postgres_server_url, tmp_path_factory):
+    """The files service needs pgvector: the test server's if it has it (any server given by
+    PARLEY_TEST_DATABASE_URL may not), otherwise an embedded one (pgserver bundles it)."""
+    server = postgres_server_url
+    conn = await asyncpg.connect(server)
+    try:
+        has_vector = await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+    finally:
+        await conn.close()
+    if not has_vector:
+        server = start_embedded_postgres(tmp_path_factory.mktemp("pg-vector"))
+    database = f"parley_files_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f"CREATE DATABASE {database}")
+    finally:
+        await conn.close()
+    parts = urlsplit(server)
+    yield urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -117,3 +147,37 @@ def sha256(data: bytes) -> str:
 def stored_files(storage_dir) -> list:
     """Every file under the storage root (committed and temporary)."""
     return sorted(p for p in storage_dir.rglob("*") if p.is_file())
+
+
+SMALL_FILE_LIMIT = 256 * 1024
+SMALL_DOCX_LIMIT = 8 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def small_storage_dir(storage_dir):
+    """Replicas on one database share one storage root (either may process any file)."""
+    return storage_dir
+
+
+@pytest.fixture(scope="session")
+async def small_server(admin_url, llm_server, identity_private_key, identity_public_key, small_storage_dir):
+    """A second files service on the same database, with small limits: 256 KiB per file,
+    8 MiB of decompressed DOCX."""
+    from services.files.extract import Limits
+    from services.files.files import UploadLimits
+
+    app = await build_app(files_settings(
+        admin_url, llm_server.port, identity_private_key, small_storage_dir,
+        upload=UploadLimits(max_file_bytes=SMALL_FILE_LIMIT),
+        extraction=Limits(max_docx_uncompressed_bytes=SMALL_DOCX_LIMIT),
+    ))
+    running = await serve_app(app, "files", identity_public_key)
+    yield running
+    await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def small_stub(small_server):
+    channel = channel_to(small_server)
+    yield files_service_pb2_grpc.FileServiceStub(channel)
+    await channel.close()
