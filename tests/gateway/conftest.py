@@ -236,11 +236,58 @@ async def llm_backend(identity_public_key, vendor):
 
 
 @pytest.fixture(scope="session")
-async def gateway(admin_url, identity_private_key, sessions_backend, llm_backend, jwks):
+async def files_admin_url(postgres_server_url, tmp_path_factory):
+    """A database for the files service, on a server with pgvector (the test server's if it
+    has it, otherwise an embedded one: pgserver bundles it)."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    from services.runtime.db import start_embedded_postgres
+
+    server = postgres_server_url
+    conn = await asyncpg.connect(server)
+    try:
+        has_vector = await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+    finally:
+        await conn.close()
+    if not has_vector:
+        server = start_embedded_postgres(tmp_path_factory.mktemp("pg-vector"))
+    database = f"parley_gw_files_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f"CREATE DATABASE {database}")
+    finally:
+        await conn.close()
+    parts = urlsplit(server)
+    yield urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def files_backend(files_admin_url, llm_backend, identity_private_key, identity_public_key, tmp_path_factory):
+    from services.files.app import FilesSettings
+    from services.files.app import build_app as build_files_app
+
+    settings = FilesSettings(admin_url=files_admin_url, database_url=None, role_password=None, pool_size=4,
+                             storage_dir=tmp_path_factory.mktemp("gw-files"),
+                             llm_target=f"127.0.0.1:{llm_backend.port}", identity_private_key=identity_private_key)
+    running = await serve_app(await build_files_app(settings), "files", identity_public_key)
+    yield running
+    await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def gateway(admin_url, identity_private_key, sessions_backend, llm_backend, files_backend, jwks):
     settings = gateway_settings(
         admin_url, identity_private_key,
         targets={"llm": f"127.0.0.1:{llm_backend.port}", "sessions": f"127.0.0.1:{sessions_backend.port}",
-                 "files": "127.0.0.1:1", "assistants": None},
+                 "files": f"127.0.0.1:{files_backend.port}", "assistants": None},
         jwt=JwtSettings(jwks_url=jwks.url, issuer=ISSUER, audiences=(AUDIENCE,), jwks_min_refresh_seconds=0),
     )
     running = await start_gateway(settings)

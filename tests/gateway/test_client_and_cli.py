@@ -15,6 +15,9 @@ import pytest
 from parley.client import ParleyClient, error_details, service_config
 from tests.gateway.conftest import sensitive
 
+# A PNG signature and header: enough for the files service to take the upload as an image.
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
+
 
 @pytest.fixture
 async def client(gateway, make_key):
@@ -121,3 +124,46 @@ async def test_bootstrap_admin_key_and_dev_key_commands(gateway, admin_url, tmp_
     sensitive(first.stdout.strip())
     assert first.stdout == second.stdout == path.read_text()  # reused while it works
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_upload_streams_through_the_gateway_with_progress(client, tmp_path):
+    from parley.files.v1 import files_pb2
+
+    path = tmp_path / "picture.png"
+    data = PNG + bytes(range(256)) * 13_000  # ~3.3 MB: four chunks
+    path.write_bytes(data)
+    seen: list[tuple[int, int]] = []
+    uploaded = await client.files.upload(path, purpose=files_pb2.FILE_PURPOSE_VISION,
+                                         progress=lambda sent, total: seen.append((sent, total)))
+    assert uploaded.size_bytes == len(data) and uploaded.filename == "picture.png"
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen) and seen[-1] == (len(data), len(data))
+    assert len(seen) == 4
+    listed = await client.files.list()
+    assert uploaded.id in [f.id for f in listed.files]
+
+
+async def test_oversized_upload_chunk_is_refused_at_the_gateway(client):
+    from parley.files.v1 import files_pb2
+    from parley.files.v1 import files_service_pb2 as fapi
+
+    async def requests():
+        yield fapi.UploadFileRequest(metadata=fapi.UploadFileMetadata(filename="big.bin",
+                                                                      purpose=files_pb2.FILE_PURPOSE_VISION))
+        yield fapi.UploadFileRequest(chunk=b"x" * (2 * 1024 * 1024))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.files.stub.UploadFile(requests())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(caught.value).reason == "REQUEST_TOO_LARGE"
+
+
+async def test_cli_uploads_with_a_progress_bar(gateway, make_key, tmp_path):
+    secret = await make_key("cli-user", ["files"])
+    path = tmp_path / "cli.png"
+    path.write_bytes(PNG + b"hello from the cli\n" * 100_000)
+    env = {"PARLEY_TARGET": f"127.0.0.1:{gateway.port}", "PARLEY_API_KEY": secret}
+    result = await run_cli("files", "upload", str(path), "--purpose", "vision", "--progress", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "100.0%" in result.stderr and "cli.png" in result.stderr
+    listed = await run_cli("files", "list", env=env)
+    assert result.stdout.strip() in listed.stdout

@@ -4,13 +4,16 @@ calls, metadata and identity, internal RPCs not routed, reflection and health.""
 from __future__ import annotations
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from parley.files.v1 import files_service_pb2 as fapi
+from parley.files.v1 import files_service_pb2_grpc as fgrpc
 from parley.sessions.v1 import sessions_service_pb2 as sapi
 from parley.sessions.v1 import sessions_service_pb2_grpc as sgrpc
 from tests.conftest import expect_error
-from tests.gateway.conftest import bearer
+from tests.gateway.conftest import bearer, gateway_settings, start_gateway
 
 
 async def test_unary_and_stream_reach_sessions_as_the_keys_user(gw_channel, make_key):
@@ -55,16 +58,27 @@ async def test_direct_backend_call_without_gateway_identity_is_refused(sessions_
                            grpc.StatusCode.UNAUTHENTICATED)
 
 
-async def test_unreachable_backend_answers_unavailable_naming_it(gw_channel, make_key):
-    from parley.files.v1 import files_service_pb2 as fapi
-    from parley.files.v1 import files_service_pb2_grpc as fgrpc
+@pytest.fixture
+async def gateway_with_files_down(admin_url, identity_private_key, sessions_backend):
+    running = await start_gateway(gateway_settings(admin_url, identity_private_key, targets={
+        "llm": None, "sessions": f"127.0.0.1:{sessions_backend.port}", "files": "127.0.0.1:1", "assistants": None}))
+    yield running
+    await running.stop(0.5)
 
+
+async def test_unreachable_backend_answers_unavailable_naming_it(gateway_with_files_down, make_key):
     secret = await make_key("route-user", ["files"])
-    stub = fgrpc.FileServiceStub(gw_channel)
-    with __import__("pytest").raises(grpc.aio.AioRpcError) as caught:
-        await stub.ListFiles(fapi.ListFilesRequest(), metadata=bearer(secret), timeout=10)
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "files" in caught.value.details()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_with_files_down.port}") as channel:
+        stub = fgrpc.FileServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ListFiles(fapi.ListFilesRequest(), metadata=bearer(secret), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "files" in caught.value.details()
+        health = health_pb2_grpc.HealthStub(channel)
+        files = await health.Check(health_pb2.HealthCheckRequest(service="parley.files.v1.FileService"))
+        assert files.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        sessions = await health.Check(health_pb2.HealthCheckRequest(service="parley.sessions.v1.SessionService"))
+        assert sessions.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_unconfigured_backend_answers_unavailable(gw_channel, make_key):
@@ -84,8 +98,11 @@ async def test_health_reports_each_backend(gw_channel, gateway):
     assert overall.status == health_pb2.HealthCheckResponse.SERVING
     sessions = await stub.Check(health_pb2.HealthCheckRequest(service="parley.sessions.v1.SessionService"))
     assert sessions.status == health_pb2.HealthCheckResponse.SERVING
-    files = await stub.Check(health_pb2.HealthCheckRequest(service="parley.files.v1.FileService"))
-    assert files.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ("parley.llm.v1.LLMService", "parley.files.v1.FileService"):
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assistants = await stub.Check(health_pb2.HealthCheckRequest(service="parley.assistants.v1.AssistantService"))
+    assert assistants.status == health_pb2.HealthCheckResponse.NOT_SERVING  # not configured here
 
 
 async def test_reflection_lists_public_services_only(gw_channel):
