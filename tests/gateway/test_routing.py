@@ -116,3 +116,49 @@ async def test_reflection_lists_public_services_only(gw_channel):
         names |= {s.name for s in response.list_services_response.service}
     assert {"parley.llm.v1.LLMService", "parley.sessions.v1.SessionService", "parley.files.v1.FileService",
             "parley.gateway.v1.ApiKeyService"} <= names
+
+
+class MetadataRecorder(grpc.aio.ServerInterceptor):
+    """Notes what a backend receives (an observation hook on the real sessions service)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    async def intercept_service(self, continuation, handler_call_details):
+        if not handler_call_details.method.startswith("/grpc."):
+            self.seen.append(dict(handler_call_details.invocation_metadata or ()))
+        return await continuation(handler_call_details)
+
+
+async def test_backend_gets_identity_request_id_and_trace_context_but_not_the_credential(
+        admin_url, identity_private_key, identity_public_key, make_key):
+    from services.runtime.identity import IdentityVerifier
+    from services.runtime.server import start_server
+    from services.sessions.app import SessionsSettings
+    from services.sessions.app import build_app as build_sessions_app
+    from tests.conftest import server_settings
+
+    recorder = MetadataRecorder()
+    app = await build_sessions_app(SessionsSettings(
+        admin_url=admin_url, database_url=None, role_password=None, pool_size=2, max_message_bytes=1024 * 1024,
+        retention_days=0.0, retention_interval_seconds=3600.0))
+    backend = await start_server(app, server_settings("sessions", identity_public_key),
+                                 verifier=IdentityVerifier(identity_public_key), extra_interceptors=[recorder])
+    running = await start_gateway(gateway_settings(admin_url, identity_private_key, targets={
+        "llm": None, "sessions": f"127.0.0.1:{backend.port}", "files": None, "assistants": None}))
+    try:
+        secret = await make_key("meta-user", ["sessions"])
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            await sgrpc.SessionServiceStub(channel).ListSessions(
+                sapi.ListSessionsRequest(), timeout=30,
+                metadata=(*bearer(secret), ("traceparent", traceparent), ("x-request-id", "req-123")))
+        seen = recorder.seen[-1]
+        assert "authorization" not in seen
+        assert seen["x-parley-identity"].startswith("eyJ")
+        assert seen["x-request-id"] == "req-123"
+        assert seen["traceparent"].split("-")[1] == trace_id  # the same trace, whether or not we add a span
+    finally:
+        await running.stop(0.5)
+        await backend.stop(0.5)
