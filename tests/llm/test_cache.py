@@ -3,6 +3,7 @@ replicas."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -14,7 +15,8 @@ from tests.conftest import channel_to, serve_app
 from tests.llm.conftest import llm_settings, vendor_environment
 from tests.llm.helpers import collect, user
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# The Redis server this machine kind runs (also in CI); another one by PARLEY_TEST_REDIS_URL.
+REDIS_URL = os.environ.get("PARLEY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 async def test_response_cache_hit_and_miss(stub, fakes, as_user):
