@@ -1,8 +1,9 @@
 """Gateway benchmark: what the gateway adds to a call. The same calls go to the llm service
-directly (with a minted identity, as the gateway would send) and through the gateway (with
-an API key), in one run, alternating rounds: unary p50/p99 (Generate on `local/echo`), stream
+directly (with a minted identity, as the gateway would send), through the gateway (with an
+API key), and through a bare Python gRPC proxy (bench/_bare_proxy.py: the cost of the hop
+alone), in one run, alternating rounds: unary p50/p99 (Generate on `local/echo`), stream
 time to first token, and streaming throughput, at concurrency 1 and 32.
-Run with `python -m bench.gateway_overhead` (about two minutes)."""
+Run with `python -m bench.gateway_overhead` (about two and a half minutes)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ from pathlib import Path
 
 import grpc
 
-from bench._common import ServiceProcess, percentile, run_concurrently
+from bench._common import ServiceProcess, free_port, percentile, run_concurrently
 from parley.llm.v1 import llm_pb2
 from parley.llm.v1 import llm_service_pb2 as api
 from parley.llm.v1 import llm_service_pb2_grpc as api_grpc
 from services.runtime.db import start_embedded_postgres
 from services.runtime.identity import IdentityMinter, generate_private_key_pem, public_key_pem
 
-ROUNDS = 3
-UNARY_CALLS = {1: 1000, 32: 4000}
-TTFT_STREAMS = {1: 300, 32: 1200}
+ROUNDS = 2
+UNARY_CALLS = {1: 900, 32: 3200}
+TTFT_STREAMS = {1: 240, 32: 960}
 LONG_STREAM_WORDS = 2000
 THROUGHPUT_STREAMS = {1: 3, 32: 32}
 
@@ -77,14 +78,17 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
-async def measure(direct, gateway) -> list[str]:
-    """direct/gateway: (stub, metadata). Alternating rounds; medians over rounds."""
+async def measure(direct, gateway, bare) -> list[str]:
+    """direct/gateway/bare: (stub, metadata). Alternating rounds; pooled percentiles,
+    medians of throughput over rounds."""
     lines = []
     for clients in (1, 32):
-        results: dict[str, dict[str, list]] = {k: {"direct": [], "gateway": []} for k in ("unary", "ttft", "tput")}
+        results: dict[str, dict[str, list]] = {
+            k: {"direct": [], "gateway": [], "bare": []} for k in ("unary", "ttft", "tput")
+        }
         for round_number in range(ROUNDS):
             print(f"concurrency {clients}, round {round_number + 1}/{ROUNDS}", file=sys.stderr, flush=True)
-            for name, (stub, metadata) in (("direct", direct), ("gateway", gateway)):
+            for name, (stub, metadata) in (("direct", direct), ("gateway", gateway), ("bare", bare)):
                 results["unary"][name].append(await unary(stub, metadata, clients, UNARY_CALLS[clients] // ROUNDS))
                 results["ttft"][name].append(await ttft(stub, metadata, clients, TTFT_STREAMS[clients] // ROUNDS))
                 results["tput"][name].append(await throughput(stub, metadata, THROUGHPUT_STREAMS[clients]))
@@ -93,14 +97,16 @@ async def measure(direct, gateway) -> list[str]:
             return [v for round_values in results[kind][name] for v in round_values]
 
         for kind, label in (("unary", "unary Generate"), ("ttft", "stream time to first token")):
-            d, g = pooled(kind, "direct"), pooled(kind, "gateway")
-            d50, g50, d99, g99 = (percentile(d, 0.5), percentile(g, 0.5), percentile(d, 0.99), percentile(g, 0.99))
+            d, g, b = pooled(kind, "direct"), pooled(kind, "gateway"), pooled(kind, "bare")
+            d50, g50, b50 = percentile(d, 0.5), percentile(g, 0.5), percentile(b, 0.5)
+            d99, g99, b99 = percentile(d, 0.99), percentile(g, 0.99), percentile(b, 0.99)
             lines.append(f"| {clients} | {label} | p50 {_ms(d50)}, p99 {_ms(d99)} | p50 {_ms(g50)}, p99 {_ms(g99)} "
                          f"| **{(g50 - d50) * 1e3:+.2f} ms** ({g50 / d50:.2f}×) | {(g99 - d99) * 1e3:+.2f} ms "
-                         f"({g99 / d99:.2f}×) |")
-        d, g = statistics.median(results["tput"]["direct"]), statistics.median(results["tput"]["gateway"])
+                         f"({g99 / d99:.2f}×) | {(b50 - d50) * 1e3:+.2f} ms / {(b99 - d99) * 1e3:+.2f} ms |")
+        d, g, b = (statistics.median(results["tput"][n]) for n in ("direct", "gateway", "bare"))
         lines.append(f"| {clients} | streaming throughput ({THROUGHPUT_STREAMS[clients]} streams × {LONG_STREAM_WORDS} "
-                     f"events) | {d:,.0f} events/s | {g:,.0f} events/s | **{g / d:.2f}× direct** | |")
+                     f"events) | {d:,.0f} events/s | {g:,.0f} events/s | **{g / d:.2f}× direct** | | "
+                     f"{b / d:.2f}× direct |")
     return lines
 
 
@@ -123,16 +129,27 @@ async def main() -> None:
                                       env={**os.environ, **common}, capture_output=True, text=True, check=True)
                 api_key = made.stdout.strip()
                 minter = IdentityMinter(private_key, ttl_seconds=3600)
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{llm.port}") as direct_channel, \
-                        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as gateway_channel:
-                    direct = (api_grpc.LLMServiceStub(direct_channel), minter.metadata("bench", {"admin"}))
-                    via = (api_grpc.LLMServiceStub(gateway_channel), (("authorization", f"Bearer {api_key}"),))
-                    # Warm up both paths (connections, caches, JIT-free but allocator-warm).
-                    await unary(*direct, 8, 200)
-                    await unary(*via, 8, 200)
-                    lines = await measure(direct, via)
-    print("| clients | measure | direct to llm | through the gateway | added at p50 | added at p99 |")
-    print("|---|---|---|---|---|---|")
+                bare_port = free_port()
+                bare_process = subprocess.Popen([sys.executable, "-m", "bench._bare_proxy", f"127.0.0.1:{llm.port}",
+                                                 str(bare_port)], cwd=Path(__file__).resolve().parent.parent)
+                try:
+                    async with grpc.aio.insecure_channel(f"127.0.0.1:{llm.port}") as direct_channel, \
+                            grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as gateway_channel, \
+                            grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}") as bare_channel:
+                        identity = minter.metadata("bench", {"admin"})
+                        direct = (api_grpc.LLMServiceStub(direct_channel), identity)
+                        via = (api_grpc.LLMServiceStub(gateway_channel), (("authorization", f"Bearer {api_key}"),))
+                        bare = (api_grpc.LLMServiceStub(bare_channel), identity)
+                        await asyncio.wait_for(bare_channel.channel_ready(), 30)
+                        for path in (direct, via, bare):  # warm up: connections, caches
+                            await unary(*path, 8, 200)
+                        lines = await measure(direct, via, bare)
+                finally:
+                    bare_process.terminate()
+                    bare_process.wait(10)
+    print("| clients | measure | direct to llm | through the gateway | added at p50 | added at p99 "
+          "| bare proxy (hop alone): added p50 / p99 |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
 
 

@@ -214,7 +214,8 @@ async def usage(client: ParleyClient, args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="parley", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(prog="parley", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     root.add_argument("--target", help="gateway address (PARLEY_TARGET)")
     root.add_argument("--api-key", help="API key or JWT (PARLEY_API_KEY, .parley/dev-api-key)")
     root.add_argument("--tls", action="store_true", help="connect with TLS")

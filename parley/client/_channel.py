@@ -89,5 +89,6 @@ def open_channel(target: str, api_key: str | None, *, tls: bool = False, root_ce
     interceptors = []
     if api_key:
         metadata = (("authorization", f"Bearer {api_key}"),)
-        interceptors = [cls(metadata) for cls in (_UnaryUnaryAuth, _UnaryStreamAuth, _StreamUnaryAuth, _StreamStreamAuth)]
+        kinds = (_UnaryUnaryAuth, _UnaryStreamAuth, _StreamUnaryAuth, _StreamStreamAuth)
+        interceptors = [cls(metadata) for cls in kinds]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -113,7 +113,8 @@ class Sessions:
     async def delete(self, session_id: str) -> None:
         await self.stub.DeleteSession(sessions_api.DeleteSessionRequest(session_id=session_id), timeout=self._timeout)
 
-    async def add_message(self, session_id: str, text: str, *, role: int = sessions_pb2.ROLE_USER) -> sessions_pb2.Message:
+    async def add_message(self, session_id: str, text: str, *,
+                          role: int = sessions_pb2.ROLE_USER) -> sessions_pb2.Message:
         return await self.stub.CreateMessage(sessions_api.CreateMessageRequest(
             session_id=session_id, role=role, content=[sessions_pb2.ContentPart(text=text)]), timeout=self._timeout)
 

@@ -79,7 +79,8 @@ def _unauthenticated(message: str, reason: str) -> errors.Unauthenticated:
 
 
 def _not_found(key_id: object) -> errors.NotFound:
-    return errors.NotFound(f"API key {key_id} not found", reason="API_KEY_NOT_FOUND", metadata={"api_key_id": str(key_id)})
+    return errors.NotFound(f"API key {key_id} not found", reason="API_KEY_NOT_FOUND",
+                           metadata={"api_key_id": str(key_id)})
 
 
 class ApiKeys:

@@ -185,6 +185,7 @@ async def build_app(settings: GatewaySettings | None = None) -> GatewayApp:
     backends = {name: Backend(name, target, backend_service(name)) for name, target in settings.targets.items()}
     for backend in backends.values():
         backend.connect(settings.max_message_bytes)
-    log.info("gateway routes to %s; rate limits %s", ", ".join(f"{n}={t or 'none'}" for n, t in settings.targets.items()),
+    log.info("gateway routes to %s; rate limits %s",
+             ", ".join(f"{n}={t or 'none'}" for n, t in settings.targets.items()),
              "in Redis" if settings.redis_url else "in memory")
     return GatewayApp(settings, db, gate, backends)

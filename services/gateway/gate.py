@@ -73,11 +73,12 @@ class Gate:
             return principal, self.keys.cache_seconds, valid_until
         if looks_like_jwt(credential):
             if self._jwt is None:
-                raise errors.Unauthenticated("this deployment accepts API keys only; no identity provider is configured",
+                raise errors.Unauthenticated("this deployment accepts API keys only; no identity provider is set up",
                                              reason="JWT_NOT_ACCEPTED")
             user_id, valid_until = await self._jwt.verify_until(credential)
             return Principal(user_id=user_id, scopes=JWT_SCOPES, kind="jwt"), 300.0, valid_until
-        raise errors.Unauthenticated("malformed credentials: neither an API key nor a JWT", reason="CREDENTIALS_MALFORMED")
+        raise errors.Unauthenticated("malformed credentials: neither an API key nor a JWT",
+                                     reason="CREDENTIALS_MALFORMED")
 
     @staticmethod
     def authorize(principal: Principal, scope: str, what: str) -> None:

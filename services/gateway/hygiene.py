@@ -63,9 +63,41 @@ def _plan(descriptor) -> dict[str, tuple[int, bool]]:
 
 def control_character_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
     """Every string field holding a control character it should not, by field path."""
+    if _clean(message):  # the common case, without building a single path string
+        return []
     found: list[FieldViolation] = []
     _walk(message, prefix, found)
     return found
+
+
+def _clean(message: Message) -> bool:
+    plan = _plan(message.DESCRIPTOR)
+    for field, value in message.ListFields():
+        kind, single = plan.get(field.name, (_SKIP, False))
+        if kind == _TEXT:
+            if (_CONTROL_OR_NEWLINE if single else _CONTROL).search(value):
+                return False
+        elif kind == _MESSAGES:
+            for item in value:
+                if not _clean(item):
+                    return False
+        elif kind == _MESSAGE_ONE:
+            if not _clean(value):
+                return False
+        elif kind == _TEXTS:
+            pattern = _CONTROL_OR_NEWLINE if single else _CONTROL
+            for item in value:
+                if pattern.search(item):
+                    return False
+        elif kind == _MAP_TEXT:
+            for key in value:
+                if _CONTROL_OR_NEWLINE.search(str(key)) or _CONTROL.search(value[key]):
+                    return False
+        elif kind == _MAP_MESSAGE:
+            for key in value:
+                if _CONTROL_OR_NEWLINE.search(str(key)) or not _clean(value[key]):
+                    return False
+    return True
 
 
 def _check(value: str, path: str, single_line: bool, found: list[FieldViolation]) -> None:

@@ -111,7 +111,8 @@ class JwksCache:
             log.info("fetched %d signing keys from the JWKS", len(keys))
 
     def _fetch(self) -> dict:
-        request = urllib.request.Request(self._url, headers={"Accept": "application/json", "User-Agent": "parley-gateway"})
+        headers = {"Accept": "application/json", "User-Agent": "parley-gateway"}
+        request = urllib.request.Request(self._url, headers=headers)
         with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310 - configured URL
             return json.loads(response.read(1024 * 1024))
 

@@ -97,7 +97,8 @@ async def test_cli_reads_the_dev_key_file_and_reports_errors(gateway, make_key, 
     secret = await make_key("cli-user", ["sessions"])
     (tmp_path / ".parley").mkdir()
     (tmp_path / ".parley" / "dev-api-key").write_text(secret + "\n")
-    env = {"PARLEY_TARGET": f"127.0.0.1:{gateway.port}", "PARLEY_API_KEY": "", "PARLEY_STATE_DIR": str(tmp_path / ".parley")}
+    env = {"PARLEY_TARGET": f"127.0.0.1:{gateway.port}", "PARLEY_API_KEY": "",
+           "PARLEY_STATE_DIR": str(tmp_path / ".parley")}
     listed = await run_cli("sessions", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     denied = await run_cli("keys", "list", env=env)

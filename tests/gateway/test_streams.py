@@ -56,7 +56,10 @@ async def test_stream_through_the_gateway_equals_the_direct_stream(gw_channel, l
     async with grpc.aio.insecure_channel(f"127.0.0.1:{llm_backend.port}") as direct_channel:
         direct = [e async for e in lgrpc.LLMServiceStub(direct_channel).StreamGenerate(
             prompt(text), metadata=as_user("stream-user", ("llm",)))]
-    strip = lambda events: [(e.WhichOneof("event"), e.text_delta.text, e.finish.usage.total_tokens) for e in events]  # noqa: E731
+
+    def strip(events):
+        return [(e.WhichOneof("event"), e.text_delta.text, e.finish.usage.total_tokens) for e in events]
+
     assert strip(via_gateway) == strip(direct)
     assert "".join(e.text_delta.text for e in via_gateway) == text
     assert via_gateway[-1].finish.usage.output_tokens == 5
@@ -140,7 +143,8 @@ async def test_tokens_per_minute_from_the_final_usage(gw_channel, make_key):
 
 
 async def test_prompt_pii_policy_redacts_before_the_vendor(gw_channel, make_key):
-    email, phone, card = sensitive("carol.smith@example.com"), sensitive("+1 415 555 0199"), sensitive("4242 4242 4242 4242")
+    email, phone = sensitive("carol.smith@example.com"), sensitive("+1 415 555 0199")
+    card = sensitive("4242 4242 4242 4242")
     text = f"reach me at {email} or {phone}, card {card}"
     stub = lgrpc.LLMServiceStub(gw_channel)
     redacting = await make_key("pii-user", ["llm"], redact=True)
