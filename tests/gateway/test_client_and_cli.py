@@ -168,3 +168,25 @@ async def test_cli_uploads_with_a_progress_bar(gateway, make_key, tmp_path):
     assert "100.0%" in result.stderr and "cli.png" in result.stderr
     listed = await run_cli("files", "list", env=env)
     assert result.stdout.strip() in listed.stdout
+
+
+async def test_cli_chat_streams_tokens_and_lists_models(gateway, make_key):
+    secret = await make_key("cli-user", ["llm"])
+    env = {"PARLEY_TARGET": f"127.0.0.1:{gateway.port}", "PARLEY_API_KEY": secret}
+    chat = await run_cli("chat", "-m", "local/echo", "streamed", "to", "the", "terminal", env=env)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() == "streamed to the terminal"
+    assert "local/echo" in chat.stderr and "out" in chat.stderr  # the usage line
+    piped = await run_cli("chat", "-m", "local/echo", "-q", env=env, stdin="from standard input\n")
+    assert piped.stdout.strip() == "from standard input" and not piped.stderr
+    models = await run_cli("models", env=env)
+    assert "local/echo" in models.stdout
+
+
+async def test_client_token_stream_helper(client):
+    stream = client.llm.stream("one two three", model="local/echo")
+    assert [piece async for piece in stream] == ["one ", "two ", "three"]
+    assert stream.finish.usage.output_tokens == 3
+    answer = await client.llm.generate("hello", model="local/echo")
+    assert answer.message.content[0].text == "hello"
+    assert "local/echo" in [m.id for m in await client.llm.list_models()]
