@@ -15,6 +15,7 @@ from parley.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
 from services.llm.cache import Cache, make_cache
 from services.llm.catalog import Catalog, ProviderSpec, load_catalog
 from services.llm.engine import LLM, EngineSettings
+from services.llm.limits import Queues
 from services.llm.providers.base import LLMProvider
 from services.llm.providers.local import LocalProvider
 from services.llm.servicer import LLMServicer
@@ -51,6 +52,8 @@ class LLMSettings:
     usage_batch_size: int = 500
     usage_max_buffered: int = 100_000
     budget_cache_seconds: float = 2.0
+    # Namespace of this deployment's keys in Redis (caches and shared rate limits).
+    redis_prefix: str = "parley:llm:"
     # Test hook: providers to use instead of building them from the catalog.
     providers: dict[str, LLMProvider] | None = field(default=None, compare=False)
 
@@ -85,6 +88,7 @@ class LLMSettings:
             usage_batch_size=env_int("PARLEY_LLM_USAGE_BATCH_SIZE", 500, minimum=1),
             usage_max_buffered=env_int("PARLEY_LLM_USAGE_MAX_BUFFERED", 100_000, minimum=1),
             budget_cache_seconds=env_float("PARLEY_LLM_BUDGET_CACHE_SECONDS", 2.0, minimum=0),
+            redis_prefix=env_str("PARLEY_LLM_REDIS_PREFIX", "parley:llm:"),
         )
 
 
@@ -118,8 +122,9 @@ def make_providers(catalog: Catalog, transport: str) -> dict[str, LLMProvider]:
 class LLMApp:
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, llm: LLM, ledger: Ledger, cache: Cache, db=None, budgets=None, usage=None) -> None:
+    def __init__(self, llm: LLM, ledger: Ledger, cache: Cache, db=None, budgets=None, usage=None, redis=None) -> None:
         self.llm = llm
+        self.redis = redis
         self.ledger = ledger
         self.cache = cache
         self.db = db
@@ -153,6 +158,9 @@ class LLMApp:
             with contextlib.suppress(Exception):
                 await provider.aclose()
         await self.cache.aclose()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
         if self.db is not None:
             await self.db.close()
 
@@ -161,7 +169,13 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
     settings = settings or LLMSettings.from_env()
     catalog = load_catalog(settings.models_file)
     providers = settings.providers if settings.providers is not None else make_providers(catalog, settings.http_transport)
-    cache = make_cache(settings.redis_url, settings.cache_max_entries)
+    cache = make_cache(settings.redis_url, settings.cache_max_entries, settings.redis_prefix)
+    limits_redis = None
+    if settings.redis_url:
+        import redis.asyncio as redis
+
+        limits_redis = redis.Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    queues = Queues(limits_redis, settings.redis_prefix)
     db = budgets = usage = None
     writer = None
     if settings.use_database:
@@ -179,8 +193,9 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
     ledger.start()
     tokens = TokenCounter()
     await asyncio.to_thread(tokens.warm)
-    llm = LLM(catalog, providers, settings.engine, cache=cache, ledger=ledger, budgets=budgets, tokens=tokens)
-    app = LLMApp(llm, ledger, cache, db=db, budgets=budgets, usage=usage)
+    llm = LLM(catalog, providers, settings.engine, cache=cache, ledger=ledger, budgets=budgets, tokens=tokens,
+              queues=queues)
+    app = LLMApp(llm, ledger, cache, db=db, budgets=budgets, usage=usage, redis=limits_redis)
     if settings.warm_embeddings:
         app.warm_embeddings()
     return app

@@ -361,7 +361,7 @@ class LLM:
                     finally:
                         await events.aclose()
                     usage = provider_finish.usage if provider_finish else Usage()
-                    lease.settle(usage.total_tokens)
+                    await lease.settle(usage.total_tokens)
                 except _FallBack as fall:
                     last_error = fall.error
                     if is_last or fall.final:
@@ -654,7 +654,7 @@ class LLM:
                         )
                     span.set_attribute("gen_ai.usage.input_tokens", batch.input_tokens)
                     self.cooldowns.succeeded(spec.id)
-                    lease.settle(batch.input_tokens)
+                    await lease.settle(batch.input_tokens)
                     return batch
                 except TimeoutError:
                     failure = TimeoutError()

@@ -74,6 +74,9 @@ models:
   - id: openai/limited
     capabilities: [streaming]
     limits: {rpm: 120}
+  - id: openai/shared
+    capabilities: [streaming]
+    limits: {rpm: 6}
   - id: openai/scarce
     capabilities: [streaming]
     limits: {rpm: 1}

@@ -86,6 +86,35 @@ async def test_redis_cache_is_shared_by_replicas(admin_url, identity_public_key,
             await running.stop(0.5)
 
 
+async def test_redis_shares_rate_limits_between_replicas(identity_public_key, fakes, models_file, as_user):
+    """6 RPM is one request per 10 s for the whole deployment, whichever replica takes it."""
+    import grpc
+
+    from services.runtime.status import error_details, from_rpc_error
+
+    prefix = f"parley:llm-test:{uuid.uuid4().hex}:"
+    replicas = []
+    with vendor_environment(fakes):
+        for _ in range(2):
+            app = await build_app(llm_settings(None, models_file=models_file, redis_url=REDIS_URL, redis_prefix=prefix))
+            replicas.append((app, await serve_app(app, "llm", identity_public_key)))
+    try:
+        (first, first_channel), (second, second_channel) = (api_stub(running) for _, running in replicas)
+        ok = await first.Generate(api.GenerateRequest(model="openai/shared", messages=[user("one")]),
+                                  metadata=as_user("cora"))
+        assert ok.message.content
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await second.Generate(api.GenerateRequest(model="openai/shared", messages=[user("two")],
+                                                      max_queue_time={"nanos": 300_000_000}), metadata=as_user("cora"))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_details(from_rpc_error(caught.value))["ErrorInfo"].reason == "QUEUE_TIMEOUT"
+        await first_channel.close()
+        await second_channel.close()
+    finally:
+        for _, running in replicas:
+            await running.stop(0.5)
+
+
 def api_stub(running):
     from parley.llm.v1 import llm_service_pb2_grpc
 
