@@ -21,7 +21,7 @@ from services.llm.providers.local import LocalProvider
 from services.llm.servicer import LLMServicer
 from services.llm.tokens import TokenCounter
 from services.llm.usage import Ledger
-from services.runtime.config import ConfigError, env_bool, env_float, env_int, env_str
+from services.runtime.config import ConfigError, env_bool, env_float, env_int, env_str, state_dir
 
 log = logging.getLogger("parley.llm")
 
@@ -54,6 +54,8 @@ class LLMSettings:
     budget_cache_seconds: float = 2.0
     # Namespace of this deployment's keys in Redis (caches and shared rate limits).
     redis_prefix: str = "parley:llm:"
+    # Where usage records wait on disk while the database is down; None: memory only.
+    usage_spool_dir: str | None = None
     # Test hook: providers to use instead of building them from the catalog.
     providers: dict[str, LLMProvider] | None = field(default=None, compare=False)
 
@@ -89,6 +91,7 @@ class LLMSettings:
             usage_max_buffered=env_int("PARLEY_LLM_USAGE_MAX_BUFFERED", 100_000, minimum=1),
             budget_cache_seconds=env_float("PARLEY_LLM_BUDGET_CACHE_SECONDS", 2.0, minimum=0),
             redis_prefix=env_str("PARLEY_LLM_REDIS_PREFIX", "parley:llm:"),
+            usage_spool_dir=env_str("PARLEY_LLM_USAGE_SPOOL_DIR", str(state_dir() / "llm-usage-spool")),
         )
 
 
@@ -186,7 +189,8 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
         usage = UsageRepository(db)
         writer = usage.write_batch
     ledger = Ledger(writer, flush_interval=settings.usage_flush_seconds, batch_size=settings.usage_batch_size,
-                    max_buffered=settings.usage_max_buffered)
+                    max_buffered=settings.usage_max_buffered,
+                    spool_dir=Path(settings.usage_spool_dir) if settings.usage_spool_dir else None)
     if usage is not None:
         budgets = Budgets(usage, cache_seconds=settings.budget_cache_seconds, pending=ledger.pending_records)
         ledger.add_listener(budgets.observe)

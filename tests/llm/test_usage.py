@@ -4,6 +4,7 @@ not touch streams."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 
 import asyncpg
 import grpc
@@ -12,8 +13,8 @@ import pytest
 from parley.llm.v1 import llm_pb2 as pb
 from parley.llm.v1 import llm_service_pb2 as api
 from parley.llm.v1 import llm_service_pb2_grpc
-from services.llm.repository import ROLE, SCHEMA, init_connection
-from services.runtime.db import Database, with_credentials
+from services.llm.repository import ROLE, SCHEMA
+from services.runtime.db import with_credentials
 from services.runtime.status import error_details, from_rpc_error
 from tests.conftest import channel_to, serve_app
 from tests.llm.conftest import llm_settings, start_llm
@@ -123,8 +124,13 @@ async def test_admin_limits_can_only_be_lowered_by_their_user(stub, as_user):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_database_outage_neither_blocks_streams_nor_loses_records(admin_url, identity_public_key, as_user):
-    app, running = await start_llm(llm_settings(admin_url), identity_public_key)
+async def test_database_outage_neither_blocks_streams_nor_loses_records(admin_url, identity_public_key, as_user,
+                                                                        tmp_path):
+    """The database dies: streams go on, records wait in the spool on disk, the process dies
+    too, and the next process writes them once the database answers."""
+    spool = tmp_path / "spool"
+    settings = llm_settings(admin_url, usage_spool_dir=str(spool))
+    app, running = await start_llm(settings, identity_public_key)
     channel = channel_to(running)
     stub = llm_service_pb2_grpc.LLMServiceStub(channel)
     try:
@@ -134,21 +140,34 @@ async def test_database_outage_neither_blocks_streams_nor_loses_records(admin_ur
             text, _, finish, _ = await collect(stub.StreamGenerate(
                 api.StreamGenerateRequest(model="local/echo", messages=[user(f"still streaming {i}")]), metadata=me))
             assert text == f"still streaming {i}" and finish.finish_reason == pb.FINISH_REASON_STOP
-        assert app.ledger.pending == 3  # kept, not dropped
-        # The database comes back: the buffered records are written.
-        url = with_credentials(admin_url, ROLE, None)
-        app.usage.db = await Database.connect(url, schema=SCHEMA, init=init_connection, max_size=2)
-        await app.ledger.flush()
+        for _ in range(250):
+            files = list(spool.glob("usage-*.jsonl"))
+            if app.ledger.pending == 0 and files and len(files[0].read_text().splitlines()) == 3:
+                break
+            await asyncio.sleep(0.02)
         assert app.ledger.pending == 0
+        [spooled] = spool.glob("usage-*.jsonl")
+    finally:
+        await channel.close()
+        await running.stop(0.5)
+    # The process "dies" with its spool on disk: give the file the pid of a finished process.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    spooled.rename(spool / f"usage-{dead.pid}-dead.jsonl")
+    app, running = await start_llm(settings, identity_public_key)
+    try:
         conn = await asyncpg.connect(admin_url)
         try:
-            count = await conn.fetchval("SELECT count(*) FROM llm.usage_records WHERE user_id = 'otto'")
+            for _ in range(250):
+                count = await conn.fetchval("SELECT count(*) FROM llm.usage_records WHERE user_id = 'otto'")
+                if count == 3:
+                    break
+                await asyncio.sleep(0.02)
         finally:
             await conn.close()
         assert count == 3
-        await app.usage.db.close()
+        assert not list(spool.glob("usage-*.jsonl"))
     finally:
-        await channel.close()
         await running.stop(0.5)
 
 
