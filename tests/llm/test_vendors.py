@@ -162,3 +162,40 @@ async def test_list_models_reports_vendors_with_prices(stub, as_user):
     assert pb.MODEL_CAPABILITY_TOOLS in haiku.capabilities and haiku.context_window == 200000
     priced = await stub.GetModel(api.GetModelRequest(model_id="openai/priced"), metadata=as_user("vera"))
     assert priced.pricing.input_usd_per_million == 1000000
+
+
+@pytest.mark.parametrize("vendor,model,vendor_model", VENDOR_MODELS)
+async def test_images_and_structured_output_are_translated(stub, fakes, as_user, vendor, model, vendor_model):
+    from google.protobuf import struct_pb2
+
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "properties": {"color": {"type": "string"}}})
+    fake = fakes[vendor]
+    if vendor == "anthropic":
+        fake.script(vendor_model, {"tool_calls": [("t1", "color", '{"color": "red"}')]})
+    else:
+        fake.script(vendor_model, {"text": '{"color": "red"}'})
+    image = pb.ContentPart(image_data=pb.ImageData(data=b"\x89PNG fake", media_type="image/png"))
+    url = pb.ContentPart(image_url=pb.ImageUrl(url="https://example.com/cat.jpg", detail=pb.IMAGE_DETAIL_LOW))
+    reply = await stub.Generate(api.GenerateRequest(
+        model=model,
+        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=[pb.ContentPart(text="Which color?"), image, url])],
+        response_format=pb.ResponseFormat(type=pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+                                          json_schema=pb.JsonSchema(name="color", schema=schema, strict=True)),
+    ), metadata=as_user("vera"))
+    assert json.loads(reply.message.content[0].text) == {"color": "red"}
+    sent = fake.requests_for(vendor_model)[-1]
+    content = sent["messages"][-1]["content"]
+    if vendor == "anthropic":
+        assert content[1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                          "data": "iVBORyBmYWtl"}}
+        assert content[2] == {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+        assert sent["tools"][-1]["name"] == "color"
+    else:
+        assert content[1]["image_url"]["url"] == "data:image/png;base64,iVBORyBmYWtl"
+        assert content[2]["image_url"]["url"] == "https://example.com/cat.jpg"
+        json_schema = sent["response_format"]["json_schema"]
+        assert sent["response_format"]["type"] == "json_schema" and json_schema["name"] == "color"
+        assert json_schema["schema"]["properties"] == {"color": {"type": "string"}}  # Mistral's SDK too
+    if vendor == "openai":
+        assert content[2]["image_url"]["detail"] == "low" and sent["response_format"]["json_schema"]["strict"] is True
