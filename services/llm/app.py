@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from parley.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
+from services.llm import metrics as llm_metrics
 from services.llm.cache import Cache, make_cache
 from services.llm.catalog import Catalog, ProviderSpec, load_catalog
 from services.llm.engine import LLM, EngineSettings
@@ -191,6 +192,8 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
     ledger = Ledger(writer, flush_interval=settings.usage_flush_seconds, batch_size=settings.usage_batch_size,
                     max_buffered=settings.usage_max_buffered,
                     spool_dir=Path(settings.usage_spool_dir) if settings.usage_spool_dir else None)
+    ledger.add_listener(llm_metrics.observe)
+    llm_metrics.observe_queues(queues)
     if usage is not None:
         budgets = Budgets(usage, cache_seconds=settings.budget_cache_seconds, pending=ledger.pending_records)
         ledger.add_listener(budgets.observe)

@@ -39,3 +39,28 @@ async def test_count_tokens(stub, as_user):
                                   metadata=as_user("tess"))
     assert chat.token_count > text.token_count  # message framing counts too
     assert chat.exact is False  # Anthropic's tokenizer is not public: an estimate, and it says so
+
+
+async def test_metrics_follow_the_usage_records(stub, fakes, as_user):
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    fakes["openai"].script("gpt-4o-mini", {"text": "Counted.", "usage": (21, 4)})
+    await collect(stub.StreamGenerate(api.StreamGenerateRequest(model="openai/gpt-4o-mini", messages=[user("m")]),
+                                      metadata=as_user("tess")))
+    await stub.Generate(api.GenerateRequest(model="openai/limited", messages=[user("q")]), metadata=as_user("tess"))
+    found = {}
+    for resource in reader.get_metrics_data().resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found[metric.name] = metric
+    tokens = {p.attributes["gen_ai.token.type"]: p.sum for p in found["gen_ai.client.token.usage"].data.data_points
+              if p.attributes["gen_ai.request.model"] == "openai/gpt-4o-mini"}
+    assert tokens == {"input": 21, "output": 4}
+    calls = [p for p in found["parley.llm.calls"].data.data_points if p.attributes["parley.llm.status"] == "ok"]
+    assert sum(p.value for p in calls) >= 1
+    assert "parley.llm.time_to_first_token" in found and "parley.llm.cost" in found
+    assert "parley.llm.queue.depth" in found
