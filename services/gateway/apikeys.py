@@ -20,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+import asyncpg
+
 from services.gateway.models import (
     ADMIN,
     SCOPES,
@@ -47,6 +49,11 @@ NAME_MAX_CHARS = 128
 DEFAULT_GRACE = timedelta(hours=24)
 MAX_GRACE = timedelta(days=7)
 LAST_USED_RESOLUTION = 60.0
+# How long a looked-up key may still be trusted while the database cannot be reached.
+STALE_KEY_SECONDS = 300.0
+_DATABASE_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                  asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
+                  asyncpg.exceptions.TooManyConnectionsError)
 
 
 def utcnow() -> datetime:
@@ -256,12 +263,16 @@ class ApiKeys:
         now = time.monotonic()
         if cached is not None and now - cached[1] < self._policy.cache_seconds:
             return cached[0]
-        async with self._db.pool.acquire() as conn:
-            try:
+        try:
+            async with self._db.pool.acquire() as conn:
                 stored = await self._repo.find_by_hash(conn, digest)
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise errors.Unavailable("cannot check API keys right now; try again shortly",
-                                         reason="DATABASE_UNAVAILABLE", retry_after=1.0) from exc
+        except _DATABASE_DOWN as exc:
+            # Keys seen recently keep working through a short database outage.
+            if cached is not None and now - cached[1] < STALE_KEY_SECONDS:
+                log.warning("database unavailable (%s); using a cached API key lookup", type(exc).__name__)
+                return cached[0]
+            raise errors.Unavailable("cannot check API keys right now; try again shortly",
+                                     reason="DATABASE_UNAVAILABLE", retry_after=1.0) from None
         self._cache[digest] = (stored, now)
         self._cache.move_to_end(digest)
         if len(self._cache) > self._cache_size:

@@ -285,3 +285,26 @@ async def test_clerk_style_authorized_party(jwks):
     assert await verifier.verify(jwks.token("k1", aud=None, user="user_clerk")) == "user_clerk"
     with pytest.raises(errors.Unauthenticated):
         await verifier.verify(jwks.token("k1", aud=None, azp="https://evil.test"))
+
+
+async def test_known_keys_keep_working_while_the_database_is_down(admin_url, identity_private_key, sessions_backend):
+    from tests.gateway.conftest import gateway_settings, start_gateway
+
+    running = await start_gateway(gateway_settings(admin_url, identity_private_key, key_cache_seconds=0.0, targets={
+        "llm": None, "sessions": f"127.0.0.1:{sessions_backend.port}", "files": None, "assistants": None}))
+    try:
+        keys = running.app.gate.keys
+        from services.gateway.models import NewApiKey, Principal, RateLimits
+
+        _, secret = await keys.create(Principal("outage-user", frozenset({"admin"}), "cli"),
+                                      NewApiKey("outage", ("sessions",), None, RateLimits(), False))
+        sensitive(secret)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            await list_sessions(channel, bearer(secret))  # looked up once
+            await running.app.db.pool.close()  # the database goes away
+            await list_sessions(channel, bearer(secret))
+            unknown = sensitive("pk_live_" + secrets.token_urlsafe(32))
+            reason, _ = await expect_error(list_sessions(channel, bearer(unknown)), grpc.StatusCode.UNAVAILABLE)
+            assert reason == "DATABASE_UNAVAILABLE"
+    finally:
+        await running.stop(0.5)
