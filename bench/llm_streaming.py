@@ -10,7 +10,6 @@ baseline SDK). Run with `python -m bench.llm_streaming`.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import subprocess
 import sys

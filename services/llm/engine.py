@@ -39,12 +39,9 @@ from services.llm.models import (
     Finish,
     FinishReason,
     GenerateResult,
-    ImagePart,
     ProviderFinish,
     StreamEvent,
-    TextDelta,
     ToolCall,
-    ToolCallDelta,
     Usage,
     completion_events,
 )
@@ -710,6 +707,3 @@ class _FallBack(Exception):
         self.error = error
         self.final = final
 
-
-# Unused names kept importable for type checkers of callers.
-__all__ = ["LLM", "EngineSettings", "BudgetGuard", "response_cache_key", "TextDelta", "ToolCallDelta", "ImagePart"]

@@ -16,7 +16,7 @@ from parley.llm.v1 import llm_service_pb2_grpc
 from services.llm.repository import ROLE, SCHEMA
 from services.runtime.db import with_credentials
 from services.runtime.status import error_details, from_rpc_error
-from tests.conftest import channel_to, serve_app
+from tests.conftest import channel_to
 from tests.llm.conftest import llm_settings, start_llm
 from tests.llm.helpers import collect, user
 
