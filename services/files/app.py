@@ -75,6 +75,7 @@ class FilesSettings:
                 exact_search_max_chunks=env_int("PARLEY_FILES_EXACT_SEARCH_MAX_CHUNKS", 20_000, minimum=0),
                 ef_search=env_int("PARLEY_FILES_HNSW_EF_SEARCH", 100, minimum=10),
                 candidates=env_int("PARLEY_FILES_SEARCH_CANDIDATES", 50, minimum=10),
+                text_max_matches=env_int("PARLEY_FILES_TEXT_MAX_MATCHES", 5000, minimum=100),
                 text_search_config=env_str("PARLEY_FILES_TEXT_SEARCH_CONFIG", "english"),
             ),
             embed_batch_size=env_int("PARLEY_FILES_EMBED_BATCH_SIZE", 64, minimum=1),

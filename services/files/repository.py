@@ -375,7 +375,8 @@ class FileRepository:
 
     async def search(self, conn, *, entry_ids: list[int], mode: RankingMode, dims: int, vector: list[float] | None,
                      exact: bool, ef_search: int, query: str, ts_config: str, candidates: int, vector_weight: float,
-                     text_weight: float, rrf_k: int, limit: int, threshold: float | None) -> list[asyncpg.Record]:
+                     text_weight: float, rrf_k: int, limit: int, threshold: float | None,
+                     text_max_matches: int = 5000) -> list[asyncpg.Record]:
         """One statement: the vector and/or full-text candidates, fused by weighted reciprocal
         rank fusion, thresholded, with the chunks' text, file and attributes."""
         args: list = [entry_ids, candidates]
@@ -400,16 +401,22 @@ class FileRepository:
             cfg, text = f"${len(args) - 1}::regconfig", f"${len(args)}::text"
             # Strict, then relaxed: chunks with all of the query's terms if there are any (an
             # identifier matches exactly), otherwise chunks with any of them (a question
-            # rarely has all its words in one passage).
+            # rarely has all its words in one passage). Ranking reads every matching chunk,
+            # so at most `text_max_matches` of them are ranked: a query made only of very
+            # frequent words stays bounded, at the cost of an approximate text ranking.
+            args.append(int(text_max_matches))
+            cap = f"${len(args)}"
             ctes.append(
                 f"q AS (SELECT plainto_tsquery({cfg}, {text}) AS query_all, "
                 f"      replace(plainto_tsquery({cfg}, {text})::text, ' & ', ' | ')::tsquery AS query_any), "
-                "t_all AS (SELECT c.id, ts_rank_cd(c.tsv, q.query_all, 32) AS trank FROM chunks c, q "
-                "          WHERE c.tsv @@ q.query_all AND c.entry_id = ANY($1::bigint[]) ORDER BY trank DESC, c.id LIMIT $2), "
+                "t_all AS (SELECT m.id, ts_rank_cd(m.tsv, q.query_all, 32) AS trank FROM q, "
+                f"          (SELECT c.id, c.tsv FROM chunks c, q WHERE c.tsv @@ q.query_all AND c.entry_id = ANY($1::bigint[]) LIMIT {cap}) m "
+                "          ORDER BY trank DESC, m.id LIMIT $2), "
                 "t AS (SELECT * FROM t_all UNION ALL "
-                "      (SELECT c.id, ts_rank_cd(c.tsv, q.query_any, 32) AS trank FROM chunks c, q "
-                "       WHERE NOT EXISTS (SELECT 1 FROM t_all) AND c.tsv @@ q.query_any AND c.entry_id = ANY($1::bigint[]) "
-                "       ORDER BY trank DESC, c.id LIMIT $2)), "
+                "      (SELECT m.id, ts_rank_cd(m.tsv, q.query_any, 32) AS trank FROM q, "
+                f"       (SELECT c.id, c.tsv FROM chunks c, q WHERE NOT EXISTS (SELECT 1 FROM t_all) AND c.tsv @@ q.query_any "
+                f"        AND c.entry_id = ANY($1::bigint[]) LIMIT {cap}) m "
+                "       ORDER BY trank DESC, m.id LIMIT $2)), "
                 "tr AS (SELECT id, trank, row_number() OVER (ORDER BY trank DESC, id) AS rank FROM t)"
             )
         else:

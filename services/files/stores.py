@@ -65,6 +65,8 @@ class SearchSettings:
     ef_search: int = 100
     # Candidates taken from each ranking before fusion.
     candidates: int = 50
+    # At most this many chunks matching the text query are ranked (bounds frequent words).
+    text_max_matches: int = 5000
     # PostgreSQL text search configuration for chunks and queries.
     text_search_config: str = "english"
     # Searches refresh a store's last_active_time at most this often.
@@ -368,7 +370,8 @@ class VectorStores:
                       ef_search=max(self.settings.ef_search, candidates), query=query.query,
                       ts_config=self.settings.text_search_config, candidates=candidates,
                       vector_weight=query.vector_weight, text_weight=query.text_weight, rrf_k=query.rrf_k,
-                      limit=limit, threshold=query.score_threshold)
+                      limit=limit, threshold=query.score_threshold,
+                      text_max_matches=self.settings.text_max_matches)
         rows = await self._repo.search(conn, exact=exact, **kwargs)
         if not exact and query.mode != RankingMode.TEXT and len(rows) < limit and query.score_threshold is None and total > len(rows):
             # HNSW filters after its candidate list: a selective filter can leave too few.

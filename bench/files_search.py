@@ -1,0 +1,172 @@
+"""Files benchmark: SearchVectorStore at 100,000 chunks — p50/p99 of the whole RPC, split into
+query embedding and retrieval (vector + full text + fusion) — against a bare HNSW query on
+the same table in the same run, and recall@10 of the HNSW index against exact search.
+Run with `python -m bench.files_search`.
+
+The corpus is synthetic: 100,000 chunks of Zipf-distributed pseudo-words with random unit
+vectors (384 dimensions, as all-MiniLM-L6-v2), loaded directly over SQL into one store of
+100 files, then indexed. Queries go through the real service and the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import struct
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+
+from bench._common import percentile
+from bench.files_ingest import Suite
+from parley.files.v1 import files_service_pb2 as api
+
+CHUNKS = 100_000
+FILES = 100
+DIMS = 384
+WORDS_PER_CHUNK = 60
+VOCABULARY = 5_000
+LATENCY_QUERIES = 300
+RECALL_QUERIES = 100
+EF_SEARCH = 100
+
+
+def pseudo_words(count: int, rnd: random.Random) -> list[str]:
+    consonants, vowels = "bcdfghklmnprstvz", "aeiou"
+    words: set[str] = set()
+    while len(words) < count:
+        words.add("".join(rnd.choice(consonants) + rnd.choice(vowels) for _ in range(rnd.randint(2, 4))))
+    return sorted(words)
+
+
+def unit_vectors(count: int, rng: np.random.Generator) -> np.ndarray:
+    vectors = rng.standard_normal((count, DIMS)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    return struct.pack(f">HH{DIMS}f", DIMS, 0, *vector.tolist())
+
+
+async def load_corpus(admin_url: str, store_id: str, user_id: str, words: list[str], vectors: np.ndarray,
+                      rnd: random.Random) -> tuple[list[int], float]:
+    """Files, entries and chunks straight into the tables; then the HNSW index is built
+    (faster than growing it row by row). Returns (entry ids, index build seconds)."""
+    weights = [1 / (rank + 1) for rank in range(len(words))]
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.set_type_codec("vector", schema="public", encoder=lambda v: v, decoder=bytes, format="binary")
+        entry_ids = []
+        for number in range(FILES):
+            file_id = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO files.files (id, user_id, filename, size_bytes, media_type, purpose, sha256, status, "
+                "storage_key) VALUES ($1, $2, $3, 0, 'text/plain', 1, '', 3, 'bench/none')",
+                file_id, user_id, f"corpus-{number:03d}.txt")
+            entry_ids.append(await conn.fetchval(
+                "INSERT INTO files.vector_store_files (vector_store_id, file_id, user_id, status, chunking_type, "
+                "chunk_max_tokens, chunk_overlap_tokens, chunk_count) VALUES ($1, $2, $3, 2, 1, 256, 32, $4) "
+                "RETURNING entry_id", uuid.UUID(store_id), file_id, user_id, CHUNKS // FILES))
+        await conn.execute("DROP INDEX files.chunks_hnsw_384")
+        await conn.execute("ALTER TABLE files.chunks ALTER COLUMN ts_config SET DEFAULT 'english'")
+        per_file = CHUNKS // FILES
+        records = []
+        for i in range(CHUNKS):
+            text = " ".join(rnd.choices(words, weights=weights, k=WORDS_PER_CHUNK))
+            records.append((entry_ids[i // per_file], user_id, i % per_file, 1 + (i % per_file) // 3, text, DIMS,
+                            encode_vector(vectors[i])))
+        await conn.copy_records_to_table(
+            "chunks", schema_name="files", records=records,
+            columns=["entry_id", "user_id", "chunk_index", "page_number", "text", "dims", "embedding"])
+        await conn.execute("ALTER TABLE files.chunks ALTER COLUMN ts_config DROP DEFAULT")
+        await conn.execute("SET maintenance_work_mem = '1GB'")
+        started = time.perf_counter()
+        await conn.execute("CREATE INDEX chunks_hnsw_384 ON files.chunks USING hnsw "
+                           "((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384")
+        build = time.perf_counter() - started
+        await conn.execute("ANALYZE files.chunks; ANALYZE files.vector_store_files")
+        return entry_ids, build
+    finally:
+        await conn.close()
+
+
+async def main() -> None:
+    logging.getLogger("parley").setLevel(logging.WARNING)
+    rnd = random.Random(11)
+    rng = np.random.default_rng(11)
+    words = pseudo_words(VOCABULARY, rnd)
+    corpus = unit_vectors(CHUNKS, rng)
+    with tempfile.TemporaryDirectory(prefix="parley-bench-search-") as tmp:
+        async with Suite(Path(tmp)) as suite:
+            store = await suite.stub.CreateVectorStore(api.CreateVectorStoreRequest(name="100k"), metadata=suite.metadata)
+            started = time.perf_counter()
+            entry_ids, build = await load_corpus(suite.admin_url, store.id, "bench-user", words, corpus, rnd)
+            load = time.perf_counter() - started
+            print(f"corpus: {CHUNKS:,} chunks in {FILES} files of one store, loaded in {load:.1f} s "
+                  f"(HNSW build {build:.1f} s)")
+
+            # The service, end to end: one RPC per query; every query is new (no embedding cache hit).
+            await suite.stub.SearchVectorStore(api.SearchVectorStoreRequest(vector_store_ids=[store.id], query="warm up"),
+                                               metadata=suite.metadata)
+            total, embedding, retrieval, sizes = [], [], [], []
+            for i in range(LATENCY_QUERIES):
+                query = " ".join(rnd.sample(words[50:2000], 3)) + f" {i}"
+                started = time.perf_counter()
+                response = await suite.stub.SearchVectorStore(api.SearchVectorStoreRequest(
+                    vector_store_ids=[store.id], query=query, max_num_results=10), metadata=suite.metadata)
+                total.append(time.perf_counter() - started)
+                embedding.append(response.embedding_time.ToNanoseconds() / 1e9)
+                retrieval.append(response.retrieval_time.ToNanoseconds() / 1e9)
+                sizes.append(len(response.results))
+
+            # Baseline and recall on the same table, as the admin (no RLS, no RPC): the bare
+            # HNSW query, and exact search.
+            conn = await asyncpg.connect(suite.admin_url)
+            try:
+                await conn.set_type_codec("vector", schema="public", encoder=encode_vector, decoder=bytes, format="binary")
+                await conn.execute(f"SET hnsw.ef_search = {EF_SEARCH}")
+                entries = list(entry_ids)
+                hnsw_sql = ("SELECT id FROM files.chunks WHERE dims = 384 AND entry_id = ANY($2::bigint[]) "
+                            "ORDER BY embedding::vector(384) <=> $1::vector(384) LIMIT 10")
+                exact_sql = ("SELECT id FROM files.chunks WHERE dims = 384 AND entry_id = ANY($2::bigint[]) "
+                             "ORDER BY (embedding::vector(384) <=> $1::vector(384)) + 0 LIMIT 10")
+                plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + hnsw_sql, corpus[0], entries))
+                assert "chunks_hnsw_384" in plan, plan
+                queries = unit_vectors(RECALL_QUERIES, rng)
+                bare, exact_times, recalls = [], [], []
+                for q in queries:
+                    started = time.perf_counter()
+                    approx = [r[0] for r in await conn.fetch(hnsw_sql, q, entries)]
+                    bare.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    truth = [r[0] for r in await conn.fetch(exact_sql, q, entries)]
+                    exact_times.append(time.perf_counter() - started)
+                    recalls.append(len(set(approx) & set(truth)) / len(truth))
+            finally:
+                await conn.close()
+
+    def ms(values, q):
+        return percentile(values, q) * 1e3
+
+    print(f"SearchVectorStore (hybrid, max_num_results 10, {LATENCY_QUERIES} distinct queries over gRPC):")
+    print(f"  whole RPC        p50 {ms(total, .5):7.2f} ms   p99 {ms(total, .99):7.2f} ms")
+    print(f"  query embedding  p50 {ms(embedding, .5):7.2f} ms   p99 {ms(embedding, .99):7.2f} ms  (llm Embed call)")
+    print(f"  retrieval        p50 {ms(retrieval, .5):7.2f} ms   p99 {ms(retrieval, .99):7.2f} ms  "
+          f"(vector + text + fusion; target p50 <= 5 ms: {'met' if ms(retrieval, .5) <= 5 else 'missed'})")
+    print(f"  results per query: min {min(sizes)}, max {max(sizes)}")
+    print(f"baseline, same run: bare HNSW top-10 (ef_search {EF_SEARCH}, SQL as admin) p50 {ms(bare, .5):.2f} ms, "
+          f"p99 {ms(bare, .99):.2f} ms; exact top-10 p50 {ms(exact_times, .5):.2f} ms")
+    print(f"ratio retrieval / bare HNSW at p50: {percentile(retrieval, .5) / percentile(bare, .5):.2f}x; "
+          f"exact / HNSW at p50: {percentile(exact_times, .5) / percentile(bare, .5):.1f}x")
+    print(f"recall@10 of HNSW vs exact over {RECALL_QUERIES} random queries: {sum(recalls) / len(recalls):.3f} "
+          f"(target >= 0.95)")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
