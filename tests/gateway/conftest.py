@@ -221,14 +221,15 @@ def vendor():
 
 
 @pytest.fixture(scope="session")
-async def llm_backend(identity_public_key, vendor):
+async def llm_backend(admin_url, identity_public_key, vendor):
     import dataclasses
 
     from services.llm.app import LLMSettings
     from services.llm.app import build_app as build_llm_app
 
-    settings = dataclasses.replace(LLMSettings.from_env(), use_database=False, warm_embeddings=False, redis_url=None,
-                                   models_file=None, providers={"local": vendor})
+    settings = dataclasses.replace(LLMSettings.from_env(), admin_url=admin_url, database_url=None, use_database=True,
+                                   usage_flush_seconds=0.1, warm_embeddings=False, redis_url=None, models_file=None,
+                                   providers={"local": vendor})
     running = await serve_app(await build_llm_app(settings), "llm", identity_public_key)
     yield running
     await running.stop(0.5)

@@ -190,3 +190,19 @@ async def test_client_token_stream_helper(client):
     answer = await client.llm.generate("hello", model="local/echo")
     assert answer.message.content[0].text == "hello"
     assert "local/echo" in [m.id for m in await client.llm.list_models()]
+
+
+async def test_cli_usage_reports_the_callers_calls(gateway, make_key):
+    secret = await make_key("usage-user", ["llm"])
+    env = {"PARLEY_TARGET": f"127.0.0.1:{gateway.port}", "PARLEY_API_KEY": secret}
+    assert (await run_cli("chat", "-m", "local/echo", "-q", "count", "these", "tokens", env=env)).returncode == 0
+    for _ in range(50):  # the llm service records usage in batches
+        report = await run_cli("--json", "usage", "--by", "model", env=env)
+        assert report.returncode == 0, report.stderr
+        rows = json.loads(report.stdout).get("rows", [])
+        if rows:
+            break
+        await asyncio.sleep(0.2)
+    assert rows[0]["model"] == "local/echo" and int(rows[0]["request_count"]) == 1
+    text = await run_cli("usage", env=env)
+    assert "total" in text.stdout and "1 calls" in text.stdout
