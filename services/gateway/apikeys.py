@@ -104,6 +104,7 @@ class ApiKeys:
         # Bumped whenever this replica changes a key, so that callers' caches of
         # authenticated credentials (the gate's) drop what they hold.
         self.generation = 0
+        self._events = None
 
     @property
     def cache_seconds(self) -> float:
@@ -183,7 +184,7 @@ class ApiKeys:
             key = await self._repo.revoke(conn, kid)
         if key is None:
             raise _not_found(kid)
-        self._forget(kid)
+        await self._changed(kid)
         log.info("API key %s revoked by user %s", kid, caller.user_id)
         return key
 
@@ -206,12 +207,30 @@ class ApiKeys:
                 )
             key = await self._repo.rotate(conn, kid, secret[:DISPLAY_PREFIX_CHARS], hash_secret(secret),
                                           utcnow() + grace)
-        self._forget(kid)
+        await self._changed(kid)
         log.info("API key %s rotated by user %s (grace %ds)", kid, caller.user_id, int(grace.total_seconds()))
         return key, secret
 
+    def announce_changes(self, events) -> None:
+        """Tells other replicas about keys changed here (and forgets keys changed there)."""
+        self._events = events
+        events.start(self.forget)
+
+    def forget(self, key_id: uuid.UUID | None) -> None:
+        """Drops cached lookups of one key (of every key, for None)."""
+        if key_id is None:
+            self.generation += 1
+            self._cache.clear()
+        else:
+            self._forget(key_id)
+
+    async def _changed(self, key_id: uuid.UUID) -> None:
+        self._forget(key_id)
+        if self._events is not None:
+            await self._events.publish(key_id)
+
     def _forget(self, key_id: uuid.UUID) -> None:
-        """Drops cached lookups of a key this replica just changed."""
+        """Drops cached lookups of a key that changed."""
         self.generation += 1
         for digest in [d for d, (found, _) in self._cache.items() if found is not None and found.key.id == key_id]:
             del self._cache[digest]

@@ -16,6 +16,7 @@ from parley.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from services.gateway.apikeys import ApiKeys, KeyPolicy
 from services.gateway.gate import Gate
 from services.gateway.jwt_auth import JwtSettings, JwtVerifier
+from services.gateway.key_events import RedisKeyEvents
 from services.gateway.models import RateLimits
 from services.gateway.proxy import Backend, Proxy
 from services.gateway.ratelimit import MemoryLimiter, RedisLimiter
@@ -122,8 +123,10 @@ async def open_database(settings: GatewaySettings) -> Database:
 
 
 class GatewayApp:
-    def __init__(self, settings: GatewaySettings, db: Database, gate: Gate, backends: dict[str, Backend]) -> None:
+    def __init__(self, settings: GatewaySettings, db: Database, gate: Gate, backends: dict[str, Backend],
+                 key_events: RedisKeyEvents | None = None) -> None:
         self.settings = settings
+        self.key_events = key_events
         self.db = db
         self.gate = gate
         self.backends = backends
@@ -162,6 +165,8 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
         await self.gate.keys.aclose()
+        if self.key_events is not None:
+            await self.key_events.aclose()
         await self.gate.limiter.aclose()
         for backend in self.backends.values():
             await backend.aclose()
@@ -173,6 +178,10 @@ async def build_app(settings: GatewaySettings | None = None) -> GatewayApp:
     db = await open_database(settings)
     keys = ApiKeys(db, KeyPolicy(default_limits=settings.key_limits, cache_seconds=settings.key_cache_seconds))
     keys.start()
+    events = None
+    if settings.redis_url:
+        events = RedisKeyEvents(settings.redis_url, channel=f"{settings.redis_prefix}api-keys")
+        keys.announce_changes(events)
     limiter = RedisLimiter(settings.redis_url, settings.redis_prefix) if settings.redis_url else MemoryLimiter()
     gate = Gate(
         keys,
@@ -188,4 +197,4 @@ async def build_app(settings: GatewaySettings | None = None) -> GatewayApp:
     log.info("gateway routes to %s; rate limits %s",
              ", ".join(f"{n}={t or 'none'}" for n, t in settings.targets.items()),
              "in Redis" if settings.redis_url else "in memory")
-    return GatewayApp(settings, db, gate, backends)
+    return GatewayApp(settings, db, gate, backends, events)

@@ -9,6 +9,8 @@ import uuid
 import grpc
 import pytest
 
+from parley.gateway.v1 import gateway_service_pb2 as kapi
+from parley.gateway.v1 import gateway_service_pb2_grpc as kgrpc
 from parley.sessions.v1 import sessions_service_pb2 as sapi
 from parley.sessions.v1 import sessions_service_pb2_grpc as sgrpc
 from services.gateway.models import RateLimits
@@ -110,7 +112,8 @@ async def test_two_gateway_processes_share_one_limit_in_redis(admin_url, key_fil
     targets = {"sessions": f"127.0.0.1:{sessions_backend.port}"}
     processes = [
         spawn("services.gateway", gateway_env(admin_url, key_files, port, targets, PARLEY_REDIS_URL=REDIS_URL,
-                                              PARLEY_GATEWAY_REDIS_PREFIX=prefix), log_dir, f"gateway-redis-{i}")
+                                              PARLEY_GATEWAY_REDIS_PREFIX=prefix,
+                                              PARLEY_GATEWAY_KEY_CACHE_SECONDS=600), log_dir, f"gateway-redis-{i}")
         for i, port in enumerate(ports)
     ]
     try:
@@ -119,6 +122,21 @@ async def test_two_gateway_processes_share_one_limit_in_redis(admin_url, key_fil
         try:
             first = await call_many(channels[0], secret, 6)
             second = await call_many(channels[1], secret, 6)
+            # A revocation through one replica reaches the other at once (Redis pub/sub),
+            # not only when its key cache expires.
+            other = await make_key("rl-shared", ["sessions"])
+            admin = await make_key("rl-shared", ["admin"])
+            assert (await call_many(channels[1], other, 1))[0] == 1  # replica 2 has it cached
+            keys = kgrpc.ApiKeyServiceStub(channels[0])
+            listed = await keys.ListApiKeys(kapi.ListApiKeysRequest(), metadata=bearer(admin))
+            key_id = next(k.id for k in listed.api_keys if other.startswith(k.prefix))
+            await keys.RevokeApiKey(kapi.RevokeApiKeyRequest(api_key_id=key_id), metadata=bearer(admin))
+            for _ in range(100):
+                ok, failures = await call_many(channels[1], other, 1)
+                if failures:
+                    break
+                await asyncio.sleep(0.05)
+            assert failures and failures[0].code() == grpc.StatusCode.UNAUTHENTICATED
         finally:
             for channel in channels:
                 await channel.close()
