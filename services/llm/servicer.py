@@ -6,6 +6,7 @@ from __future__ import annotations
 from parley.llm.v1 import llm_service_pb2 as api
 from parley.llm.v1 import llm_service_pb2_grpc as api_grpc
 from services.llm import convert, reports
+from services.llm.coalesce import coalesced
 from services.llm.engine import LLM
 from services.runtime import errors
 from services.runtime.interceptors import current_identity
@@ -30,11 +31,12 @@ class LLMServicer(api_grpc.LLMServiceServicer):
 
     async def StreamGenerate(self, request, context):
         events = self._llm.stream(current_identity().user_id, convert.chat_request(request), remaining(context))
+        merged = coalesced(events)
         try:
-            async for event in events:
+            async for event in merged:
                 yield convert.event_to_proto(event)
         finally:
-            await events.aclose()
+            await merged.aclose()
 
     async def Embed(self, request, context):
         result = await self._llm.embed(current_identity().user_id, convert.embed_request(request), remaining(context))

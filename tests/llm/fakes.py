@@ -25,6 +25,9 @@ from collections import defaultdict, deque
 from aiohttp import web
 
 DEFAULT_TEXT = "Hello from the fake vendor."
+# Seconds between text chunks, like a model producing tokens (the service merges deltas that
+# are already waiting, so an unpaced fake would arrive as one delta).
+PACE = 0.01
 
 
 def chunks_of(text: str, size: int = 4) -> list[str]:
@@ -169,6 +172,7 @@ class FakeVendor:
             await self._endless(response, lambda text: send_choice({"content": text}))
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
+            await asyncio.sleep(PACE)
         if step.get("fail_midway"):
             await self._sse(response, {"error": {"message": "upstream model crashed", "type": "server_error"}})
             return
@@ -213,6 +217,7 @@ class FakeVendor:
                 await self._endless(response, send_text)
             for piece in chunks_of(step["text"]):
                 await send_text(piece)
+                await asyncio.sleep(PACE)
             await self._sse(response, {"type": "content_block_stop", "index": 0}, "content_block_stop")
             index = 1
         for call_id, name, arguments in step.get("tool_calls") or []:
@@ -242,6 +247,7 @@ class FakeVendor:
             await self._endless(response, lambda text: send_choice({"content": text}))
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
+            await asyncio.sleep(PACE)
         usage = step.get("usage", (11, 7))
         usage_body = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]}
         calls = step.get("tool_calls") or []

@@ -37,7 +37,7 @@ async def test_echo_stream(local_stub, as_user):
         api.StreamGenerateRequest(messages=[user("one two three four")]), metadata=as_user("alice"))]
     texts = [e.text_delta.text for e in events if e.WhichOneof("event") == "text_delta"]
     assert "".join(texts) == "one two three four"
-    assert len(texts) == 4
+    assert 1 <= len(texts) <= 4  # deltas already waiting when a message leaves are merged into it
     assert events[-1].WhichOneof("event") == "finish"
     assert events[-1].finish.model == "local/echo"
     assert events[-1].finish.HasField("time_to_first_token")
