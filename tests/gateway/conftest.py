@@ -408,3 +408,67 @@ def gateway_env(admin_url: str, key_files, port: int, targets: dict, **extra) ->
         env[f"PARLEY_{name.upper()}_TARGET"] = targets.get(name) or "none"
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+class EndlessVendor:
+    """An OpenAI-compatible HTTP endpoint on a local port that streams a chat completion in
+    the real SSE wire format, one word every `pace` seconds, until its client hangs up (or
+    `max_words`), counting the hang-ups: what a vendor sees when Parley cancels."""
+
+    def __init__(self, pace: float = 0.02, max_words: int = 3000) -> None:
+        self.pace = pace
+        self.max_words = max_words
+        self.requests = 0
+        self.hangups = 0
+        self.completed = 0
+        self.port = 0
+        self._runner = None
+
+    async def start(self) -> EndlessVendor:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _chat(self, request):
+        import asyncio
+
+        from aiohttp import web
+
+        self.requests += 1
+        body = await request.json()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "chatcmpl-endless", "object": "chat.completion.chunk", "created": 1700000000,
+                "model": body.get("model", "gpt-4o-mini")}
+
+        async def send(delta: dict, finish=None) -> None:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        try:
+            await send({"role": "assistant", "content": ""})
+            for i in range(self.max_words):
+                await send({"content": f"w{i} "})
+                await asyncio.sleep(self.pace)
+            await send({}, "stop")
+            await response.write(b"data: [DONE]\n\n")
+            self.completed += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.hangups += 1
+            raise
+        return response
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

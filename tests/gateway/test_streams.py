@@ -19,6 +19,7 @@ from services.gateway.models import RateLimits
 from services.runtime.status import error_details, from_rpc_error
 from tests.conftest import expect_error
 from tests.gateway.conftest import (
+    EndlessVendor,
     bearer,
     free_port,
     gateway_settings,
@@ -57,11 +58,10 @@ async def test_stream_through_the_gateway_equals_the_direct_stream(gw_channel, l
         direct = [e async for e in lgrpc.LLMServiceStub(direct_channel).StreamGenerate(
             prompt(text), metadata=as_user("stream-user", ("llm",)))]
 
-    def strip(events):
-        return [(e.WhichOneof("event"), e.text_delta.text, e.finish.usage.total_tokens) for e in events]
+    def answer(events):  # deltas may be coalesced differently from one call to the next
+        return "".join(e.text_delta.text for e in events), events[-1].finish.usage.total_tokens
 
-    assert strip(via_gateway) == strip(direct)
-    assert "".join(e.text_delta.text for e in via_gateway) == text
+    assert answer(via_gateway) == answer(direct) == (text, direct[-1].finish.usage.total_tokens)
     assert via_gateway[-1].finish.usage.output_tokens == 5
 
 
@@ -159,13 +159,20 @@ async def test_prompt_pii_policy_redacts_before_the_vendor(gw_channel, make_key)
     assert answer == text
 
 
-async def test_backend_killed_mid_stream(admin_url, identity_private_key, key_files, sessions_backend, make_key,
-                                         log_dir):
+async def test_llm_process_behind_the_gateway_cancel_reaches_the_vendor_and_a_kill_gives_unavailable(
+        admin_url, identity_private_key, key_files, sessions_backend, make_key, log_dir):
+    """The llm service as its own process, its OpenAI provider pointed at a local vendor
+    endpoint that streams slowly: a client cancel closes the vendor's HTTP stream; killing
+    the llm process mid-stream gives the client UNAVAILABLE and the gateway keeps serving."""
+    vendor = await EndlessVendor().start()
     port = free_port()
     env = {"PARLEY_LLM_PORT": str(port), "PARLEY_DATABASE_URL": admin_url, "PARLEY_LLM_WARM_EMBEDDINGS": "false",
-           "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(key_files[1]), "PARLEY_REDIS_URL": "", "PARLEY_LOG_LEVEL": "INFO"}
+           "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(key_files[1]), "PARLEY_REDIS_URL": "", "PARLEY_LOG_LEVEL": "INFO",
+           "OPENAI_API_KEY": sensitive("sk-test-" + uuid.uuid4().hex), "OPENAI_BASE_URL": vendor.base_url}
     llm = spawn("services.llm", env, log_dir, "llm-killed")
     running = None
+    request = lapi.StreamGenerateRequest(model="openai/gpt-4o-mini", messages=[
+        llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text="talk for a long time")])])
     try:
         await wait_serving(port, llm)
         running = await start_gateway(gateway_settings(admin_url, identity_private_key, targets={
@@ -174,8 +181,18 @@ async def test_backend_killed_mid_stream(admin_url, identity_private_key, key_fi
         secret = await make_key("kill-user", ["llm", "sessions"])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = lgrpc.LLMServiceStub(channel)
-            call = stub.StreamGenerate(prompt(words(8000)), metadata=bearer(secret), timeout=60)
-            for _ in range(5):  # the stream is flowing; the client reads slowly, so most is still to come
+
+            # 1. The client cancels: the vendor's HTTP stream is closed.
+            call = stub.StreamGenerate(request, metadata=bearer(secret), timeout=60)
+            for _ in range(3):
+                await call.read()
+            call.cancel()
+            await eventually(lambda: vendor.hangups == 1)
+            assert vendor.completed == 0
+
+            # 2. The llm process dies mid-stream: UNAVAILABLE at once, naming the backend.
+            call = stub.StreamGenerate(request, metadata=bearer(secret), timeout=60)
+            for _ in range(3):
                 await call.read()
             llm.kill()
             llm.wait()
@@ -187,7 +204,8 @@ async def test_backend_killed_mid_stream(admin_url, identity_private_key, key_fi
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             assert error_details(from_rpc_error(caught.value))["ErrorInfo"].metadata["backend"] == "llm"
             print(f"UNAVAILABLE {1000 * (loop.time() - killed_at):.1f} ms after the kill")
-            # The gateway keeps serving: other backends at once, and llm again once it is back.
+
+            # 3. The gateway keeps serving: other backends at once, and llm again once it is back.
             await sgrpc.SessionServiceStub(channel).ListSessions(sapi.ListSessionsRequest(), metadata=bearer(secret))
             await expect_error(stub.ListModels(lapi.ListModelsRequest(), metadata=bearer(secret)),
                                grpc.StatusCode.UNAVAILABLE)
@@ -206,3 +224,4 @@ async def test_backend_killed_mid_stream(admin_url, identity_private_key, key_fi
         if running is not None:
             await running.stop(0.5)
         stop(llm)
+        await vendor.stop()
