@@ -397,27 +397,13 @@ class FileRepository:
         else:
             ctes.append("vr AS (SELECT NULL::bigint AS id, NULL::float8 AS dist, NULL::bigint AS rank WHERE false)")
         if mode in (RankingMode.HYBRID, RankingMode.TEXT):
-            args.extend([ts_config, query])
-            cfg, text = f"${len(args) - 1}::regconfig", f"${len(args)}::text"
-            # Strict, then relaxed: chunks with all of the query's terms if there are any (an
-            # identifier matches exactly), otherwise chunks with any of them (a question
-            # rarely has all its words in one passage). Ranking reads every matching chunk,
-            # so at most `text_max_matches` of them are ranked: a query made only of very
-            # frequent words stays bounded, at the cost of an approximate text ranking.
-            args.append(int(text_max_matches))
-            cap = f"${len(args)}"
+            # Strict, then relaxed, at most `text_max_matches` matching chunks ranked: see
+            # migrations/002_text_candidates.sql (RLS would keep the GIN index unused).
+            args.extend([ts_config, query, int(text_max_matches)])
+            cfg, text, cap = f"${len(args) - 2}::regconfig", f"${len(args) - 1}::text", f"${len(args)}::integer"
             ctes.append(
-                f"q AS (SELECT plainto_tsquery({cfg}, {text}) AS query_all, "
-                f"      replace(plainto_tsquery({cfg}, {text})::text, ' & ', ' | ')::tsquery AS query_any), "
-                "t_all AS (SELECT m.id, ts_rank_cd(m.tsv, q.query_all, 32) AS trank FROM q, "
-                f"          (SELECT c.id, c.tsv FROM chunks c, q WHERE c.tsv @@ q.query_all AND c.entry_id = ANY($1::bigint[]) LIMIT {cap}) m "
-                "          ORDER BY trank DESC, m.id LIMIT $2), "
-                "t AS (SELECT * FROM t_all UNION ALL "
-                "      (SELECT m.id, ts_rank_cd(m.tsv, q.query_any, 32) AS trank FROM q, "
-                f"       (SELECT c.id, c.tsv FROM chunks c, q WHERE NOT EXISTS (SELECT 1 FROM t_all) AND c.tsv @@ q.query_any "
-                f"        AND c.entry_id = ANY($1::bigint[]) LIMIT {cap}) m "
-                "       ORDER BY trank DESC, m.id LIMIT $2)), "
-                "tr AS (SELECT id, trank, row_number() OVER (ORDER BY trank DESC, id) AS rank FROM t)"
+                "tr AS (SELECT chunk_id AS id, rank::float8 AS trank, row_number() OVER (ORDER BY rank DESC, chunk_id) AS rank "
+                f"       FROM text_candidates($1::bigint[], {cfg}, {text}, $2::integer, {cap}))"
             )
         else:
             ctes.append("tr AS (SELECT NULL::bigint AS id, NULL::float8 AS trank, NULL::bigint AS rank WHERE false)")
@@ -434,12 +420,15 @@ class FileRepository:
         where = ""
         if threshold is not None:
             args.append(float(threshold))
-            where = f"WHERE r.score >= ${len(args)}::float8"
+            where = f"WHERE score >= ${len(args)}::float8"
+        # The top results first, then their rows by primary key (`id = ANY(...)` keeps the
+        # planner on the index).
         sql = (
             f"WITH {', '.join(ctes)}, "
-            f"r AS (SELECT coalesce(vr.id, tr.id) AS id, ({score})::float8 AS score FROM vr FULL JOIN tr ON vr.id = tr.id) "
-            "SELECT r.score, c.chunk_index, c.page_number, c.text, e.vector_store_id, e.file_id, e.attributes, f.filename "
-            "FROM r JOIN chunks c ON c.id = r.id JOIN vector_store_files e ON e.entry_id = c.entry_id "
-            f"JOIN files f ON f.id = e.file_id {where} ORDER BY r.score DESC, c.id LIMIT ${len(args) - (1 if threshold is not None else 0)}"
+            f"r AS (SELECT coalesce(vr.id, tr.id) AS id, ({score})::float8 AS score FROM vr FULL JOIN tr ON vr.id = tr.id), "
+            f"top AS MATERIALIZED (SELECT id, score FROM r {where} ORDER BY score DESC, id LIMIT ${len(args) - (1 if threshold is not None else 0)}) "
+            "SELECT top.score, c.chunk_index, c.page_number, c.text, e.vector_store_id, e.file_id, e.attributes, f.filename "
+            "FROM chunks c JOIN top ON top.id = c.id JOIN vector_store_files e ON e.entry_id = c.entry_id "
+            "JOIN files f ON f.id = e.file_id WHERE c.id = ANY(ARRAY(SELECT id FROM top)) ORDER BY top.score DESC, c.id"
         )
         return await conn.fetch(sql, *args)

@@ -65,6 +65,15 @@ async def test_another_users_files_and_stores_are_not_found(stub, as_user, admin
             for table in ("files", "file_texts", "vector_stores", "vector_store_files", "chunks"):
                 assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = 'iso-alice'") == 0
             assert await conn.fetchval("SELECT count(*) FROM chunks") == 0
+            # The full-text function reads chunks without RLS (for its index) and checks the
+            # owner itself: Bob naming Alice's entries gets nothing.
+            everything = list(range(1, 100_000))
+            assert await conn.fetchval("SELECT count(*) FROM text_candidates($1, 'english', 'vault combination', 50, 5000)",
+                                       everything) == 0
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.user_id', 'iso-alice', true)")
+            assert await conn.fetchval("SELECT count(*) FROM text_candidates($1, 'english', 'vault combination', 50, 5000)",
+                                       list(range(1, 100_000))) > 0
             # Without any user set, nothing at all.
         async with conn.transaction():
             assert await conn.fetchval("SELECT count(*) FROM files") == 0
