@@ -352,7 +352,13 @@ class VectorStores:
         async with self._db.transaction(user_id) as conn:
             for (model, dims), ids in groups.items():
                 results += await self._search_group(conn, ids, dims, vectors[model], query, limit)
-            await self._repo.touch_stores(conn, store_ids, throttle_seconds=self.settings.activity_throttle_seconds)
+            # Activity is recorded at most once per throttle period (a write per search would
+            # turn every search into row churn).
+            now = datetime.now(tz=next(iter(stores.values())).last_active_time.tzinfo)
+            stale = [s.id for s in stores.values()
+                     if (now - s.last_active_time).total_seconds() >= self.settings.activity_throttle_seconds]
+            if stale:
+                await self._repo.touch_stores(conn, stale, throttle_seconds=self.settings.activity_throttle_seconds)
         retrieval_seconds = time.perf_counter() - started
         results.sort(key=lambda r: -r.score)
         return SearchResponse(results=results[:limit], embedding_seconds=embed_seconds, retrieval_seconds=retrieval_seconds)

@@ -18,7 +18,6 @@ from tests.files.conftest import (
     SMALL_FILE_LIMIT,
     stored_files,
     upload,
-    upload_requests,
     wait_entry,
     wait_file,
 )
