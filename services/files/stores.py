@@ -343,7 +343,8 @@ class VectorStores:
             vectors[model] = None
             if query.mode != RankingMode.TEXT:
                 started = time.perf_counter()
-                vectors[model] = (await self._embedder.embed(user_id, model, [query.query], interactive=True))[0]
+                vectors[model] = (await self._embedder.embed(user_id, model, [query.query], interactive=True,
+                                                                  timeout=30.0))[0]
                 embed_seconds += time.perf_counter() - started
                 if len(vectors[model]) != dims:
                     raise errors.Internal("the query embedding has the wrong size", reason="EMBEDDING_SIZE_MISMATCH")
