@@ -8,9 +8,11 @@ stops the suite), leaving no orphans: children also get SIGTERM if this process 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +78,25 @@ def _dev_api_key(env: dict[str, str], key_file: Path) -> str:
     return result.stdout.strip()
 
 
+def _ensure_port_free(service: str, port: int) -> None:
+    """Refuse to start over another process: its health check would answer for ours."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise RuntimeError(
+                f"port {port} for {service} is taken by another process (another `make run`?); "
+                f"stop it or set PARLEY_{service.upper()}_PORT"
+            ) from None
+
+
+def _say(message: str) -> None:
+    """Print to stderr, even when nobody reads it any more (a closed pipe must not stop a shutdown)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr, flush=True)
+
+
 def _stop(children: dict[str, subprocess.Popen]) -> None:
     for process in children.values():
         if process.poll() is None:
@@ -85,7 +106,7 @@ def _stop(children: dict[str, subprocess.Popen]) -> None:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"parley: {name} did not stop in time; killing it", file=sys.stderr)
+            _say(f"parley: {name} did not stop in time; killing it")
             process.kill()
             process.wait()
 
@@ -118,6 +139,7 @@ def main() -> int:
     children: dict[str, subprocess.Popen] = {}
     try:
         for service in SUITE:
+            _ensure_port_free(service, _port(service))
             children[service] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{service}"], env=env, preexec_fn=_die_with_parent
             )
@@ -136,15 +158,15 @@ def main() -> int:
         while not stopping:
             for name, process in children.items():
                 if process.poll() is not None:
-                    print(f"parley: {name} exited with code {process.returncode}; stopping the suite", file=sys.stderr)
+                    _say(f"parley: {name} exited with code {process.returncode}; stopping the suite")
                     return 1
             time.sleep(0.2)
         return 0
-    except RuntimeError as exc:
-        print(f"parley: {exc}", file=sys.stderr)
+    except (RuntimeError, OSError) as exc:
+        _say(f"parley: {exc}")
         return 1
     finally:
-        print("parley: stopping", file=sys.stderr, flush=True)
+        _say("parley: stopping")
         _stop(children)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,7 +63,8 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen, dict[str, int]]:
         output.append(line)
         if "Press Ctrl-C to stop" in line:
             return process, ports
-    process.kill()
+    process.terminate()
+    process.wait(timeout=60)
     pytest.fail("the suite did not start:\n" + "".join(output))
 
 
@@ -84,8 +86,25 @@ def _postmaster(tmp_path: Path) -> int:
     return int((tmp_path / "state" / "pg" / "postmaster.pid").read_text().split()[0])
 
 
-def test_ctrl_c_stops_every_service_and_the_database(tmp_path, suite_descendants):
-    process, ports = _start(tmp_path)
+@pytest.fixture
+def launched(tmp_path):
+    """Starts the suite; whatever the test does, the launcher is stopped afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start():
+        process, ports = _start(tmp_path)
+        started.append(process)
+        return process, ports
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def test_ctrl_c_stops_every_service_and_the_database(tmp_path, launched, suite_descendants):
+    process, ports = launched()
     processes = suite_descendants(process.pid) + [_postmaster(tmp_path)]
     assert len(processes) >= len(SUITE) + 1
     assert all(_alive(pid) for pid in processes)
@@ -100,8 +119,8 @@ def test_ctrl_c_stops_every_service_and_the_database(tmp_path, suite_descendants
         assert not _alive(pid), f"process {pid} outlived the launcher"
 
 
-def test_killing_the_launcher_takes_its_services_down(tmp_path, suite_descendants):
-    process, _ = _start(tmp_path)
+def test_killing_the_launcher_takes_its_services_down(tmp_path, launched):
+    process, _ = launched()
     commands = {f"-m\0services.{name}\0" for name in SUITE}
     services = [pid for pid in _children_of(process.pid)
                 if any(c in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") for c in commands)]
@@ -120,3 +139,17 @@ def test_killing_the_launcher_takes_its_services_down(tmp_path, suite_descendant
         # A SIGKILLed launcher cannot stop the daemonised PostgreSQL; the next `make run`
         # would reuse it. Here we stop it ourselves.
         os.kill(postmaster, signal.SIGTERM)
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
+    taken = free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        env = dict(os.environ, PARLEY_STATE_DIR=str(tmp_path / "state"), **{f"PARLEY_{SUITE[0].upper()}_PORT": str(taken)})
+        env.pop("PARLEY_DATABASE_URL", None)
+        result = subprocess.run([sys.executable, "-m", "services"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 1
+    assert f"port {taken} for {SUITE[0]} is taken" in result.stderr
+    assert "Parley is running" not in result.stdout
