@@ -6,10 +6,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from services.files import sniff
 from services.files.models import AttributeValue, File, FilePurpose, FileStatus, Page, UploadMetadata
@@ -18,7 +16,7 @@ from services.files.storage import BlobStore
 from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
-from services.runtime.pagination import decode_token, encode_token, page_size
+from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
 from services.runtime.validation import parse_id, uuid7
 
 log = logging.getLogger("parley.files")
@@ -165,18 +163,11 @@ class Files:
             raise errors.InvalidArgument.for_field("purpose", "is not a known purpose")
         limit = page_size(size, default=20, maximum=100)
         query_key = f"files|{user_id}|{purpose}"
-        position = decode_token(token, query_key)
-        after = None
-        if position is not None:
-            try:
-                after = (datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
-            except (ValueError, TypeError, IndexError, AttributeError):
-                raise errors.InvalidArgument.for_field("page_token", "is not a page token issued by this service",
-                                                      reason="PAGE_TOKEN_INVALID") from None
+        after = decode_time_and_id(token, query_key)
         async with self._db.transaction(user_id, readonly=True) as conn:
             rows = await self._repo.list_files(conn, purpose=purpose, after=after, limit=limit + 1)
         items, more = rows[:limit], len(rows) > limit
-        next_token = encode_token(query_key, [items[-1].create_time.isoformat(), str(items[-1].id)]) if more else ""
+        next_token = encode_time_and_id(query_key, items[-1].create_time, items[-1].id) if more else ""
         return Page(items=items, next_page_token=next_token)
 
     async def delete(self, user_id: str, file_id: str) -> None:

@@ -37,7 +37,7 @@ from services.gateway.repository import ApiKeyRepository
 from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
-from services.runtime.pagination import decode_token, encode_token, page_size
+from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
 from services.runtime.validation import parse_id, text_violations
 
 log = logging.getLogger("parley.gateway.keys")
@@ -155,18 +155,11 @@ class ApiKeys:
         await self.flush_last_used()
         limit = page_size(size, default=20, maximum=100)
         query_key = f"api_keys|{caller.user_id}|{state}"
-        position = decode_token(token, query_key)
-        after = None
-        if position is not None:
-            try:
-                after = (datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
-            except (ValueError, TypeError, IndexError, AttributeError):
-                raise errors.InvalidArgument.for_field("page_token", "is not a page token issued by this service",
-                                                      reason="PAGE_TOKEN_INVALID") from None
+        after = decode_time_and_id(token, query_key)
         async with self._db.transaction(caller.user_id, readonly=True) as conn:
             rows = await self._repo.list(conn, state=state, now=utcnow(), after=after, limit=limit + 1)
         items, more = rows[:limit], len(rows) > limit
-        next_token = encode_token(query_key, [items[-1].create_time.isoformat(), str(items[-1].id)]) if more else ""
+        next_token = encode_time_and_id(query_key, items[-1].create_time, items[-1].id) if more else ""
         return Page(items=items, next_page_token=next_token)
 
     async def get(self, caller: Principal, key_id: str) -> ApiKey:

@@ -11,6 +11,8 @@ import base64
 import binascii
 import hashlib
 import json
+import uuid
+from datetime import datetime
 from typing import Any
 
 from services.runtime.errors import InvalidArgument
@@ -44,12 +46,31 @@ def decode_token(token: str, query_key: str, *, field: str = "page_token") -> li
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         version, fingerprint, position = json.loads(raw)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise InvalidArgument.for_field(field, "is not a page token issued by this service", reason="PAGE_TOKEN_INVALID") from None
+        raise _not_ours(field) from None
     if version != _VERSION or not isinstance(position, list):
-        raise InvalidArgument.for_field(field, "is not a page token issued by this service", reason="PAGE_TOKEN_INVALID")
+        raise _not_ours(field)
     if fingerprint != _fingerprint(query_key):
         raise InvalidArgument.for_field(
             field, "belongs to a different listing; repeat the request with the same filter and order",
             reason="PAGE_TOKEN_MISMATCH",
         )
     return position
+
+
+def _not_ours(field: str) -> InvalidArgument:
+    return InvalidArgument.for_field(field, "is not a page token issued by this service", reason="PAGE_TOKEN_INVALID")
+
+
+def encode_time_and_id(query_key: str, create_time: datetime, item_id: uuid.UUID) -> str:
+    """A token after the item at (create_time, id): the keyset of every newest-first list."""
+    return encode_token(query_key, [create_time.isoformat(), str(item_id)])
+
+
+def decode_time_and_id(token: str, query_key: str, *, field: str = "page_token") -> tuple[datetime, uuid.UUID] | None:
+    position = decode_token(token, query_key, field=field)
+    if position is None:
+        return None
+    try:
+        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
+    except (ValueError, TypeError, IndexError, AttributeError):
+        raise _not_ours(field) from None

@@ -8,7 +8,6 @@ change is a single statement or commits as a whole.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -16,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
-from services.runtime.pagination import decode_token, encode_token, page_size
+from services.runtime.pagination import decode_time_and_id, decode_token, encode_time_and_id, encode_token, page_size
 from services.runtime.validation import metadata_violations, parse_id, text_violations
 from services.sessions.export import render_export
 from services.sessions.models import (
@@ -105,18 +104,11 @@ class Sessions:
         errors.collect(_enum_value(status, SessionStatus, "status", allow_unspecified=True))
         limit = page_size(size, default=20, maximum=100)
         query_key = f"sessions|{user_id}|{status}"
-        position = decode_token(token, query_key)
-        after = None
-        if position is not None:
-            try:
-                after = (datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
-            except (ValueError, TypeError, IndexError, AttributeError):
-                raise errors.InvalidArgument.for_field("page_token", "is not a page token issued by this service",
-                                                      reason="PAGE_TOKEN_INVALID") from None
+        after = decode_time_and_id(token, query_key)
         async with self._db.transaction(user_id, readonly=True) as conn:
             rows = await self._repo.list_sessions(conn, status=status, after=after, limit=limit + 1)
         items, more = rows[:limit], len(rows) > limit
-        next_token = encode_token(query_key, [items[-1].create_time.isoformat(), str(items[-1].id)]) if more else ""
+        next_token = encode_time_and_id(query_key, items[-1].create_time, items[-1].id) if more else ""
         return Page(items=items, next_page_token=next_token)
 
     async def update_session(self, user_id: str, session_id: str, paths: list[str], values: SessionPatch) -> Session:

@@ -13,13 +13,12 @@ import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
-from services.runtime.pagination import decode_token, encode_token, page_size
+from services.runtime.pagination import decode_time_and_id, decode_token, encode_time_and_id, encode_token, page_size
 from services.runtime.validation import metadata_violations, parse_id, text_violations
 from services.sessions.domain import _enum_value, _session_not_found
 from services.sessions.models import Page, SessionStatus, SortOrder
@@ -210,17 +209,11 @@ class RunStore:
     async def list_assistants(self, user_id: str, *, size: int, token: str) -> Page:
         limit = page_size(size, default=20, maximum=100)
         query_key = f"assistants|{user_id}"
-        position = decode_token(token, query_key)
-        after = None
-        if position is not None:
-            try:
-                after = (datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
-            except (ValueError, TypeError, IndexError, AttributeError):
-                raise _invalid_token() from None
+        after = decode_time_and_id(token, query_key)
         async with self._db.transaction(user_id, readonly=True) as conn:
             rows = await self._repo.list_assistants(conn, after=after, limit=limit + 1)
         items, more = rows[:limit], len(rows) > limit
-        next_token = encode_token(query_key, [items[-1].create_time.isoformat(), str(items[-1].id)]) if more else ""
+        next_token = encode_time_and_id(query_key, items[-1].create_time, items[-1].id) if more else ""
         return Page(items=items, next_page_token=next_token)
 
     async def update_assistant(self, user_id: str, assistant_id: str, paths: Sequence[str], draft: Draft) -> Assistant:

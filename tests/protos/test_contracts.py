@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import subprocess
-from pathlib import Path
 
 from scripts.gen_protos import ROOT, generate, generated_in_tree, proto_files
 
