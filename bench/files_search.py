@@ -65,8 +65,8 @@ def encode_vector(vector: np.ndarray) -> bytes:
 
 async def load_corpus(admin_url: str, store_id: str, user_id: str, words: list[str], vectors: np.ndarray,
                       rng: np.random.Generator) -> tuple[list[int], float]:
-    """Files, entries and chunks straight into the tables; then the HNSW index is built
-    (faster than growing it row by row). Returns (entry ids, index build seconds)."""
+    """Files, entries and chunks straight into the tables; then the full-text and HNSW
+    indexes are built (faster than growing them row by row). Returns (entry ids, index build seconds)."""
     weights = 1 / np.arange(1, len(words) + 1)
     drawn = rng.choice(len(words), size=(CHUNKS, WORDS_PER_CHUNK), p=weights / weights.sum())
     conn = await asyncpg.connect(admin_url)
@@ -84,6 +84,7 @@ async def load_corpus(admin_url: str, store_id: str, user_id: str, words: list[s
                 "chunk_max_tokens, chunk_overlap_tokens, chunk_count) VALUES ($1, $2, $3, 2, 1, 256, 32, $4) "
                 "RETURNING entry_id", uuid.UUID(store_id), file_id, user_id, CHUNKS // FILES))
         await conn.execute("DROP INDEX files.chunks_hnsw_384")
+        await conn.execute("DROP INDEX files.chunks_text")
         await conn.execute("ALTER TABLE files.chunks ALTER COLUMN ts_config SET DEFAULT 'english'")
         per_file = CHUNKS // FILES
         records = []
@@ -96,6 +97,8 @@ async def load_corpus(admin_url: str, store_id: str, user_id: str, words: list[s
             columns=["entry_id", "user_id", "chunk_index", "page_number", "text", "dims", "embedding"])
         await conn.execute("ALTER TABLE files.chunks ALTER COLUMN ts_config DROP DEFAULT")
         await conn.execute("SET maintenance_work_mem = '1GB'")
+        # As in migrations 001 and 003 (no pending list), built in one go like HNSW below.
+        await conn.execute("CREATE INDEX chunks_text ON files.chunks USING gin (tsv) WITH (fastupdate = off)")
         started = time.perf_counter()
         await conn.execute("CREATE INDEX chunks_hnsw_384 ON files.chunks USING hnsw "
                            "((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384")
