@@ -8,6 +8,7 @@ The database is an embedded PostgreSQL (pgserver) in a temporary directory, or t
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -56,21 +57,59 @@ def postgres_server_url() -> str:
     return url or start_embedded_postgres(private_temp_dir("parley-test-pg-") / "pg", delete_on_exit=True)
 
 
-@pytest.fixture(scope="session")
-async def admin_url(postgres_server_url) -> AsyncIterator[str]:
-    """Admin URL of a database created for this test run, dropped at the end."""
-    database = f"parley_test_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(postgres_server_url)
+async def _fresh_database(server_url: str, prefix: str) -> str:
+    database = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server_url)
     try:
         await conn.execute(f"CREATE DATABASE {database}")
     finally:
         await conn.close()
-    yield _with_database(postgres_server_url, database)
-    conn = await asyncpg.connect(postgres_server_url)
+    return _with_database(server_url, database)
+
+
+async def _drop_database(server_url: str, database_url: str) -> None:
+    conn = await asyncpg.connect(server_url)
     try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        await conn.execute(f"DROP DATABASE IF EXISTS {urlsplit(database_url).path.lstrip('/')} WITH (FORCE)")
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def admin_url(postgres_server_url) -> AsyncIterator[str]:
+    """Admin URL of a database created for this test run, dropped at the end."""
+    async with fresh_database(postgres_server_url, "parley_test") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def vector_server_url(postgres_server_url) -> str:
+    """A server with pgvector (the files service needs it): the test server when it has the
+    extension, otherwise an embedded one (pgserver bundles it)."""
+    conn = await asyncpg.connect(postgres_server_url)
+    try:
+        has_vector = await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+    finally:
+        await conn.close()
+    if has_vector:
+        return postgres_server_url
+    return start_embedded_postgres(private_temp_dir("parley-test-pgvector-") / "pg", delete_on_exit=True)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str, prefix: str) -> AsyncIterator[str]:
+    """Admin URL of a new database on `server_url`, dropped afterwards."""
+    url = await _fresh_database(server_url, prefix)
+    try:
+        yield url
+    finally:
+        await _drop_database(server_url, url)
+
+
+@pytest.fixture(scope="session")
+async def vector_admin_url(vector_server_url) -> AsyncIterator[str]:
+    async with fresh_database(vector_server_url, "parley_files_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -6,46 +6,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import uuid
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from parley.files.v1 import files_pb2, files_service_pb2, files_service_pb2_grpc
 from services.files.app import FilesSettings, build_app
 from services.files.worker import WorkerSettings
-from services.runtime.db import start_embedded_postgres
 from tests.conftest import channel_to, serve_app
 
 CHUNK = 256 * 1024
 
 
 @pytest.fixture(scope="session")
-async def admin_url(postgres_server_url, tmp_path_factory):
-    """The files service needs pgvector: the test server's if it has it (any server given by
-    PARLEY_TEST_DATABASE_URL may not), otherwise an embedded one (pgserver bundles it)."""
-    server = postgres_server_url
-    conn = await asyncpg.connect(server)
-    try:
-        has_vector = await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
-    finally:
-        await conn.close()
-    if not has_vector:
-        server = start_embedded_postgres(tmp_path_factory.mktemp("pg-vector"))
-    database = f"parley_files_test_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f"CREATE DATABASE {database}")
-    finally:
-        await conn.close()
-    parts = urlsplit(server)
-    yield urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    finally:
-        await conn.close()
+def admin_url(vector_admin_url):
+    """The files service needs pgvector."""
+    return vector_admin_url
 
 
 @pytest.fixture(scope="session")

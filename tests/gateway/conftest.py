@@ -236,37 +236,12 @@ async def llm_backend(admin_url, identity_public_key, vendor):
 
 
 @pytest.fixture(scope="session")
-async def files_admin_url(postgres_server_url, tmp_path_factory):
-    """A database for the files service, on a server with pgvector (the test server's if it
-    has it, otherwise an embedded one: pgserver bundles it)."""
-    import uuid
-    from urllib.parse import urlsplit, urlunsplit
+async def files_admin_url(vector_server_url):
+    """The files backend's own database (its workers must not meet the files tests' jobs)."""
+    from tests.conftest import fresh_database
 
-    import asyncpg
-
-    from services.runtime.db import start_embedded_postgres
-
-    server = postgres_server_url
-    conn = await asyncpg.connect(server)
-    try:
-        has_vector = await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
-    finally:
-        await conn.close()
-    if not has_vector:
-        server = start_embedded_postgres(tmp_path_factory.mktemp("pg-vector"))
-    database = f"parley_gw_files_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f"CREATE DATABASE {database}")
-    finally:
-        await conn.close()
-    parts = urlsplit(server)
-    yield urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    finally:
-        await conn.close()
+    async with fresh_database(vector_server_url, "parley_gw_files") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
