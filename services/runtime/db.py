@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 
 from services.runtime import errors
-from services.runtime.config import env_str, state_dir
+from services.runtime.config import ConfigError, env_str, state_dir
 from services.runtime.identity import USER_ID_PATTERN
 
 log = logging.getLogger("parley.db")
@@ -37,14 +37,42 @@ def admin_database_url() -> str:
     return start_embedded_postgres(state_dir() / "pg")
 
 
+# The embedded server's shared_buffers. pgserver's default (PostgreSQL's, 128 MB) is smaller
+# than one HNSW index of 100,000 vectors of 384 dimensions (about 200 MB), so a search read
+# most of its pages from the OS cache through buffer eviction. Memory is taken as pages are
+# used, not at start.
+DEFAULT_EMBEDDED_SHARED_BUFFERS = "1GB"
+
+
 def start_embedded_postgres(data_dir: Path, *, delete_on_exit: bool = False) -> str:
     """Starts (or joins) the embedded server in `data_dir` and returns its admin URL. The
     server stops (and with `delete_on_exit`, its data goes) when the last process that
-    started or joined it exits."""
+    started or joined it exits.
+
+    shared_buffers is `PARLEY_EMBEDDED_SHARED_BUFFERS` (default 1GB); it needs a restart, so
+    when the running server has another value it is stored with ALTER SYSTEM and the server
+    restarted once (in practice on the first start of a data directory)."""
     import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(data_dir, cleanup_mode="delete" if delete_on_exit else "stop").get_uri()
+    server = pgserver.get_server(data_dir, cleanup_mode="delete" if delete_on_exit else "stop")
+    _ensure_shared_buffers(server, env_str("PARLEY_EMBEDDED_SHARED_BUFFERS", DEFAULT_EMBEDDED_SHARED_BUFFERS))
+    return server.get_uri()
+
+
+def _ensure_shared_buffers(server, wanted: str) -> None:
+    from pgserver._commands import pg_ctl
+
+    if not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)?", wanted):
+        raise ConfigError(f"PARLEY_EMBEDDED_SHARED_BUFFERS: not a PostgreSQL size (e.g. 512MB, 1GB): {wanted!r}")
+    check = f"SELECT pg_size_bytes(current_setting('shared_buffers')) = pg_size_bytes('{wanted}');"
+    if server.psql("\\pset tuples_only on\n" + check).strip().endswith("t"):
+        return
+    server.psql(f"ALTER SYSTEM SET shared_buffers = '{wanted}';")
+    log.info("embedded PostgreSQL: shared_buffers set to %s, restarting it", wanted)
+    with server._lock:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        server.ensure_postgres_running()  # starts it as pgserver does, and records the new postmaster
 
 
 def with_credentials(url: str, user: str, password: str | None) -> str:
