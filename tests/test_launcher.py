@@ -33,6 +33,13 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # it exited meanwhile
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -112,7 +119,7 @@ def test_ctrl_c_stops_every_service_and_the_database(tmp_path, launched, suite_d
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
     for pid in processes:
-        for _ in range(100):
+        for _ in range(600):
             if not _alive(pid):
                 break
             time.sleep(0.1)
@@ -122,19 +129,19 @@ def test_ctrl_c_stops_every_service_and_the_database(tmp_path, launched, suite_d
 def test_killing_the_launcher_takes_its_services_down(tmp_path, launched):
     process, _ = launched()
     commands = {f"-m\0services.{name}\0" for name in SUITE}
-    services = [pid for pid in _children_of(process.pid)
-                if any(c in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") for c in commands)]
+    services = [pid for pid in _children_of(process.pid) if any(c in _cmdline(pid) for c in commands)]
     assert len(services) == len(SUITE)
     postmaster = _postmaster(tmp_path)
     process.kill()
     process.wait()
     try:
         for pid in services:
-            for _ in range(200):
+            # SIGTERM from the kernel, then each service's own graceful shutdown.
+            for _ in range(600):
                 if not _alive(pid):
                     break
                 time.sleep(0.1)
-            assert not _alive(pid), f"service process {pid} was orphaned"
+            assert not _alive(pid), f"service process {pid} ({_cmdline(pid)!r}) was orphaned"
     finally:
         # A SIGKILLed launcher cannot stop the daemonised PostgreSQL; the next `make run`
         # would reuse it. Here we stop it ourselves.
