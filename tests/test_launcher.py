@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen, dict[str, int]]:
             break
         output.append(line)
         if "Press Ctrl-C to stop" in line:
+            # Keep reading: the services write their logs to the same pipe, and a full pipe
+            # would block them in the middle of shutting down.
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
             return process, ports
     process.terminate()
     process.wait(timeout=60)
