@@ -45,24 +45,74 @@ def code_of(error: errors.ParleyError) -> int:
     return code_pb2.UNKNOWN
 
 
+# gRPC carries a status in trailing metadata, which peers cap at 16 KiB in all (grpc-message
+# percent-encoded, grpc-status-details-bin base64-encoded, and the status's message once more
+# inside the details). Errors often quote what the caller sent, so every quoted piece is cut to
+# size here, once, and the whole status kept under STATUS_MAX_BYTES.
+MESSAGE_MAX_BYTES = 1024
+FIELD_MAX_CHARS = 200
+DESCRIPTION_MAX_CHARS = 500
+METADATA_MAX_ENTRIES = 16
+METADATA_KEY_MAX_CHARS = 64
+METADATA_VALUE_MAX_CHARS = 256
+METADATA_MAX_BYTES = 2048
+VIOLATIONS_MAX = 20
+STATUS_MAX_BYTES = 6 * 1024
+_ELLIPSIS = "…"
+
+
+def clip(text: str, max_chars: int) -> str:
+    """`text` cut to at most `max_chars` characters, marked when cut."""
+    return text if len(text) <= max_chars else text[: max_chars - 1] + _ELLIPSIS
+
+
+def _clip_bytes(text: str, max_bytes: int) -> str:
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[: max_bytes - len(_ELLIPSIS.encode())].decode("utf-8", "ignore") + _ELLIPSIS
+
+
+def _violations(error: errors.ParleyError, limit: int) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    shown = error.field_violations[:limit]
+    found = [
+        error_details_pb2.BadRequest.FieldViolation(field=clip(v.field, FIELD_MAX_CHARS),
+                                                    description=clip(v.description, DESCRIPTION_MAX_CHARS))
+        for v in shown
+    ]
+    hidden = len(error.field_violations) - len(shown)
+    if hidden:
+        found.append(error_details_pb2.BadRequest.FieldViolation(
+            field="", description=f"and {hidden} more violation{'s' if hidden > 1 else ''} not listed"))
+    return found
+
+
 def to_status_proto(error: errors.ParleyError) -> status_pb2.Status:
-    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))]
-    if error.field_violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                        for v in error.field_violations
-                    ]
-                )
-            )
-        )
+    metadata: dict[str, str] = {}
+    budget = METADATA_MAX_BYTES
+    for key, value in list(error.metadata.items())[:METADATA_MAX_ENTRIES]:
+        key, value = clip(str(key), METADATA_KEY_MAX_CHARS), clip(str(value), METADATA_VALUE_MAX_CHARS)
+        budget -= len(key.encode()) + len(value.encode())
+        if budget < 0:
+            break
+        metadata[key] = value
+    head = [_pack(error_details_pb2.ErrorInfo(reason=clip(error.reason, 63), domain=ERROR_DOMAIN, metadata=metadata))]
+    tail = []
     if error.retry_after is not None:
-        seconds = max(error.retry_after, 0.0)
+        seconds = max(error.retry_after, 0.0) if error.retry_after == error.retry_after else 0.0
+        seconds = min(seconds, 315_576_000_000.0)
         delay = duration_pb2.Duration(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return status_pb2.Status(code=code_of(error), message=error.message, details=details)
+        tail.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    message = _clip_bytes(error.message, MESSAGE_MAX_BYTES)
+    limit = VIOLATIONS_MAX
+    while True:
+        details = list(head)
+        if error.field_violations:
+            details.append(_pack(error_details_pb2.BadRequest(field_violations=_violations(error, limit))))
+        status = status_pb2.Status(code=code_of(error), message=message, details=[*details, *tail])
+        if status.ByteSize() <= STATUS_MAX_BYTES or limit == 0:
+            return status
+        limit //= 2
 
 
 def to_grpc_status(error: errors.ParleyError) -> grpc.Status:
