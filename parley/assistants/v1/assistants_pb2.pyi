@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -217,7 +218,7 @@ class _BusySessionStrategy:
 class _BusySessionStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BusySessionStrategy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BUSY_SESSION_STRATEGY_UNSPECIFIED: _BusySessionStrategy.ValueType  # 0
-    """Same as BUSY_SESSION_STRATEGY_REJECT."""
+    """Same as BUSY_SESSION_STRATEGY_QUEUE."""
     BUSY_SESSION_STRATEGY_REJECT: _BusySessionStrategy.ValueType  # 1
     """Fail with FAILED_PRECONDITION (ErrorInfo reason "SESSION_BUSY")."""
     BUSY_SESSION_STRATEGY_QUEUE: _BusySessionStrategy.ValueType  # 2
@@ -229,7 +230,7 @@ class BusySessionStrategy(_BusySessionStrategy, metaclass=_BusySessionStrategyEn
     """What happens to a new run on a session that already has an active (not yet ended) run."""
 
 BUSY_SESSION_STRATEGY_UNSPECIFIED: BusySessionStrategy.ValueType  # 0
-"""Same as BUSY_SESSION_STRATEGY_REJECT."""
+"""Same as BUSY_SESSION_STRATEGY_QUEUE."""
 BUSY_SESSION_STRATEGY_REJECT: BusySessionStrategy.ValueType  # 1
 """Fail with FAILED_PRECONDITION (ErrorInfo reason "SESSION_BUSY")."""
 BUSY_SESSION_STRATEGY_QUEUE: BusySessionStrategy.ValueType  # 2
@@ -527,6 +528,7 @@ class FunctionTool(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    CACHE_TTL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1 to 64 characters among a-z, A-Z, 0-9, '_' and '-'."""
     description: _builtins.str
@@ -537,6 +539,14 @@ class FunctionTool(_message.Message):
     def parameters(self) -> _struct_pb2.Struct:
         """JSON Schema of the arguments (an object schema). Unset means no arguments."""
 
+    @_builtins.property
+    def cache_ttl(self) -> _duration_pb2.Duration:
+        """How long an output of this function may be reused: a later call with the same name and
+        the same arguments (byte for byte) by the same user, within this time of the output's
+        submission, is answered from the cache without stopping the run (FunctionCall.cached).
+        Unset or zero means no caching; at most 24 hours.
+        """
+
     def __init__(
         self,
         *,
@@ -544,10 +554,11 @@ class FunctionTool(_message.Message):
         description: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
         strict: _builtins.bool = ...,
+        cache_ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_ttl", b"cache_ttl", "parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_ttl", b"cache_ttl", "description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -818,9 +829,10 @@ class Run(_message.Message):
 
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """Deadline: a run that has not ended by then becomes RUN_STATUS_EXPIRED. The engine
-        pushes it forward while it works (a lease), so a run whose gateway replica died
-        expires instead of blocking its session; it also bounds the wait for tool outputs.
+        """Set while the run waits in RUN_STATUS_REQUIRES_ACTION: if its tool outputs have not
+        been submitted by then, it becomes RUN_STATUS_EXPIRED (default 10 minutes after the
+        action was required). A run whose engine replica dies is not expired but FAILED, by
+        the lease the engine holds on it (see docs/assistants.md).
         """
 
     @_builtins.property
@@ -1358,21 +1370,27 @@ class FunctionCall(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     arguments: _builtins.str
     """JSON-encoded arguments, exactly as the model produced them."""
     output: _builtins.str
-    """What SubmitToolOutputs sent; empty until then."""
+    """What SubmitToolOutputs sent (or the cache answered); empty until then."""
+    cached: _builtins.bool
+    """The output came from the function result cache (FunctionTool.cache_ttl): the run did
+    not stop for this call.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         arguments: _builtins.str = ...,
         output: _builtins.str = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "name", b"name", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "cached", b"cached", "name", b"name", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

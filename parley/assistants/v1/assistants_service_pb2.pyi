@@ -296,6 +296,26 @@ class CreateRunRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class VariablesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     ASSISTANT_ID_FIELD_NUMBER: _builtins.int
@@ -315,6 +335,7 @@ class CreateRunRequest(_message.Message):
     ADDITIONAL_MESSAGES_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     BUSY_SESSION_STRATEGY_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session to run on. If empty, `session` is created first (its assistant_id set to
     `assistant_id`).
@@ -327,7 +348,9 @@ class CreateRunRequest(_message.Message):
     `provider/model` or an alias from the models file.
     """
     instructions: _builtins.str
-    """Replaces the assistant's instructions."""
+    """Replaces the assistant's instructions. Either may name template variables as
+    `{{name}}` (letters, digits and '_'), filled from `variables`.
+    """
     additional_instructions: _builtins.str
     """Appended to the (possibly replaced) instructions."""
     temperature: _builtins.float
@@ -341,7 +364,7 @@ class CreateRunRequest(_message.Message):
     parallel_tool_calls: _builtins.bool
     """Unset means true."""
     busy_session_strategy: _assistants_pb2.BusySessionStrategy.ValueType
-    """What to do if the session already has an active run; unset means reject."""
+    """What to do if the session already has an active run; unset means queue behind it."""
     @_builtins.property
     def session(self) -> Global___NewSession:
         """Used only when `session_id` is empty."""
@@ -374,6 +397,15 @@ class CreateRunRequest(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The run's metadata: at most 16 pairs; keys at most 64 characters, values at most 512."""
 
+    @_builtins.property
+    def variables(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Values of the `{{name}}` template variables in the instructions (the assistant's, or
+        `instructions`, and `additional_instructions`). Every variable named there must have a
+        value and every value must be named there, else INVALID_ARGUMENT naming it. At most 64
+        pairs; names at most 64 characters, values at most 32,768. Run.instructions holds the
+        result.
+        """
+
     def __init__(
         self,
         *,
@@ -396,10 +428,11 @@ class CreateRunRequest(_message.Message):
         additional_messages: _abc.Iterable[_sessions_pb2.Message] | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         busy_session_strategy: _assistants_pb2.BusySessionStrategy.ValueType = ...,
+        variables: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "parallel_tool_calls", b"parallel_tool_calls", "response_format", b"response_format", "session", b"session", "temperature", b"temperature", "tool_choice", b"tool_choice", "tool_resources", b"tool_resources", "top_p", b"top_p", "truncation_strategy", b"truncation_strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "additional_instructions", b"additional_instructions", "additional_messages", b"additional_messages", "assistant_id", b"assistant_id", "busy_session_strategy", b"busy_session_strategy", "instructions", b"instructions", "max_completion_tokens", b"max_completion_tokens", "max_prompt_tokens", b"max_prompt_tokens", "metadata", b"metadata", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "response_format", b"response_format", "session", b"session", "session_id", b"session_id", "temperature", b"temperature", "tool_choice", b"tool_choice", "tool_resources", b"tool_resources", "tools", b"tools", "top_p", b"top_p", "truncation_strategy", b"truncation_strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "additional_instructions", b"additional_instructions", "additional_messages", b"additional_messages", "assistant_id", b"assistant_id", "busy_session_strategy", b"busy_session_strategy", "instructions", b"instructions", "max_completion_tokens", b"max_completion_tokens", "max_prompt_tokens", b"max_prompt_tokens", "metadata", b"metadata", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "response_format", b"response_format", "session", b"session", "session_id", b"session_id", "temperature", b"temperature", "tool_choice", b"tool_choice", "tool_resources", b"tool_resources", "tools", b"tools", "top_p", b"top_p", "truncation_strategy", b"truncation_strategy", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015

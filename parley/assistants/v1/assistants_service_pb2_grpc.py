@@ -28,7 +28,8 @@ if _version_not_supported:
 
 
 class AssistantServiceStub:
-    """Assistants and their runs, served by the gateway (which runs them). Threads are
+    """Assistants and their runs, served by the assistants service (the run engine, which runs
+    them) and routed to it by the gateway. Threads are
     parley.sessions.v1 sessions; a run's messages are that session's messages. Every call
     acts as the user of the caller's verified identity: another user's assistant, session
     or run answers NOT_FOUND, exactly like one that does not exist.
@@ -108,7 +109,8 @@ class AssistantServiceStub:
 
 
 class AssistantServiceServicer:
-    """Assistants and their runs, served by the gateway (which runs them). Threads are
+    """Assistants and their runs, served by the assistants service (the run engine, which runs
+    them) and routed to it by the gateway. Threads are
     parley.sessions.v1 sessions; a run's messages are that session's messages. Every call
     acts as the user of the caller's verified identity: another user's assistant, session
     or run answers NOT_FOUND, exactly like one that does not exist.
@@ -204,7 +206,7 @@ class AssistantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRun(self, request, context):
-        """Resumes a run's event stream on any gateway replica: every event after
+        """Resumes a run's event stream on any engine replica: every event after
         `after_sequence`, each once and in order, then live events until the run ends (through
         any RUN_STATUS_REQUIRES_ACTION). For an ended run it replays and closes.
         """
@@ -289,7 +291,8 @@ def add_AssistantServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AssistantService:
-    """Assistants and their runs, served by the gateway (which runs them). Threads are
+    """Assistants and their runs, served by the assistants service (the run engine, which runs
+    them) and routed to it by the gateway. Threads are
     parley.sessions.v1 sessions; a run's messages are that session's messages. Every call
     acts as the user of the caller's verified identity: another user's assistant, session
     or run answers NOT_FOUND, exactly like one that does not exist.

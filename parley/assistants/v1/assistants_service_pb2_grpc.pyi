@@ -29,7 +29,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AssistantServiceStub:
-    """Assistants and their runs, served by the gateway (which runs them). Threads are
+    """Assistants and their runs, served by the assistants service (the run engine, which runs
+    them) and routed to it by the gateway. Threads are
     parley.sessions.v1 sessions; a run's messages are that session's messages. Every call
     acts as the user of the caller's verified identity: another user's assistant, session
     or run answers NOT_FOUND, exactly like one that does not exist.
@@ -73,14 +74,15 @@ class AssistantServiceStub:
     FAILED_PRECONDITION (ErrorInfo reason "RUN_NOT_REQUIRES_ACTION").
     """
     WatchRun: _grpc.UnaryStreamMultiCallable[_assistants_service_pb2.WatchRunRequest, _assistants_service_pb2.WatchRunResponse]
-    """Resumes a run's event stream on any gateway replica: every event after
+    """Resumes a run's event stream on any engine replica: every event after
     `after_sequence`, each once and in order, then live events until the run ends (through
     any RUN_STATUS_REQUIRES_ACTION). For an ended run it replays and closes.
     """
 
 @_typing.type_check_only
 class AssistantServiceAsyncStub(AssistantServiceStub):
-    """Assistants and their runs, served by the gateway (which runs them). Threads are
+    """Assistants and their runs, served by the assistants service (the run engine, which runs
+    them) and routed to it by the gateway. Threads are
     parley.sessions.v1 sessions; a run's messages are that session's messages. Every call
     acts as the user of the caller's verified identity: another user's assistant, session
     or run answers NOT_FOUND, exactly like one that does not exist.
@@ -121,13 +123,14 @@ class AssistantServiceAsyncStub(AssistantServiceStub):
     FAILED_PRECONDITION (ErrorInfo reason "RUN_NOT_REQUIRES_ACTION").
     """
     WatchRun: _aio.UnaryStreamMultiCallable[_assistants_service_pb2.WatchRunRequest, _assistants_service_pb2.WatchRunResponse]  # type: ignore[assignment]
-    """Resumes a run's event stream on any gateway replica: every event after
+    """Resumes a run's event stream on any engine replica: every event after
     `after_sequence`, each once and in order, then live events until the run ends (through
     any RUN_STATUS_REQUIRES_ACTION). For an ended run it replays and closes.
     """
 
 class AssistantServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Assistants and their runs, served by the gateway (which runs them). Threads are
+    """Assistants and their runs, served by the assistants service (the run engine, which runs
+    them) and routed to it by the gateway. Threads are
     parley.sessions.v1 sessions; a run's messages are that session's messages. Every call
     acts as the user of the caller's verified identity: another user's assistant, session
     or run answers NOT_FOUND, exactly like one that does not exist.
@@ -244,7 +247,7 @@ class AssistantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _assistants_service_pb2.WatchRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_assistants_service_pb2.WatchRunResponse], _abc.AsyncIterator[_assistants_service_pb2.WatchRunResponse]]:
-        """Resumes a run's event stream on any gateway replica: every event after
+        """Resumes a run's event stream on any engine replica: every event after
         `after_sequence`, each once and in order, then live events until the run ends (through
         any RUN_STATUS_REQUIRES_ACTION). For an ended run it replays and closes.
         """

@@ -22,61 +22,91 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from parley.assistants.v1 import assistants_pb2 as parley_dot_assistants_dot_v1_dot_assistants__pb2
 from parley.sessions.v1 import sessions_service_pb2 as parley_dot_sessions_dot_v1_dot_sessions__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)parley/runstore/v1/runstore_service.proto\x12\x12parley.runstore.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a%parley/assistants/v1/assistants.proto\x1a)parley/sessions/v1/sessions_service.proto\"L\n\x16\x43reateAssistantRequest\x12\x32\n\tassistant\x18\x01 \x01(\x0b\x32\x1f.parley.assistants.v1.Assistant\"+\n\x13GetAssistantRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\">\n\x15ListAssistantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x16ListAssistantsResponse\x12\x33\n\nassistants\x18\x01 \x03(\x0b\x32\x1f.parley.assistants.v1.Assistant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n\x16UpdateAssistantRequest\x12\x32\n\tassistant\x18\x01 \x01(\x0b\x32\x1f.parley.assistants.v1.Assistant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\".\n\x16\x44\x65leteAssistantRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\":\n\x10\x43reateRunRequest\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.parley.assistants.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xad\x01\n\x0fListRunsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x31\n\x08statuses\x18\x04 \x03(\x0e\x32\x1f.parley.assistants.v1.RunStatus\x12,\n\x05order\x18\x05 \x01(\x0e\x32\x1d.parley.sessions.v1.SortOrder\"T\n\x10ListRunsResponse\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.parley.assistants.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd7\x01\n\x10UpdateRunRequest\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.parley.assistants.v1.Run\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12:\n\x11\x65xpected_statuses\x18\x03 \x03(\x0e\x32\x1f.parley.assistants.v1.RunStatus\x12.\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x1e.parley.assistants.v1.RunEvent\")\n\x13GetActiveRunRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\">\n\x14GetActiveRunResponse\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.parley.assistants.v1.Run\"G\n\x14\x43reateRunStepRequest\x12/\n\x08run_step\x18\x01 \x01(\x0b\x32\x1d.parley.assistants.v1.RunStep\"x\n\x14UpdateRunStepRequest\x12/\n\x08run_step\x18\x01 \x01(\x0b\x32\x1d.parley.assistants.v1.RunStep\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"L\n\x13ListRunStepsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x14ListRunStepsResponse\x12\x30\n\trun_steps\x18\x01 \x03(\x0b\x32\x1d.parley.assistants.v1.RunStep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x16\x41ppendRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12.\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1e.parley.assistants.v1.RunEvent\"0\n\x17\x41ppendRunEventsResponse\x12\x15\n\rlast_sequence\x18\x01 \x01(\x03\"e\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"`\n\x15ListRunEventsResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.parley.assistants.v1.RunEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf2\n\n\x0fRunStoreService\x12^\n\x0f\x43reateAssistant\x12*.parley.runstore.v1.CreateAssistantRequest\x1a\x1f.parley.assistants.v1.Assistant\x12X\n\x0cGetAssistant\x12\'.parley.runstore.v1.GetAssistantRequest\x1a\x1f.parley.assistants.v1.Assistant\x12g\n\x0eListAssistants\x12).parley.runstore.v1.ListAssistantsRequest\x1a*.parley.runstore.v1.ListAssistantsResponse\x12^\n\x0fUpdateAssistant\x12*.parley.runstore.v1.UpdateAssistantRequest\x1a\x1f.parley.assistants.v1.Assistant\x12U\n\x0f\x44\x65leteAssistant\x12*.parley.runstore.v1.DeleteAssistantRequest\x1a\x16.google.protobuf.Empty\x12L\n\tCreateRun\x12$.parley.runstore.v1.CreateRunRequest\x1a\x19.parley.assistants.v1.Run\x12\x46\n\x06GetRun\x12!.parley.runstore.v1.GetRunRequest\x1a\x19.parley.assistants.v1.Run\x12U\n\x08ListRuns\x12#.parley.runstore.v1.ListRunsRequest\x1a$.parley.runstore.v1.ListRunsResponse\x12L\n\tUpdateRun\x12$.parley.runstore.v1.UpdateRunRequest\x1a\x19.parley.assistants.v1.Run\x12\x61\n\x0cGetActiveRun\x12\'.parley.runstore.v1.GetActiveRunRequest\x1a(.parley.runstore.v1.GetActiveRunResponse\x12X\n\rCreateRunStep\x12(.parley.runstore.v1.CreateRunStepRequest\x1a\x1d.parley.assistants.v1.RunStep\x12X\n\rUpdateRunStep\x12(.parley.runstore.v1.UpdateRunStepRequest\x1a\x1d.parley.assistants.v1.RunStep\x12\x61\n\x0cListRunSteps\x12\'.parley.runstore.v1.ListRunStepsRequest\x1a(.parley.runstore.v1.ListRunStepsResponse\x12j\n\x0f\x41ppendRunEvents\x12*.parley.runstore.v1.AppendRunEventsRequest\x1a+.parley.runstore.v1.AppendRunEventsResponse\x12\x64\n\rListRunEvents\x12(.parley.runstore.v1.ListRunEventsRequest\x1a).parley.runstore.v1.ListRunEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)parley/runstore/v1/runstore_service.proto\x12\x12parley.runstore.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%parley/assistants/v1/assistants.proto\x1a)parley/sessions/v1/sessions_service.proto\"L\n\x16\x43reateAssistantRequest\x12\x32\n\tassistant\x18\x01 \x01(\x0b\x32\x1f.parley.assistants.v1.Assistant\"+\n\x13GetAssistantRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\">\n\x15ListAssistantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x16ListAssistantsResponse\x12\x33\n\nassistants\x18\x01 \x03(\x0b\x32\x1f.parley.assistants.v1.Assistant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n\x16UpdateAssistantRequest\x12\x32\n\tassistant\x18\x01 \x01(\x0b\x32\x1f.parley.assistants.v1.Assistant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\".\n\x16\x44\x65leteAssistantRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\"X\n\x10\x43reateRunRequest\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.parley.assistants.v1.Run\x12\x1c\n\x14\x61ppend_created_event\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xad\x01\n\x0fListRunsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x31\n\x08statuses\x18\x04 \x03(\x0e\x32\x1f.parley.assistants.v1.RunStatus\x12,\n\x05order\x18\x05 \x01(\x0e\x32\x1d.parley.sessions.v1.SortOrder\"T\n\x10ListRunsResponse\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.parley.assistants.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x02\n\x10UpdateRunRequest\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.parley.assistants.v1.Run\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12:\n\x11\x65xpected_statuses\x18\x03 \x03(\x0e\x32\x1f.parley.assistants.v1.RunStatus\x12.\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x1e.parley.assistants.v1.RunEvent\x12+\n\x05lease\x18\x05 \x01(\x0b\x32\x1c.parley.runstore.v1.RunLease\"F\n\x08RunLease\x12\r\n\x05owner\x18\x01 \x01(\t\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\")\n\x13GetActiveRunRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\">\n\x14GetActiveRunResponse\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.parley.assistants.v1.Run\"G\n\x14\x43reateRunStepRequest\x12/\n\x08run_step\x18\x01 \x01(\x0b\x32\x1d.parley.assistants.v1.RunStep\"x\n\x14UpdateRunStepRequest\x12/\n\x08run_step\x18\x01 \x01(\x0b\x32\x1d.parley.assistants.v1.RunStep\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"L\n\x13ListRunStepsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x14ListRunStepsResponse\x12\x30\n\trun_steps\x18\x01 \x03(\x0b\x32\x1d.parley.assistants.v1.RunStep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x16\x41ppendRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12.\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1e.parley.assistants.v1.RunEvent\"0\n\x17\x41ppendRunEventsResponse\x12\x15\n\rlast_sequence\x18\x01 \x01(\x03\"e\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"`\n\x15ListRunEventsResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.parley.assistants.v1.RunEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x15WatchRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x13\n\x0bstatus_only\x18\x03 \x01(\x08\"\x90\x01\n\x16WatchRunEventsResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.parley.assistants.v1.RunEvent\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.parley.assistants.v1.RunStatus\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\"Q\n\x10\x43laimRunsRequest\x12+\n\x05lease\x18\x01 \x01(\x0b\x32\x1c.parley.runstore.v1.RunLease\x12\x10\n\x08max_runs\x18\x02 \x01(\x05\"A\n\x11\x43laimRunsResponse\x12,\n\x06\x63laims\x18\x01 \x03(\x0b\x32\x1c.parley.runstore.v1.RunClaim\"f\n\x08RunClaim\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.parley.assistants.v1.Run\x12\x32\n\x06reason\x18\x02 \x01(\x0e\x32\".parley.runstore.v1.RunClaimReason\"U\n\x15RenewRunLeasesRequest\x12+\n\x05lease\x18\x01 \x01(\x0b\x32\x1c.parley.runstore.v1.RunLease\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\")\n\x16RenewRunLeasesResponse\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\"r\n\x0e\x46unctionResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x1cLookupFunctionResultsRequest\x12\x30\n\x04keys\x18\x01 \x03(\x0b\x32\".parley.runstore.v1.FunctionResult\"T\n\x1dLookupFunctionResultsResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".parley.runstore.v1.FunctionResult\"R\n\x1bStoreFunctionResultsRequest\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".parley.runstore.v1.FunctionResult\"\x1e\n\x1cStoreFunctionResultsResponse*\x97\x01\n\x0eRunClaimReason\x12 \n\x1cRUN_CLAIM_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17RUN_CLAIM_REASON_QUEUED\x10\x01\x12!\n\x1dRUN_CLAIM_REASON_LEASE_LAPSED\x10\x02\x12#\n\x1fRUN_CLAIM_REASON_ACTION_EXPIRED\x10\x03\x32\x99\x0f\n\x0fRunStoreService\x12^\n\x0f\x43reateAssistant\x12*.parley.runstore.v1.CreateAssistantRequest\x1a\x1f.parley.assistants.v1.Assistant\x12X\n\x0cGetAssistant\x12\'.parley.runstore.v1.GetAssistantRequest\x1a\x1f.parley.assistants.v1.Assistant\x12g\n\x0eListAssistants\x12).parley.runstore.v1.ListAssistantsRequest\x1a*.parley.runstore.v1.ListAssistantsResponse\x12^\n\x0fUpdateAssistant\x12*.parley.runstore.v1.UpdateAssistantRequest\x1a\x1f.parley.assistants.v1.Assistant\x12U\n\x0f\x44\x65leteAssistant\x12*.parley.runstore.v1.DeleteAssistantRequest\x1a\x16.google.protobuf.Empty\x12L\n\tCreateRun\x12$.parley.runstore.v1.CreateRunRequest\x1a\x19.parley.assistants.v1.Run\x12\x46\n\x06GetRun\x12!.parley.runstore.v1.GetRunRequest\x1a\x19.parley.assistants.v1.Run\x12U\n\x08ListRuns\x12#.parley.runstore.v1.ListRunsRequest\x1a$.parley.runstore.v1.ListRunsResponse\x12L\n\tUpdateRun\x12$.parley.runstore.v1.UpdateRunRequest\x1a\x19.parley.assistants.v1.Run\x12\x61\n\x0cGetActiveRun\x12\'.parley.runstore.v1.GetActiveRunRequest\x1a(.parley.runstore.v1.GetActiveRunResponse\x12X\n\rCreateRunStep\x12(.parley.runstore.v1.CreateRunStepRequest\x1a\x1d.parley.assistants.v1.RunStep\x12X\n\rUpdateRunStep\x12(.parley.runstore.v1.UpdateRunStepRequest\x1a\x1d.parley.assistants.v1.RunStep\x12\x61\n\x0cListRunSteps\x12\'.parley.runstore.v1.ListRunStepsRequest\x1a(.parley.runstore.v1.ListRunStepsResponse\x12j\n\x0f\x41ppendRunEvents\x12*.parley.runstore.v1.AppendRunEventsRequest\x1a+.parley.runstore.v1.AppendRunEventsResponse\x12\x64\n\rListRunEvents\x12(.parley.runstore.v1.ListRunEventsRequest\x1a).parley.runstore.v1.ListRunEventsResponse\x12i\n\x0eWatchRunEvents\x12).parley.runstore.v1.WatchRunEventsRequest\x1a*.parley.runstore.v1.WatchRunEventsResponse0\x01\x12X\n\tClaimRuns\x12$.parley.runstore.v1.ClaimRunsRequest\x1a%.parley.runstore.v1.ClaimRunsResponse\x12g\n\x0eRenewRunLeases\x12).parley.runstore.v1.RenewRunLeasesRequest\x1a*.parley.runstore.v1.RenewRunLeasesResponse\x12|\n\x15LookupFunctionResults\x12\x30.parley.runstore.v1.LookupFunctionResultsRequest\x1a\x31.parley.runstore.v1.LookupFunctionResultsResponse\x12y\n\x14StoreFunctionResults\x12/.parley.runstore.v1.StoreFunctionResultsRequest\x1a\x30.parley.runstore.v1.StoreFunctionResultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.runstore.v1.runstore_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEASSISTANTREQUEST']._serialized_start=210
-  _globals['_CREATEASSISTANTREQUEST']._serialized_end=286
-  _globals['_GETASSISTANTREQUEST']._serialized_start=288
-  _globals['_GETASSISTANTREQUEST']._serialized_end=331
-  _globals['_LISTASSISTANTSREQUEST']._serialized_start=333
-  _globals['_LISTASSISTANTSREQUEST']._serialized_end=395
-  _globals['_LISTASSISTANTSRESPONSE']._serialized_start=397
-  _globals['_LISTASSISTANTSRESPONSE']._serialized_end=499
-  _globals['_UPDATEASSISTANTREQUEST']._serialized_start=501
-  _globals['_UPDATEASSISTANTREQUEST']._serialized_end=626
-  _globals['_DELETEASSISTANTREQUEST']._serialized_start=628
-  _globals['_DELETEASSISTANTREQUEST']._serialized_end=674
-  _globals['_CREATERUNREQUEST']._serialized_start=676
-  _globals['_CREATERUNREQUEST']._serialized_end=734
-  _globals['_GETRUNREQUEST']._serialized_start=736
-  _globals['_GETRUNREQUEST']._serialized_end=767
-  _globals['_LISTRUNSREQUEST']._serialized_start=770
-  _globals['_LISTRUNSREQUEST']._serialized_end=943
-  _globals['_LISTRUNSRESPONSE']._serialized_start=945
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1029
-  _globals['_UPDATERUNREQUEST']._serialized_start=1032
-  _globals['_UPDATERUNREQUEST']._serialized_end=1247
-  _globals['_GETACTIVERUNREQUEST']._serialized_start=1249
-  _globals['_GETACTIVERUNREQUEST']._serialized_end=1290
-  _globals['_GETACTIVERUNRESPONSE']._serialized_start=1292
-  _globals['_GETACTIVERUNRESPONSE']._serialized_end=1354
-  _globals['_CREATERUNSTEPREQUEST']._serialized_start=1356
-  _globals['_CREATERUNSTEPREQUEST']._serialized_end=1427
-  _globals['_UPDATERUNSTEPREQUEST']._serialized_start=1429
-  _globals['_UPDATERUNSTEPREQUEST']._serialized_end=1549
-  _globals['_LISTRUNSTEPSREQUEST']._serialized_start=1551
-  _globals['_LISTRUNSTEPSREQUEST']._serialized_end=1627
-  _globals['_LISTRUNSTEPSRESPONSE']._serialized_start=1629
-  _globals['_LISTRUNSTEPSRESPONSE']._serialized_end=1726
-  _globals['_APPENDRUNEVENTSREQUEST']._serialized_start=1728
-  _globals['_APPENDRUNEVENTSREQUEST']._serialized_end=1816
-  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_start=1818
-  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_end=1866
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=1868
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=1969
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=1971
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=2067
-  _globals['_RUNSTORESERVICE']._serialized_start=2070
-  _globals['_RUNSTORESERVICE']._serialized_end=3464
+  _globals['_RUNCLAIMREASON']._serialized_start=3299
+  _globals['_RUNCLAIMREASON']._serialized_end=3450
+  _globals['_CREATEASSISTANTREQUEST']._serialized_start=275
+  _globals['_CREATEASSISTANTREQUEST']._serialized_end=351
+  _globals['_GETASSISTANTREQUEST']._serialized_start=353
+  _globals['_GETASSISTANTREQUEST']._serialized_end=396
+  _globals['_LISTASSISTANTSREQUEST']._serialized_start=398
+  _globals['_LISTASSISTANTSREQUEST']._serialized_end=460
+  _globals['_LISTASSISTANTSRESPONSE']._serialized_start=462
+  _globals['_LISTASSISTANTSRESPONSE']._serialized_end=564
+  _globals['_UPDATEASSISTANTREQUEST']._serialized_start=566
+  _globals['_UPDATEASSISTANTREQUEST']._serialized_end=691
+  _globals['_DELETEASSISTANTREQUEST']._serialized_start=693
+  _globals['_DELETEASSISTANTREQUEST']._serialized_end=739
+  _globals['_CREATERUNREQUEST']._serialized_start=741
+  _globals['_CREATERUNREQUEST']._serialized_end=829
+  _globals['_GETRUNREQUEST']._serialized_start=831
+  _globals['_GETRUNREQUEST']._serialized_end=862
+  _globals['_LISTRUNSREQUEST']._serialized_start=865
+  _globals['_LISTRUNSREQUEST']._serialized_end=1038
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1040
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1124
+  _globals['_UPDATERUNREQUEST']._serialized_start=1127
+  _globals['_UPDATERUNREQUEST']._serialized_end=1387
+  _globals['_RUNLEASE']._serialized_start=1389
+  _globals['_RUNLEASE']._serialized_end=1459
+  _globals['_GETACTIVERUNREQUEST']._serialized_start=1461
+  _globals['_GETACTIVERUNREQUEST']._serialized_end=1502
+  _globals['_GETACTIVERUNRESPONSE']._serialized_start=1504
+  _globals['_GETACTIVERUNRESPONSE']._serialized_end=1566
+  _globals['_CREATERUNSTEPREQUEST']._serialized_start=1568
+  _globals['_CREATERUNSTEPREQUEST']._serialized_end=1639
+  _globals['_UPDATERUNSTEPREQUEST']._serialized_start=1641
+  _globals['_UPDATERUNSTEPREQUEST']._serialized_end=1761
+  _globals['_LISTRUNSTEPSREQUEST']._serialized_start=1763
+  _globals['_LISTRUNSTEPSREQUEST']._serialized_end=1839
+  _globals['_LISTRUNSTEPSRESPONSE']._serialized_start=1841
+  _globals['_LISTRUNSTEPSRESPONSE']._serialized_end=1938
+  _globals['_APPENDRUNEVENTSREQUEST']._serialized_start=1940
+  _globals['_APPENDRUNEVENTSREQUEST']._serialized_end=2028
+  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_start=2030
+  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_end=2078
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=2080
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=2181
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=2183
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=2279
+  _globals['_WATCHRUNEVENTSREQUEST']._serialized_start=2281
+  _globals['_WATCHRUNEVENTSREQUEST']._serialized_end=2365
+  _globals['_WATCHRUNEVENTSRESPONSE']._serialized_start=2368
+  _globals['_WATCHRUNEVENTSRESPONSE']._serialized_end=2512
+  _globals['_CLAIMRUNSREQUEST']._serialized_start=2514
+  _globals['_CLAIMRUNSREQUEST']._serialized_end=2595
+  _globals['_CLAIMRUNSRESPONSE']._serialized_start=2597
+  _globals['_CLAIMRUNSRESPONSE']._serialized_end=2662
+  _globals['_RUNCLAIM']._serialized_start=2664
+  _globals['_RUNCLAIM']._serialized_end=2766
+  _globals['_RENEWRUNLEASESREQUEST']._serialized_start=2768
+  _globals['_RENEWRUNLEASESREQUEST']._serialized_end=2853
+  _globals['_RENEWRUNLEASESRESPONSE']._serialized_start=2855
+  _globals['_RENEWRUNLEASESRESPONSE']._serialized_end=2896
+  _globals['_FUNCTIONRESULT']._serialized_start=2898
+  _globals['_FUNCTIONRESULT']._serialized_end=3012
+  _globals['_LOOKUPFUNCTIONRESULTSREQUEST']._serialized_start=3014
+  _globals['_LOOKUPFUNCTIONRESULTSREQUEST']._serialized_end=3094
+  _globals['_LOOKUPFUNCTIONRESULTSRESPONSE']._serialized_start=3096
+  _globals['_LOOKUPFUNCTIONRESULTSRESPONSE']._serialized_end=3180
+  _globals['_STOREFUNCTIONRESULTSREQUEST']._serialized_start=3182
+  _globals['_STOREFUNCTIONRESULTSREQUEST']._serialized_end=3264
+  _globals['_STOREFUNCTIONRESULTSRESPONSE']._serialized_start=3266
+  _globals['_STOREFUNCTIONRESULTSRESPONSE']._serialized_end=3296
+  _globals['_RUNSTORESERVICE']._serialized_start=3453
+  _globals['_RUNSTORESERVICE']._serialized_end=5398
 # @@protoc_insertion_point(module_scope)

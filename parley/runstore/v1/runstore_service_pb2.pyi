@@ -5,9 +5,12 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from parley.assistants.v1 import assistants_pb2 as _assistants_pb2
 from parley.sessions.v1 import sessions_service_pb2 as _sessions_service_pb2
 import builtins as _builtins
@@ -20,6 +23,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RunClaimReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunClaimReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunClaimReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_CLAIM_REASON_UNSPECIFIED: _RunClaimReason.ValueType  # 0
+    RUN_CLAIM_REASON_QUEUED: _RunClaimReason.ValueType  # 1
+    """Queued at the head of its session: start it."""
+    RUN_CLAIM_REASON_LEASE_LAPSED: _RunClaimReason.ValueType  # 2
+    """In progress or cancelling, but the lease of the replica running it lapsed: that
+    replica is gone; end the run (FAILED, or CANCELLED if it was cancelling).
+    """
+    RUN_CLAIM_REASON_ACTION_EXPIRED: _RunClaimReason.ValueType  # 3
+    """Waiting for tool outputs past its expire_time: end it RUN_STATUS_EXPIRED."""
+
+class RunClaimReason(_RunClaimReason, metaclass=_RunClaimReasonEnumTypeWrapper):
+    """Why a run was handed to the claiming engine, i.e. what it must do with it."""
+
+RUN_CLAIM_REASON_UNSPECIFIED: RunClaimReason.ValueType  # 0
+RUN_CLAIM_REASON_QUEUED: RunClaimReason.ValueType  # 1
+"""Queued at the head of its session: start it."""
+RUN_CLAIM_REASON_LEASE_LAPSED: RunClaimReason.ValueType  # 2
+"""In progress or cancelling, but the lease of the replica running it lapsed: that
+replica is gone; end the run (FAILED, or CANCELLED if it was cancelling).
+"""
+RUN_CLAIM_REASON_ACTION_EXPIRED: RunClaimReason.ValueType  # 3
+"""Waiting for tool outputs past its expire_time: end it RUN_STATUS_EXPIRED."""
+Global___RunClaimReason: _TypeAlias = RunClaimReason  # noqa: Y015
 
 @_typing.final
 class CreateAssistantRequest(_message.Message):
@@ -165,21 +198,28 @@ class CreateRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
+    APPEND_CREATED_EVENT_FIELD_NUMBER: _builtins.int
+    append_created_event: _builtins.bool
+    """Also store the run's first event in the same transaction: sequence 1, a
+    run_status_changed with the stored run. ClaimRuns only claims runs whose first event
+    is stored, so an engine never starts a run before its creation is in the log.
+    """
     @_builtins.property
     def run(self) -> _assistants_pb2.Run:
         """The run with its effective options, session_id, assistant_id, expire_time and
-        busy_session_strategy (which decides the busy-session check). Its status must be
-        RUN_STATUS_QUEUED or unspecified.
+        busy_session_strategy (which decides the busy-session check; unspecified means
+        BUSY_SESSION_STRATEGY_QUEUE). Its status must be RUN_STATUS_QUEUED or unspecified.
         """
 
     def __init__(
         self,
         *,
         run: _assistants_pb2.Run | None = ...,
+        append_created_event: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append_created_event", b"append_created_event", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,6 +313,7 @@ class UpdateRunRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     EXPECTED_STATUSES_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> _assistants_pb2.Run:
         """`run.id` names the run; the fields named by `update_mask` are written."""
@@ -298,6 +339,13 @@ class UpdateRunRequest(_message.Message):
         and its run_status_changed event are stored together or not at all.
         """
 
+    @_builtins.property
+    def lease(self) -> Global___RunLease:
+        """When set, written in the same transaction: the run's lease goes to `lease.owner` for
+        `lease.duration` from now, or is released when `lease.owner` is empty. This is how the
+        replica that accepts SubmitToolOutputs takes the resumed run.
+        """
+
     def __init__(
         self,
         *,
@@ -305,14 +353,43 @@ class UpdateRunRequest(_message.Message):
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         expected_statuses: _abc.Iterable[_assistants_pb2.RunStatus.ValueType] | None = ...,
         events: _abc.Iterable[_assistants_pb2.RunEvent] | None = ...,
+        lease: Global___RunLease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "expected_statuses", b"expected_statuses", "run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "expected_statuses", b"expected_statuses", "lease", b"lease", "run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateRunRequest: _TypeAlias = UpdateRunRequest  # noqa: Y015
+
+@_typing.final
+class RunLease(_message.Message):
+    """An engine replica's hold on a run: while it lasts, no other replica claims the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """The replica: any id unique to one engine process. Empty releases the lease."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """From now; 1 second to 10 minutes."""
+
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunLease: _TypeAlias = RunLease  # noqa: Y015
 
 @_typing.final
 class GetActiveRunRequest(_message.Message):
@@ -548,8 +625,8 @@ class ListRunEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty when no further events are stored yet. To follow a live run, poll again with
-    after_sequence set to the last sequence received.
+    """Empty when no further events are stored yet. To follow a live run, use
+    WatchRunEvents.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_assistants_pb2.RunEvent]:
@@ -568,3 +645,302 @@ class ListRunEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRunEventsResponse: _TypeAlias = ListRunEventsResponse  # noqa: Y015
+
+@_typing.final
+class WatchRunEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    STATUS_ONLY_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    after_sequence: _builtins.int
+    """Only events with a greater sequence number; 0 starts from the first."""
+    status_only: _builtins.bool
+    """Send no events, only the run's status whenever its stored row changes: how the replica
+    executing a run learns that another replica asked to cancel it.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+        status_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "run_id", b"run_id", "status_only", b"status_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunEventsRequest: _TypeAlias = WatchRunEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchRunEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    status: _assistants_pb2.RunStatus.ValueType
+    """The run's stored status after these events."""
+    last_sequence: _builtins.int
+    """The run's stored last_sequence."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_assistants_pb2.RunEvent]:
+        """The next stored events, in order, without gaps (empty when `status_only`)."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_assistants_pb2.RunEvent] | None = ...,
+        status: _assistants_pb2.RunStatus.ValueType = ...,
+        last_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "last_sequence", b"last_sequence", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunEventsResponse: _TypeAlias = WatchRunEventsResponse  # noqa: Y015
+
+@_typing.final
+class ClaimRunsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    max_runs: _builtins.int
+    """1 to 100; 0 means 10."""
+    @_builtins.property
+    def lease(self) -> Global___RunLease:
+        """Who claims, and for how long. Required."""
+
+    def __init__(
+        self,
+        *,
+        lease: Global___RunLease | None = ...,
+        max_runs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "max_runs", b"max_runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimRunsRequest: _TypeAlias = ClaimRunsRequest  # noqa: Y015
+
+@_typing.final
+class ClaimRunsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunClaim]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        claims: _abc.Iterable[Global___RunClaim] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimRunsResponse: _TypeAlias = ClaimRunsResponse  # noqa: Y015
+
+@_typing.final
+class RunClaim(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: Global___RunClaimReason.ValueType
+    @_builtins.property
+    def run(self) -> _assistants_pb2.Run: ...
+    def __init__(
+        self,
+        *,
+        run: _assistants_pb2.Run | None = ...,
+        reason: Global___RunClaimReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunClaim: _TypeAlias = RunClaim  # noqa: Y015
+
+@_typing.final
+class RenewRunLeasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease(self) -> Global___RunLease:
+        """The holder and the new duration. Required."""
+
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1000 runs."""
+
+    def __init__(
+        self,
+        *,
+        lease: Global___RunLease | None = ...,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "run_ids", b"run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRunLeasesRequest: _TypeAlias = RenewRunLeasesRequest  # noqa: Y015
+
+@_typing.final
+class RenewRunLeasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runs of the request whose lease `lease.owner` still holds, now extended."""
+
+    def __init__(
+        self,
+        *,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_ids", b"run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRunLeasesResponse: _TypeAlias = RenewRunLeasesResponse  # noqa: Y015
+
+@_typing.final
+class FunctionResult(_message.Message):
+    """One cached output of a function call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The function's name."""
+    arguments: _builtins.str
+    """The call's JSON arguments, exactly as the model produced them."""
+    output: _builtins.str
+    """What the function returned; at most 512 KiB."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the entry stops answering. Required in StoreFunctionResults, in the future and at
+        most 24 hours away.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+        output: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "expire_time", b"expire_time", "name", b"name", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunctionResult: _TypeAlias = FunctionResult  # noqa: Y015
+
+@_typing.final
+class LookupFunctionResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionResult]:
+        """At most 128; only `name` and `arguments` are read."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___FunctionResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupFunctionResultsRequest: _TypeAlias = LookupFunctionResultsRequest  # noqa: Y015
+
+@_typing.final
+class LookupFunctionResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionResult]:
+        """The unexpired entries found, with output and expire_time; missing keys are absent."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___FunctionResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupFunctionResultsResponse: _TypeAlias = LookupFunctionResultsResponse  # noqa: Y015
+
+@_typing.final
+class StoreFunctionResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionResult]:
+        """At most 128."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___FunctionResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreFunctionResultsRequest: _TypeAlias = StoreFunctionResultsRequest  # noqa: Y015
+
+@_typing.final
+class StoreFunctionResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreFunctionResultsResponse: _TypeAlias = StoreFunctionResultsResponse  # noqa: Y015

@@ -28,16 +28,19 @@ if _version_not_supported:
 
 
 class RunStoreServiceStub:
-    """Storage for the gateway's assistants run engine: assistants, runs, run steps and each
-    run's event log. Served by the sessions process, next to the sessions the runs belong to.
+    """Storage for the assistants run engine (the assistants service): assistants, runs, run
+    steps, each run's event log, the queue of runs with their leases, and the function result
+    cache. Served by the sessions process, next to the sessions the runs belong to.
 
-    INTERNAL: only the gateway's own run engine calls it, to implement
-    parley.assistants.v1.AssistantService. The gateway never exposes or routes it to clients.
-    It stores and checks; it does not validate model options or run anything.
+    INTERNAL: only the run engine calls it, to implement parley.assistants.v1.AssistantService.
+    The gateway never exposes or routes it to clients. It stores and checks; it does not
+    validate model options or run anything.
 
     Like every backend RPC it acts as the user of the verified identity, under PostgreSQL
     row-level security: another user's assistant, run, step or event log answers NOT_FOUND,
-    exactly like one that does not exist. Output-only fields (id, user_id, create_time,
+    exactly like one that does not exist. The queue RPCs (ClaimRuns, RenewRunLeases) are the
+    exception: they work across users and need the engine scope ("assistants.engine"), which
+    only the engine's own minted identities carry. Output-only fields (id, user_id, create_time,
     update_time, last_sequence) are assigned here and ignored in requests.
 
     It lives in its own package because parley.assistants.v1 imports parley.sessions.v1, so
@@ -125,19 +128,47 @@ class RunStoreServiceStub:
                 request_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ListRunEventsRequest.SerializeToString,
                 response_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ListRunEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchRunEvents = channel.unary_stream(
+                '/parley.runstore.v1.RunStoreService/WatchRunEvents',
+                request_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchRunEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchRunEventsResponse.FromString,
+                _registered_method=True)
+        self.ClaimRuns = channel.unary_unary(
+                '/parley.runstore.v1.RunStoreService/ClaimRuns',
+                request_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ClaimRunsRequest.SerializeToString,
+                response_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ClaimRunsResponse.FromString,
+                _registered_method=True)
+        self.RenewRunLeases = channel.unary_unary(
+                '/parley.runstore.v1.RunStoreService/RenewRunLeases',
+                request_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.RenewRunLeasesRequest.SerializeToString,
+                response_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.RenewRunLeasesResponse.FromString,
+                _registered_method=True)
+        self.LookupFunctionResults = channel.unary_unary(
+                '/parley.runstore.v1.RunStoreService/LookupFunctionResults',
+                request_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.LookupFunctionResultsRequest.SerializeToString,
+                response_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.LookupFunctionResultsResponse.FromString,
+                _registered_method=True)
+        self.StoreFunctionResults = channel.unary_unary(
+                '/parley.runstore.v1.RunStoreService/StoreFunctionResults',
+                request_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsRequest.SerializeToString,
+                response_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsResponse.FromString,
+                _registered_method=True)
 
 
 class RunStoreServiceServicer:
-    """Storage for the gateway's assistants run engine: assistants, runs, run steps and each
-    run's event log. Served by the sessions process, next to the sessions the runs belong to.
+    """Storage for the assistants run engine (the assistants service): assistants, runs, run
+    steps, each run's event log, the queue of runs with their leases, and the function result
+    cache. Served by the sessions process, next to the sessions the runs belong to.
 
-    INTERNAL: only the gateway's own run engine calls it, to implement
-    parley.assistants.v1.AssistantService. The gateway never exposes or routes it to clients.
-    It stores and checks; it does not validate model options or run anything.
+    INTERNAL: only the run engine calls it, to implement parley.assistants.v1.AssistantService.
+    The gateway never exposes or routes it to clients. It stores and checks; it does not
+    validate model options or run anything.
 
     Like every backend RPC it acts as the user of the verified identity, under PostgreSQL
     row-level security: another user's assistant, run, step or event log answers NOT_FOUND,
-    exactly like one that does not exist. Output-only fields (id, user_id, create_time,
+    exactly like one that does not exist. The queue RPCs (ClaimRuns, RenewRunLeases) are the
+    exception: they work across users and need the engine scope ("assistants.engine"), which
+    only the engine's own minted identities carry. Output-only fields (id, user_id, create_time,
     update_time, last_sequence) are assigned here and ignored in requests.
 
     It lives in its own package because parley.assistants.v1 imports parley.sessions.v1, so
@@ -180,7 +211,7 @@ class RunStoreServiceServicer:
 
     def CreateRun(self, request, context):
         """Stores a new run in RUN_STATUS_QUEUED and returns it. Creates on one session are
-        serialised. With BUSY_SESSION_STRATEGY_REJECT (or unspecified), if the session has an
+        serialised. With BUSY_SESSION_STRATEGY_REJECT, if the session has an
         active run, it answers FAILED_PRECONDITION (ErrorInfo reason "SESSION_BUSY") and stores
         nothing, so two concurrent creates cannot both pass. The other strategies always
         store; cancelling the active run is the engine's job. A closed session answers
@@ -253,6 +284,54 @@ class RunStoreServiceServicer:
 
     def ListRunEvents(self, request, context):
         """A run's events after a sequence number, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRunEvents(self, request, context):
+        """Follows a run: first every stored event after `after_sequence`, then each event as it
+        is stored, in order and once, until the run has ended and its last event was sent
+        (through any RUN_STATUS_REQUIRES_ACTION). Live: every append and run update sends a
+        PostgreSQL NOTIFY in its transaction, which this service LISTENs to on one connection
+        per process, so watchers on any replica wake when a commit lands instead of polling.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimRuns(self, request, context):
+        """The durable queue, across users (engine scope only). Claims up to `max_runs` runs that
+        need an engine, oldest first, giving each a lease to `lease.owner` (FOR UPDATE SKIP
+        LOCKED: concurrent claimers never get the same run): queued runs at the head of their
+        session (every earlier run of the session has ended; the run's first event stored),
+        runs in progress or cancelling whose lease lapsed (their replica is gone), and runs
+        waiting for tool outputs past their expire_time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewRunLeases(self, request, context):
+        """Extends the leases `lease.owner` holds on `run_ids` (engine scope only) and returns
+        the runs it still holds; a run missing from the answer was lost (its lease lapsed and
+        another replica claimed it, or it ended) and must not be worked on any more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupFunctionResults(self, request, context):
+        """Unexpired cached outputs of the caller's earlier function calls with these names and
+        arguments (FunctionTool.cache_ttl).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StoreFunctionResults(self, request, context):
+        """Caches function outputs for the caller until their expire_time, replacing older ones
+        with the same name and arguments.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -336,6 +415,31 @@ def add_RunStoreServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ListRunEventsRequest.FromString,
                     response_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ListRunEventsResponse.SerializeToString,
             ),
+            'WatchRunEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRunEvents,
+                    request_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchRunEventsRequest.FromString,
+                    response_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchRunEventsResponse.SerializeToString,
+            ),
+            'ClaimRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimRuns,
+                    request_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ClaimRunsRequest.FromString,
+                    response_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ClaimRunsResponse.SerializeToString,
+            ),
+            'RenewRunLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewRunLeases,
+                    request_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.RenewRunLeasesRequest.FromString,
+                    response_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.RenewRunLeasesResponse.SerializeToString,
+            ),
+            'LookupFunctionResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupFunctionResults,
+                    request_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.LookupFunctionResultsRequest.FromString,
+                    response_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.LookupFunctionResultsResponse.SerializeToString,
+            ),
+            'StoreFunctionResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.StoreFunctionResults,
+                    request_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsRequest.FromString,
+                    response_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.runstore.v1.RunStoreService', rpc_method_handlers)
@@ -345,16 +449,19 @@ def add_RunStoreServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RunStoreService:
-    """Storage for the gateway's assistants run engine: assistants, runs, run steps and each
-    run's event log. Served by the sessions process, next to the sessions the runs belong to.
+    """Storage for the assistants run engine (the assistants service): assistants, runs, run
+    steps, each run's event log, the queue of runs with their leases, and the function result
+    cache. Served by the sessions process, next to the sessions the runs belong to.
 
-    INTERNAL: only the gateway's own run engine calls it, to implement
-    parley.assistants.v1.AssistantService. The gateway never exposes or routes it to clients.
-    It stores and checks; it does not validate model options or run anything.
+    INTERNAL: only the run engine calls it, to implement parley.assistants.v1.AssistantService.
+    The gateway never exposes or routes it to clients. It stores and checks; it does not
+    validate model options or run anything.
 
     Like every backend RPC it acts as the user of the verified identity, under PostgreSQL
     row-level security: another user's assistant, run, step or event log answers NOT_FOUND,
-    exactly like one that does not exist. Output-only fields (id, user_id, create_time,
+    exactly like one that does not exist. The queue RPCs (ClaimRuns, RenewRunLeases) are the
+    exception: they work across users and need the engine scope ("assistants.engine"), which
+    only the engine's own minted identities carry. Output-only fields (id, user_id, create_time,
     update_time, last_sequence) are assigned here and ignored in requests.
 
     It lives in its own package because parley.assistants.v1 imports parley.sessions.v1, so
@@ -756,6 +863,141 @@ class RunStoreService:
             '/parley.runstore.v1.RunStoreService/ListRunEvents',
             parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ListRunEventsRequest.SerializeToString,
             parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ListRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRunEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.runstore.v1.RunStoreService/WatchRunEvents',
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchRunEventsRequest.SerializeToString,
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.runstore.v1.RunStoreService/ClaimRuns',
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ClaimRunsRequest.SerializeToString,
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.ClaimRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewRunLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.runstore.v1.RunStoreService/RenewRunLeases',
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.RenewRunLeasesRequest.SerializeToString,
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.RenewRunLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupFunctionResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.runstore.v1.RunStoreService/LookupFunctionResults',
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.LookupFunctionResultsRequest.SerializeToString,
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.LookupFunctionResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StoreFunctionResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.runstore.v1.RunStoreService/StoreFunctionResults',
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsRequest.SerializeToString,
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,16 +29,19 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RunStoreServiceStub:
-    """Storage for the gateway's assistants run engine: assistants, runs, run steps and each
-    run's event log. Served by the sessions process, next to the sessions the runs belong to.
+    """Storage for the assistants run engine (the assistants service): assistants, runs, run
+    steps, each run's event log, the queue of runs with their leases, and the function result
+    cache. Served by the sessions process, next to the sessions the runs belong to.
 
-    INTERNAL: only the gateway's own run engine calls it, to implement
-    parley.assistants.v1.AssistantService. The gateway never exposes or routes it to clients.
-    It stores and checks; it does not validate model options or run anything.
+    INTERNAL: only the run engine calls it, to implement parley.assistants.v1.AssistantService.
+    The gateway never exposes or routes it to clients. It stores and checks; it does not
+    validate model options or run anything.
 
     Like every backend RPC it acts as the user of the verified identity, under PostgreSQL
     row-level security: another user's assistant, run, step or event log answers NOT_FOUND,
-    exactly like one that does not exist. Output-only fields (id, user_id, create_time,
+    exactly like one that does not exist. The queue RPCs (ClaimRuns, RenewRunLeases) are the
+    exception: they work across users and need the engine scope ("assistants.engine"), which
+    only the engine's own minted identities carry. Output-only fields (id, user_id, create_time,
     update_time, last_sequence) are assigned here and ignored in requests.
 
     It lives in its own package because parley.assistants.v1 imports parley.sessions.v1, so
@@ -60,7 +63,7 @@ class RunStoreServiceStub:
     """Deletes the assistant; sessions, runs and messages that name it are kept."""
     CreateRun: _grpc.UnaryUnaryMultiCallable[_runstore_service_pb2.CreateRunRequest, _assistants_pb2.Run]
     """Stores a new run in RUN_STATUS_QUEUED and returns it. Creates on one session are
-    serialised. With BUSY_SESSION_STRATEGY_REJECT (or unspecified), if the session has an
+    serialised. With BUSY_SESSION_STRATEGY_REJECT, if the session has an
     active run, it answers FAILED_PRECONDITION (ErrorInfo reason "SESSION_BUSY") and stores
     nothing, so two concurrent creates cannot both pass. The other strategies always
     store; cancelling the active run is the engine's job. A closed session answers
@@ -92,19 +95,50 @@ class RunStoreServiceStub:
     """
     ListRunEvents: _grpc.UnaryUnaryMultiCallable[_runstore_service_pb2.ListRunEventsRequest, _runstore_service_pb2.ListRunEventsResponse]
     """A run's events after a sequence number, in order."""
+    WatchRunEvents: _grpc.UnaryStreamMultiCallable[_runstore_service_pb2.WatchRunEventsRequest, _runstore_service_pb2.WatchRunEventsResponse]
+    """Follows a run: first every stored event after `after_sequence`, then each event as it
+    is stored, in order and once, until the run has ended and its last event was sent
+    (through any RUN_STATUS_REQUIRES_ACTION). Live: every append and run update sends a
+    PostgreSQL NOTIFY in its transaction, which this service LISTENs to on one connection
+    per process, so watchers on any replica wake when a commit lands instead of polling.
+    """
+    ClaimRuns: _grpc.UnaryUnaryMultiCallable[_runstore_service_pb2.ClaimRunsRequest, _runstore_service_pb2.ClaimRunsResponse]
+    """The durable queue, across users (engine scope only). Claims up to `max_runs` runs that
+    need an engine, oldest first, giving each a lease to `lease.owner` (FOR UPDATE SKIP
+    LOCKED: concurrent claimers never get the same run): queued runs at the head of their
+    session (every earlier run of the session has ended; the run's first event stored),
+    runs in progress or cancelling whose lease lapsed (their replica is gone), and runs
+    waiting for tool outputs past their expire_time.
+    """
+    RenewRunLeases: _grpc.UnaryUnaryMultiCallable[_runstore_service_pb2.RenewRunLeasesRequest, _runstore_service_pb2.RenewRunLeasesResponse]
+    """Extends the leases `lease.owner` holds on `run_ids` (engine scope only) and returns
+    the runs it still holds; a run missing from the answer was lost (its lease lapsed and
+    another replica claimed it, or it ended) and must not be worked on any more.
+    """
+    LookupFunctionResults: _grpc.UnaryUnaryMultiCallable[_runstore_service_pb2.LookupFunctionResultsRequest, _runstore_service_pb2.LookupFunctionResultsResponse]
+    """Unexpired cached outputs of the caller's earlier function calls with these names and
+    arguments (FunctionTool.cache_ttl).
+    """
+    StoreFunctionResults: _grpc.UnaryUnaryMultiCallable[_runstore_service_pb2.StoreFunctionResultsRequest, _runstore_service_pb2.StoreFunctionResultsResponse]
+    """Caches function outputs for the caller until their expire_time, replacing older ones
+    with the same name and arguments.
+    """
 
 @_typing.type_check_only
 class RunStoreServiceAsyncStub(RunStoreServiceStub):
-    """Storage for the gateway's assistants run engine: assistants, runs, run steps and each
-    run's event log. Served by the sessions process, next to the sessions the runs belong to.
+    """Storage for the assistants run engine (the assistants service): assistants, runs, run
+    steps, each run's event log, the queue of runs with their leases, and the function result
+    cache. Served by the sessions process, next to the sessions the runs belong to.
 
-    INTERNAL: only the gateway's own run engine calls it, to implement
-    parley.assistants.v1.AssistantService. The gateway never exposes or routes it to clients.
-    It stores and checks; it does not validate model options or run anything.
+    INTERNAL: only the run engine calls it, to implement parley.assistants.v1.AssistantService.
+    The gateway never exposes or routes it to clients. It stores and checks; it does not
+    validate model options or run anything.
 
     Like every backend RPC it acts as the user of the verified identity, under PostgreSQL
     row-level security: another user's assistant, run, step or event log answers NOT_FOUND,
-    exactly like one that does not exist. Output-only fields (id, user_id, create_time,
+    exactly like one that does not exist. The queue RPCs (ClaimRuns, RenewRunLeases) are the
+    exception: they work across users and need the engine scope ("assistants.engine"), which
+    only the engine's own minted identities carry. Output-only fields (id, user_id, create_time,
     update_time, last_sequence) are assigned here and ignored in requests.
 
     It lives in its own package because parley.assistants.v1 imports parley.sessions.v1, so
@@ -123,7 +157,7 @@ class RunStoreServiceAsyncStub(RunStoreServiceStub):
     """Deletes the assistant; sessions, runs and messages that name it are kept."""
     CreateRun: _aio.UnaryUnaryMultiCallable[_runstore_service_pb2.CreateRunRequest, _assistants_pb2.Run]  # type: ignore[assignment]
     """Stores a new run in RUN_STATUS_QUEUED and returns it. Creates on one session are
-    serialised. With BUSY_SESSION_STRATEGY_REJECT (or unspecified), if the session has an
+    serialised. With BUSY_SESSION_STRATEGY_REJECT, if the session has an
     active run, it answers FAILED_PRECONDITION (ErrorInfo reason "SESSION_BUSY") and stores
     nothing, so two concurrent creates cannot both pass. The other strategies always
     store; cancelling the active run is the engine's job. A closed session answers
@@ -155,18 +189,49 @@ class RunStoreServiceAsyncStub(RunStoreServiceStub):
     """
     ListRunEvents: _aio.UnaryUnaryMultiCallable[_runstore_service_pb2.ListRunEventsRequest, _runstore_service_pb2.ListRunEventsResponse]  # type: ignore[assignment]
     """A run's events after a sequence number, in order."""
+    WatchRunEvents: _aio.UnaryStreamMultiCallable[_runstore_service_pb2.WatchRunEventsRequest, _runstore_service_pb2.WatchRunEventsResponse]  # type: ignore[assignment]
+    """Follows a run: first every stored event after `after_sequence`, then each event as it
+    is stored, in order and once, until the run has ended and its last event was sent
+    (through any RUN_STATUS_REQUIRES_ACTION). Live: every append and run update sends a
+    PostgreSQL NOTIFY in its transaction, which this service LISTENs to on one connection
+    per process, so watchers on any replica wake when a commit lands instead of polling.
+    """
+    ClaimRuns: _aio.UnaryUnaryMultiCallable[_runstore_service_pb2.ClaimRunsRequest, _runstore_service_pb2.ClaimRunsResponse]  # type: ignore[assignment]
+    """The durable queue, across users (engine scope only). Claims up to `max_runs` runs that
+    need an engine, oldest first, giving each a lease to `lease.owner` (FOR UPDATE SKIP
+    LOCKED: concurrent claimers never get the same run): queued runs at the head of their
+    session (every earlier run of the session has ended; the run's first event stored),
+    runs in progress or cancelling whose lease lapsed (their replica is gone), and runs
+    waiting for tool outputs past their expire_time.
+    """
+    RenewRunLeases: _aio.UnaryUnaryMultiCallable[_runstore_service_pb2.RenewRunLeasesRequest, _runstore_service_pb2.RenewRunLeasesResponse]  # type: ignore[assignment]
+    """Extends the leases `lease.owner` holds on `run_ids` (engine scope only) and returns
+    the runs it still holds; a run missing from the answer was lost (its lease lapsed and
+    another replica claimed it, or it ended) and must not be worked on any more.
+    """
+    LookupFunctionResults: _aio.UnaryUnaryMultiCallable[_runstore_service_pb2.LookupFunctionResultsRequest, _runstore_service_pb2.LookupFunctionResultsResponse]  # type: ignore[assignment]
+    """Unexpired cached outputs of the caller's earlier function calls with these names and
+    arguments (FunctionTool.cache_ttl).
+    """
+    StoreFunctionResults: _aio.UnaryUnaryMultiCallable[_runstore_service_pb2.StoreFunctionResultsRequest, _runstore_service_pb2.StoreFunctionResultsResponse]  # type: ignore[assignment]
+    """Caches function outputs for the caller until their expire_time, replacing older ones
+    with the same name and arguments.
+    """
 
 class RunStoreServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Storage for the gateway's assistants run engine: assistants, runs, run steps and each
-    run's event log. Served by the sessions process, next to the sessions the runs belong to.
+    """Storage for the assistants run engine (the assistants service): assistants, runs, run
+    steps, each run's event log, the queue of runs with their leases, and the function result
+    cache. Served by the sessions process, next to the sessions the runs belong to.
 
-    INTERNAL: only the gateway's own run engine calls it, to implement
-    parley.assistants.v1.AssistantService. The gateway never exposes or routes it to clients.
-    It stores and checks; it does not validate model options or run anything.
+    INTERNAL: only the run engine calls it, to implement parley.assistants.v1.AssistantService.
+    The gateway never exposes or routes it to clients. It stores and checks; it does not
+    validate model options or run anything.
 
     Like every backend RPC it acts as the user of the verified identity, under PostgreSQL
     row-level security: another user's assistant, run, step or event log answers NOT_FOUND,
-    exactly like one that does not exist. Output-only fields (id, user_id, create_time,
+    exactly like one that does not exist. The queue RPCs (ClaimRuns, RenewRunLeases) are the
+    exception: they work across users and need the engine scope ("assistants.engine"), which
+    only the engine's own minted identities carry. Output-only fields (id, user_id, create_time,
     update_time, last_sequence) are assigned here and ignored in requests.
 
     It lives in its own package because parley.assistants.v1 imports parley.sessions.v1, so
@@ -219,7 +284,7 @@ class RunStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_assistants_pb2.Run, _abc.Awaitable[_assistants_pb2.Run]]:
         """Stores a new run in RUN_STATUS_QUEUED and returns it. Creates on one session are
-        serialised. With BUSY_SESSION_STRATEGY_REJECT (or unspecified), if the session has an
+        serialised. With BUSY_SESSION_STRATEGY_REJECT, if the session has an
         active run, it answers FAILED_PRECONDITION (ErrorInfo reason "SESSION_BUSY") and stores
         nothing, so two concurrent creates cannot both pass. The other strategies always
         store; cancelling the active run is the engine's job. A closed session answers
@@ -305,5 +370,63 @@ class RunStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runstore_service_pb2.ListRunEventsResponse, _abc.Awaitable[_runstore_service_pb2.ListRunEventsResponse]]:
         """A run's events after a sequence number, in order."""
+
+    @_abc_1.abstractmethod
+    def WatchRunEvents(
+        self,
+        request: _runstore_service_pb2.WatchRunEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runstore_service_pb2.WatchRunEventsResponse], _abc.AsyncIterator[_runstore_service_pb2.WatchRunEventsResponse]]:
+        """Follows a run: first every stored event after `after_sequence`, then each event as it
+        is stored, in order and once, until the run has ended and its last event was sent
+        (through any RUN_STATUS_REQUIRES_ACTION). Live: every append and run update sends a
+        PostgreSQL NOTIFY in its transaction, which this service LISTENs to on one connection
+        per process, so watchers on any replica wake when a commit lands instead of polling.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimRuns(
+        self,
+        request: _runstore_service_pb2.ClaimRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runstore_service_pb2.ClaimRunsResponse, _abc.Awaitable[_runstore_service_pb2.ClaimRunsResponse]]:
+        """The durable queue, across users (engine scope only). Claims up to `max_runs` runs that
+        need an engine, oldest first, giving each a lease to `lease.owner` (FOR UPDATE SKIP
+        LOCKED: concurrent claimers never get the same run): queued runs at the head of their
+        session (every earlier run of the session has ended; the run's first event stored),
+        runs in progress or cancelling whose lease lapsed (their replica is gone), and runs
+        waiting for tool outputs past their expire_time.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewRunLeases(
+        self,
+        request: _runstore_service_pb2.RenewRunLeasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runstore_service_pb2.RenewRunLeasesResponse, _abc.Awaitable[_runstore_service_pb2.RenewRunLeasesResponse]]:
+        """Extends the leases `lease.owner` holds on `run_ids` (engine scope only) and returns
+        the runs it still holds; a run missing from the answer was lost (its lease lapsed and
+        another replica claimed it, or it ended) and must not be worked on any more.
+        """
+
+    @_abc_1.abstractmethod
+    def LookupFunctionResults(
+        self,
+        request: _runstore_service_pb2.LookupFunctionResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runstore_service_pb2.LookupFunctionResultsResponse, _abc.Awaitable[_runstore_service_pb2.LookupFunctionResultsResponse]]:
+        """Unexpired cached outputs of the caller's earlier function calls with these names and
+        arguments (FunctionTool.cache_ttl).
+        """
+
+    @_abc_1.abstractmethod
+    def StoreFunctionResults(
+        self,
+        request: _runstore_service_pb2.StoreFunctionResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runstore_service_pb2.StoreFunctionResultsResponse, _abc.Awaitable[_runstore_service_pb2.StoreFunctionResultsResponse]]:
+        """Caches function outputs for the caller until their expire_time, replacing older ones
+        with the same name and arguments.
+        """
 
 def add_RunStoreServiceServicer_to_server(servicer: RunStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
