@@ -10,11 +10,10 @@ from pathlib import Path
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from parley.assistants.v1 import assistants_service_pb2 as assistants_api
-from parley.assistants.v1 import assistants_service_pb2_grpc as assistants_grpc
+from parley.client._assistants import Assistants
 from parley.client._channel import open_channel
 from parley.client._config import resolve_api_key, resolve_target
-from parley.client._streams import RunStream, TokenStream
+from parley.client._streams import TokenStream
 from parley.files.v1 import files_pb2
 from parley.files.v1 import files_service_pb2 as files_api
 from parley.files.v1 import files_service_pb2_grpc as files_grpc
@@ -208,26 +207,6 @@ class ApiKeys:
         if grace is not None:
             request.grace_period.CopyFrom(Duration(seconds=int(grace.total_seconds())))
         return await self.stub.RotateApiKey(request, timeout=self._timeout)
-
-
-class Assistants:
-    def __init__(self, channel, timeout: float | None) -> None:
-        self.stub = assistants_grpc.AssistantServiceStub(channel)
-        self._timeout = timeout
-
-    def stream_run(self, request: assistants_api.CreateRunRequest) -> RunStream:
-        """Creates a run and streams its events, resuming with WatchRun if the connection drops."""
-        return RunStream(self.stub, self.stub.StreamRun(assistants_api.StreamRunRequest(run=request)))
-
-    def watch_run(self, run_id: str, *, after_sequence: int = 0) -> RunStream:
-        call = self.stub.WatchRun(assistants_api.WatchRunRequest(run_id=run_id, after_sequence=after_sequence))
-        return RunStream(self.stub, call, run_id=run_id, after_sequence=after_sequence)
-
-    def submit_tool_outputs(self, run_id: str, outputs: dict[str, str]) -> RunStream:
-        call = self.stub.SubmitToolOutputs(assistants_api.SubmitToolOutputsRequest(
-            run_id=run_id, tool_outputs=[assistants_api.ToolOutput(tool_call_id=k, output=v)
-                                         for k, v in outputs.items()]))
-        return RunStream(self.stub, call, run_id=run_id)
 
 
 class ParleyClient:
