@@ -24,6 +24,7 @@ import asyncpg
 
 from services.gateway.models import (
     ADMIN,
+    MAX_KEY_LIFETIME,
     SCOPES,
     ApiKey,
     ApiKeyState,
@@ -124,6 +125,8 @@ class ApiKeys:
                 violations.append(FieldViolation("scopes", f"unknown scope {scope!r}"))
         if new.expire_time is not None and new.expire_time <= now:
             violations.append(FieldViolation("expire_time", "must be in the future"))
+        elif new.expire_time is not None and new.expire_time > now + MAX_KEY_LIFETIME:
+            violations.append(FieldViolation("expire_time", f"must be at most {MAX_KEY_LIFETIME.days} days ahead"))
         violations += self._limit_violations(caller, new.rate_limits)
         errors.collect(violations)
         for scope in new.scopes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
-from parley.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from parley.gateway.v1 import gateway_service_pb2
 from services.gateway.apikeys import ApiKeys, KeyPolicy
 from services.gateway.gate import Gate
 from services.gateway.jwt_auth import JwtSettings, JwtVerifier
@@ -21,7 +21,7 @@ from services.gateway.models import RateLimits
 from services.gateway.proxy import Backend, Proxy
 from services.gateway.ratelimit import MemoryLimiter, RedisLimiter
 from services.gateway.routes import BACKENDS, backend_service, build_routes, service_names
-from services.gateway.servicer import ApiKeyServicer
+from services.gateway.servicer import ApiKeyServicer, api_key_handler
 from services.runtime.config import ConfigError, env_float, env_int, env_secret, env_str
 from services.runtime.db import Database, admin_database_url, migrate, with_credentials
 from services.runtime.identity import DEFAULT_TTL_SECONDS, IdentityMinter
@@ -138,7 +138,7 @@ class GatewayApp:
 
     def register(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((Proxy(self.routes, self.backends, self.gate),))
-        gateway_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(self.gate), server)
+        server.add_generic_rpc_handlers((api_key_handler(ApiKeyServicer(self.gate)),))
 
     async def on_health(self, health) -> None:
         """Reports each backend under its service name, checked every few seconds."""

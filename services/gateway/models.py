@@ -5,13 +5,15 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 # Scope names as carried in internal identities; the contract's Scope enum maps onto them.
 SCOPES = ("llm", "sessions", "files", "assistants", "admin")
 ADMIN = "admin"
 # What a JWT caller holds: everything but admin.
 JWT_SCOPES = frozenset({"llm", "sessions", "files", "assistants"})
+# The furthest a key's expiry may lie ahead (a key that should never expire has none).
+MAX_KEY_LIFETIME = timedelta(days=100 * 365)
 
 
 class ApiKeyState(enum.IntEnum):

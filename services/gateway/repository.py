@@ -5,7 +5,7 @@ through the SECURITY DEFINER functions of the migration, the only way across use
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 import asyncpg
 
@@ -17,6 +17,14 @@ _COLUMNS = (
 )
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    """asyncpg decodes timestamptz `infinity`/`-infinity` as naive datetime.max/min: rows
+    written before expiries were range-checked hold them, and they must still compare."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
 def _key(row: asyncpg.Record) -> ApiKey:
     return ApiKey(
         id=row["id"],
@@ -24,12 +32,12 @@ def _key(row: asyncpg.Record) -> ApiKey:
         name=row["name"],
         prefix=row["prefix"],
         scopes=tuple(row["scopes"]),
-        create_time=row["create_time"],
-        expire_time=row["expire_time"],
-        last_used_time=row["last_used_time"],
-        revoke_time=row["revoke_time"],
-        rotate_time=row["rotate_time"],
-        previous_secret_expire_time=row["previous_secret_expire_time"],
+        create_time=_aware(row["create_time"]),
+        expire_time=_aware(row["expire_time"]),
+        last_used_time=_aware(row["last_used_time"]),
+        revoke_time=_aware(row["revoke_time"]),
+        rotate_time=_aware(row["rotate_time"]),
+        previous_secret_expire_time=_aware(row["previous_secret_expire_time"]),
         rate_limits=RateLimits(row["requests_per_minute"], row["concurrent_streams"], row["tokens_per_minute"]),
         redact_prompt_pii=row["redact_prompt_pii"],
     )

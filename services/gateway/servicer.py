@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
+
 from parley.gateway.v1 import gateway_service_pb2 as api
 from parley.gateway.v1 import gateway_service_pb2_grpc as api_grpc
 from services.gateway import convert
@@ -51,6 +55,35 @@ class ApiKeyServicer(api_grpc.ApiKeyServiceServicer):
 
     async def RotateApiKey(self, request, context):
         caller = await self._caller(context)
-        grace = request.grace_period.ToTimedelta() if request.HasField("grace_period") else None
+        grace = convert.duration_to_timedelta(request.grace_period, "grace_period") \
+            if request.HasField("grace_period") else None
         key, secret = await self._keys.rotate(caller, request.api_key_id, grace)
         return api.RotateApiKeyResponse(api_key=convert.api_key_to_proto(key, utcnow()), secret=secret)
+
+
+def _decoding(behaviour, request_class):
+    """`behaviour` fed the request decoded here rather than by grpc, whose failed decode
+    answers UNKNOWN naming the exception: a malformed request is the caller's error."""
+
+    async def handle(request: bytes, context):
+        try:
+            message = request_class.FromString(request)
+        except DecodeError:
+            raise errors.InvalidArgument(f"the request is not a valid {request_class.DESCRIPTOR.full_name}",
+                                         reason="REQUEST_MALFORMED") from None
+        return await behaviour(message, context)
+
+    return handle
+
+
+def api_key_handler(servicer: ApiKeyServicer) -> grpc.GenericRpcHandler:
+    """ApiKeyService's methods (all unary), decoding their own requests."""
+    service = api.DESCRIPTOR.services_by_name["ApiKeyService"]
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _decoding(getattr(servicer, method.name), request_class),
+            response_serializer=lambda response: response.SerializeToString(),
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
