@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/sandbox/v1/sandbox.proto\x12\x11parley.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x03\n\x07Sandbox\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .parley.sandbox.v1.SandboxStatus\x12\x30\n\x06limits\x18\x04 \x01(\x0b\x32 .parley.sandbox.v1.SandboxLimits\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_active_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cidle_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.parley.sandbox.v1.Sandbox.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\rSandboxLimits\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x19\n\x11wall_time_seconds\x18\x03 \x01(\x05\x12\x12\n\ndisk_bytes\x18\x04 \x01(\x03\"\x8c\x01\n\x0bSandboxFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esource_file_id\x18\x05 \x01(\t\"a\n\nOutputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07inlined\x18\x05 \x01(\x08\"\xcc\x01\n\x0f\x45xecutionResult\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x11\n\ttimed_out\x18\x02 \x01(\x08\x12\x17\n\x0fmemory_exceeded\x18\x03 \x01(\x08\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0coutput_files\x18\x05 \x03(\x0b\x32\x1d.parley.sandbox.v1.OutputFile\x12\x18\n\x10output_truncated\x18\x06 \x01(\x08*~\n\rSandboxStatus\x12\x1e\n\x1aSANDBOX_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14SANDBOX_STATUS_READY\x10\x01\x12\x17\n\x13SANDBOX_STATUS_BUSY\x10\x02\x12\x1a\n\x16SANDBOX_STATUS_EXPIRED\x10\x03*9\n\x08Language\x12\x18\n\x14LANGUAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fLANGUAGE_PYTHON\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/sandbox/v1/sandbox.proto\x12\x11parley.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x03\n\x07Sandbox\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .parley.sandbox.v1.SandboxStatus\x12\x30\n\x06limits\x18\x04 \x01(\x0b\x32 .parley.sandbox.v1.SandboxLimits\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_active_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cidle_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.parley.sandbox.v1.Sandbox.MetadataEntry\x12\x12\n\nsession_id\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\rSandboxLimits\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x19\n\x11wall_time_seconds\x18\x03 \x01(\x05\x12\x12\n\ndisk_bytes\x18\x04 \x01(\x03\x12\x15\n\rmax_processes\x18\x05 \x01(\x05\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x03\"\x8c\x01\n\x0bSandboxFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esource_file_id\x18\x05 \x01(\t\"a\n\nOutputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07inlined\x18\x05 \x01(\x08\"\x86\x03\n\x0f\x45xecutionResult\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x11\n\ttimed_out\x18\x02 \x01(\x08\x12\x17\n\x0fmemory_exceeded\x18\x03 \x01(\x08\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0coutput_files\x18\x05 \x03(\x0b\x32\x1d.parley.sandbox.v1.OutputFile\x12\x18\n\x10output_truncated\x18\x06 \x01(\x08\x12\x18\n\x10kernel_restarted\x18\x07 \x01(\x08\x12\x13\n\x0bkernel_died\x18\x08 \x01(\x08\x12\x15\n\rdisk_exceeded\x18\t \x01(\x08\x12\x30\n\x05\x65rror\x18\n \x01(\x0b\x32!.parley.sandbox.v1.ExecutionError\x12\x32\n\x08\x64isplays\x18\x0b \x03(\x0b\x32 .parley.sandbox.v1.DisplayOutput\x12\x0c\n\x04note\x18\x0c \x01(\t\"@\n\x0e\x45xecutionError\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"?\n\rDisplayOutput\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04text\x18\x03 \x01(\t*~\n\rSandboxStatus\x12\x1e\n\x1aSANDBOX_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14SANDBOX_STATUS_READY\x10\x01\x12\x17\n\x13SANDBOX_STATUS_BUSY\x10\x02\x12\x1a\n\x16SANDBOX_STATUS_EXPIRED\x10\x03*9\n\x08Language\x12\x18\n\x14LANGUAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fLANGUAGE_PYTHON\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,20 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SANDBOX_METADATAENTRY']._loaded_options = None
   _globals['_SANDBOX_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SANDBOXSTATUS']._serialized_start=1126
-  _globals['_SANDBOXSTATUS']._serialized_end=1252
-  _globals['_LANGUAGE']._serialized_start=1254
-  _globals['_LANGUAGE']._serialized_end=1311
+  _globals['_SANDBOXSTATUS']._serialized_start=1509
+  _globals['_SANDBOXSTATUS']._serialized_end=1635
+  _globals['_LANGUAGE']._serialized_start=1637
+  _globals['_LANGUAGE']._serialized_end=1694
   _globals['_SANDBOX']._serialized_start=120
-  _globals['_SANDBOX']._serialized_end=568
-  _globals['_SANDBOX_METADATAENTRY']._serialized_start=521
-  _globals['_SANDBOX_METADATAENTRY']._serialized_end=568
-  _globals['_SANDBOXLIMITS']._serialized_start=570
-  _globals['_SANDBOXLIMITS']._serialized_end=675
-  _globals['_SANDBOXFILE']._serialized_start=678
-  _globals['_SANDBOXFILE']._serialized_end=818
-  _globals['_OUTPUTFILE']._serialized_start=820
-  _globals['_OUTPUTFILE']._serialized_end=917
-  _globals['_EXECUTIONRESULT']._serialized_start=920
-  _globals['_EXECUTIONRESULT']._serialized_end=1124
+  _globals['_SANDBOX']._serialized_end=588
+  _globals['_SANDBOX_METADATAENTRY']._serialized_start=541
+  _globals['_SANDBOX_METADATAENTRY']._serialized_end=588
+  _globals['_SANDBOXLIMITS']._serialized_start=591
+  _globals['_SANDBOXLIMITS']._serialized_end=741
+  _globals['_SANDBOXFILE']._serialized_start=744
+  _globals['_SANDBOXFILE']._serialized_end=884
+  _globals['_OUTPUTFILE']._serialized_start=886
+  _globals['_OUTPUTFILE']._serialized_end=983
+  _globals['_EXECUTIONRESULT']._serialized_start=986
+  _globals['_EXECUTIONRESULT']._serialized_end=1376
+  _globals['_EXECUTIONERROR']._serialized_start=1378
+  _globals['_EXECUTIONERROR']._serialized_end=1442
+  _globals['_DISPLAYOUTPUT']._serialized_start=1444
+  _globals['_DISPLAYOUTPUT']._serialized_end=1507
 # @@protoc_insertion_point(module_scope)

@@ -75,10 +75,10 @@ Global___Language: _TypeAlias = Language  # noqa: Y015
 
 @_typing.final
 class Sandbox(_message.Message):
-    """An isolated place to run code: a private working directory plus resource limits. Code in
-    a sandbox has NO network access (no sockets beyond loopback, no DNS) and sees nothing of
-    the host or other sandboxes. Owned by exactly one user; another user's sandbox answers
-    NOT_FOUND.
+    """An isolated place to run code: a private working directory, a long-lived Python kernel
+    and resource limits. Code in a sandbox has NO network access (its own empty network
+    namespace: no route to the host's loopback, no DNS) and sees nothing of the host or other
+    sandboxes. Owned by exactly one user; another user's sandbox answers NOT_FOUND.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -112,11 +112,16 @@ class Sandbox(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     IDLE_TIMEOUT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned UUID."""
     user_id: _builtins.str
     """The owner, taken from the caller's verified identity (output only)."""
     status: Global___SandboxStatus.ValueType
+    session_id: _builtins.str
+    """The session (thread) the sandbox serves, if any. A user has at most one live sandbox per
+    session: CreateSandbox with the session_id of a live one returns it.
+    """
     @_builtins.property
     def limits(self) -> Global___SandboxLimits:
         """Limits applied to every execution in this sandbox."""
@@ -155,10 +160,11 @@ class Sandbox(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         idle_timeout: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "idle_timeout", b"idle_timeout", "last_active_time", b"last_active_time", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "idle_timeout", b"idle_timeout", "last_active_time", b"last_active_time", "limits", b"limits", "metadata", b"metadata", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "idle_timeout", b"idle_timeout", "last_active_time", b"last_active_time", "limits", b"limits", "metadata", b"metadata", "session_id", b"session_id", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -176,21 +182,33 @@ class SandboxLimits(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     WALL_TIME_SECONDS_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_PROCESSES_FIELD_NUMBER: _builtins.int
+    OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     cpu_seconds: _builtins.int
-    """CPU time per execution, in seconds (default 30). Exceeding it kills the execution
-    (ExecutionResult.timed_out).
+    """CPU time per execution, in seconds (default 30). Exceeding it interrupts the execution
+    (KeyboardInterrupt; the kernel and its variables survive) or, if the code does not stop,
+    kills the kernel (ExecutionResult.timed_out).
     """
     memory_bytes: _builtins.int
-    """Memory per execution, in bytes (default 512 MiB). Exceeding it kills the execution
-    (ExecutionResult.memory_exceeded).
+    """Memory of the sandbox's kernel and everything it starts, in bytes (default 512 MiB).
+    Exceeding it kills the kernel (ExecutionResult.memory_exceeded and kernel_died); where
+    the host has no memory cgroup, allocations beyond it fail inside the code (MemoryError).
     """
     wall_time_seconds: _builtins.int
-    """Wall-clock time per execution, in seconds (default 60). Exceeding it kills the
-    execution (ExecutionResult.timed_out).
+    """Wall-clock time per execution, in seconds (default 60). Exceeding it interrupts the
+    execution as cpu_seconds does (ExecutionResult.timed_out).
     """
     disk_bytes: _builtins.int
-    """Total size of the working directory, in bytes (default 1 GiB). Writes beyond it fail
-    inside the code (ENOSPC); uploads beyond it answer RESOURCE_EXHAUSTED.
+    """Total size of the working directory, in bytes (default 1 GiB). A single file beyond it
+    fails inside the code (EFBIG); an execution whose files together pass it is interrupted
+    (ExecutionResult.disk_exceeded); uploads beyond it answer RESOURCE_EXHAUSTED.
+    """
+    max_processes: _builtins.int
+    """Processes and threads the kernel may run at once, itself included (default 128)."""
+    output_bytes: _builtins.int
+    """Standard output plus standard error kept per execution, in bytes (default 1 MiB). The
+    rest is dropped (ExecutionResult.output_truncated); far beyond it the execution is
+    interrupted.
     """
     def __init__(
         self,
@@ -199,10 +217,12 @@ class SandboxLimits(_message.Message):
         memory_bytes: _builtins.int = ...,
         wall_time_seconds: _builtins.int = ...,
         disk_bytes: _builtins.int = ...,
+        max_processes: _builtins.int = ...,
+        output_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_seconds", b"cpu_seconds", "disk_bytes", b"disk_bytes", "memory_bytes", b"memory_bytes", "wall_time_seconds", b"wall_time_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_seconds", b"cpu_seconds", "disk_bytes", b"disk_bytes", "max_processes", b"max_processes", "memory_bytes", b"memory_bytes", "output_bytes", b"output_bytes", "wall_time_seconds", b"wall_time_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -299,6 +319,12 @@ class ExecutionResult(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     OUTPUT_FILES_FIELD_NUMBER: _builtins.int
     OUTPUT_TRUNCATED_FIELD_NUMBER: _builtins.int
+    KERNEL_RESTARTED_FIELD_NUMBER: _builtins.int
+    KERNEL_DIED_FIELD_NUMBER: _builtins.int
+    DISK_EXCEEDED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DISPLAYS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     exit_code: _builtins.int
     """The process's exit code; negative -N when killed by signal N (including by a limit)."""
     timed_out: _builtins.bool
@@ -306,7 +332,25 @@ class ExecutionResult(_message.Message):
     memory_exceeded: _builtins.bool
     """Killed for exceeding the memory limit."""
     output_truncated: _builtins.bool
-    """Output beyond the stdout/stderr limit (1 MiB each by default) was dropped."""
+    """Output beyond the sandbox's output_bytes limit was dropped; the streamed output ends
+    with a marker line saying so.
+    """
+    kernel_restarted: _builtins.bool
+    """The kernel had died since the previous execution (a limit, a crash) and this execution
+    ran in a fresh one: variables, imports and definitions of earlier executions are gone;
+    files in the working directory remain.
+    """
+    kernel_died: _builtins.bool
+    """The kernel died during this execution (killed by a limit or crashed). The next
+    execution starts a fresh kernel (and says so in kernel_restarted).
+    """
+    disk_exceeded: _builtins.bool
+    """The working directory grew past disk_bytes during this execution."""
+    note: _builtins.str
+    """One or two sentences for a model or a person: what happened when it was not a plain
+    success (a limit hit, the kernel restarted and state lost, output truncated). Empty
+    otherwise.
+    """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """Wall-clock time of the execution."""
@@ -314,6 +358,14 @@ class ExecutionResult(_message.Message):
     @_builtins.property
     def output_files(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutputFile]:
         """Files created or modified by this execution, in path order."""
+
+    @_builtins.property
+    def error(self) -> Global___ExecutionError:
+        """The exception the code raised, if it did (a result for the caller, not an RPC error)."""
+
+    @_builtins.property
+    def displays(self) -> _containers.RepeatedCompositeFieldContainer[Global___DisplayOutput]:
+        """Rich outputs the code displayed (e.g. matplotlib figures as PNG), in order."""
 
     def __init__(
         self,
@@ -324,11 +376,76 @@ class ExecutionResult(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         output_files: _abc.Iterable[Global___OutputFile] | None = ...,
         output_truncated: _builtins.bool = ...,
+        kernel_restarted: _builtins.bool = ...,
+        kernel_died: _builtins.bool = ...,
+        disk_exceeded: _builtins.bool = ...,
+        error: Global___ExecutionError | None = ...,
+        displays: _abc.Iterable[Global___DisplayOutput] | None = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "exit_code", b"exit_code", "memory_exceeded", b"memory_exceeded", "output_files", b"output_files", "output_truncated", b"output_truncated", "timed_out", b"timed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_exceeded", b"disk_exceeded", "displays", b"displays", "duration", b"duration", "error", b"error", "exit_code", b"exit_code", "kernel_died", b"kernel_died", "kernel_restarted", b"kernel_restarted", "memory_exceeded", b"memory_exceeded", "note", b"note", "output_files", b"output_files", "output_truncated", b"output_truncated", "timed_out", b"timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecutionResult: _TypeAlias = ExecutionResult  # noqa: Y015
+
+@_typing.final
+class ExecutionError(_message.Message):
+    """An exception raised by the executed code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    TRACEBACK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The exception's class name, e.g. "ZeroDivisionError"."""
+    value: _builtins.str
+    """str() of the exception."""
+    traceback: _builtins.str
+    """The formatted traceback as plain text (no terminal colour codes)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+        traceback: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "traceback", b"traceback", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutionError: _TypeAlias = ExecutionError  # noqa: Y015
+
+@_typing.final
+class DisplayOutput(_message.Message):
+    """One rich output of an execution (an IPython display message)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    media_type: _builtins.str
+    """"image/png" (matplotlib figures), "image/jpeg" or "image/svg+xml"."""
+    data: _builtins.bytes
+    text: _builtins.str
+    """The text/plain alternative of the display, if any (e.g. "<Figure size 640x480 ...>")."""
+    def __init__(
+        self,
+        *,
+        media_type: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "media_type", b"media_type", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisplayOutput: _TypeAlias = DisplayOutput  # noqa: Y015

@@ -47,13 +47,21 @@ class CreateSandboxRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     IDLE_TIMEOUT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session (thread) the sandbox is for. If the caller already has a live sandbox for
+    it, that one is returned unchanged (limits, idle_timeout and metadata of this request
+    are ignored), so "create on first use" is one call.
+    """
     @_builtins.property
     def limits(self) -> _sandbox_pb2.SandboxLimits:
         """Unset or zero fields mean the server's defaults."""
 
     @_builtins.property
     def idle_timeout(self) -> _duration_pb2.Duration:
-        """How long the sandbox lives without activity. Unset means 20 minutes; at most 24 hours."""
+        """How long the sandbox lives without activity. Unset means the server's default (20
+        minutes unless configured); at most 24 hours.
+        """
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -63,10 +71,11 @@ class CreateSandboxRequest(_message.Message):
         limits: _sandbox_pb2.SandboxLimits | None = ...,
         idle_timeout: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "limits", b"limits", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "limits", b"limits", "metadata", b"metadata", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

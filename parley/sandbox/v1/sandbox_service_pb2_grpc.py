@@ -28,12 +28,13 @@ if _version_not_supported:
 
 
 class SandboxServiceStub:
-    """Code execution for the assistants' code interpreter. Internal: only the gateway calls it,
-    acting for the user of its minted identity; another user's sandbox answers NOT_FOUND.
+    """Code execution for the assistants' code interpreter. Internal: only the assistants run
+    engine calls it (the gateway does not route it), acting for the user of its minted
+    identity; another user's sandbox answers NOT_FOUND.
 
     Sandboxes have no network: code cannot reach the internet, other Parley services or the
     host, and the sandbox service itself calls nothing. Files therefore come in and go out
-    only through these RPCs (the gateway fetches FileService files and uploads their bytes).
+    only through these RPCs (the engine fetches FileService files and uploads their bytes).
     """
 
     def __init__(self, channel):
@@ -80,12 +81,13 @@ class SandboxServiceStub:
 
 
 class SandboxServiceServicer:
-    """Code execution for the assistants' code interpreter. Internal: only the gateway calls it,
-    acting for the user of its minted identity; another user's sandbox answers NOT_FOUND.
+    """Code execution for the assistants' code interpreter. Internal: only the assistants run
+    engine calls it (the gateway does not route it), acting for the user of its minted
+    identity; another user's sandbox answers NOT_FOUND.
 
     Sandboxes have no network: code cannot reach the internet, other Parley services or the
     host, and the sandbox service itself calls nothing. Files therefore come in and go out
-    only through these RPCs (the gateway fetches FileService files and uploads their bytes).
+    only through these RPCs (the engine fetches FileService files and uploads their bytes).
     """
 
     def CreateSandbox(self, request, context):
@@ -108,12 +110,14 @@ class SandboxServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteCode(self, request, context):
-        """Runs code in the sandbox's working directory, streaming stdout and stderr as they are
-        produced, then one ExecutionResult as the last message. Each execution is a fresh
-        interpreter process: files in the working directory persist between executions,
-        variables do not. One execution at a time per sandbox; a second one answers ABORTED.
-        A non-zero exit or a killed process is a normal result, not an error. Cancelling the
-        call kills the process.
+        """Runs code in the sandbox's Python kernel, in its working directory, streaming stdout and
+        stderr as they are produced, then one ExecutionResult as the last message. The kernel
+        is long-lived (IPython): variables, imports and files persist between executions, as in
+        a notebook; the first execution starts it. A kernel that died (a limit, a crash) is
+        restarted by the next execution, whose result says state was lost. One execution at a
+        time per sandbox; a second one answers ABORTED. An exception in the code, a limit hit
+        or a dead kernel is a normal result, not an error. Cancelling the call interrupts the
+        execution.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,12 +192,13 @@ def add_SandboxServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SandboxService:
-    """Code execution for the assistants' code interpreter. Internal: only the gateway calls it,
-    acting for the user of its minted identity; another user's sandbox answers NOT_FOUND.
+    """Code execution for the assistants' code interpreter. Internal: only the assistants run
+    engine calls it (the gateway does not route it), acting for the user of its minted
+    identity; another user's sandbox answers NOT_FOUND.
 
     Sandboxes have no network: code cannot reach the internet, other Parley services or the
     host, and the sandbox service itself calls nothing. Files therefore come in and go out
-    only through these RPCs (the gateway fetches FileService files and uploads their bytes).
+    only through these RPCs (the engine fetches FileService files and uploads their bytes).
     """
 
     @staticmethod

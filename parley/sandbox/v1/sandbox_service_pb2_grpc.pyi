@@ -29,12 +29,13 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SandboxServiceStub:
-    """Code execution for the assistants' code interpreter. Internal: only the gateway calls it,
-    acting for the user of its minted identity; another user's sandbox answers NOT_FOUND.
+    """Code execution for the assistants' code interpreter. Internal: only the assistants run
+    engine calls it (the gateway does not route it), acting for the user of its minted
+    identity; another user's sandbox answers NOT_FOUND.
 
     Sandboxes have no network: code cannot reach the internet, other Parley services or the
     host, and the sandbox service itself calls nothing. Files therefore come in and go out
-    only through these RPCs (the gateway fetches FileService files and uploads their bytes).
+    only through these RPCs (the engine fetches FileService files and uploads their bytes).
     """
 
     @_typing.overload
@@ -46,12 +47,14 @@ class SandboxServiceStub:
     DeleteSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.DeleteSandboxRequest, _empty_pb2.Empty]
     """Kills any running execution and deletes the sandbox with its working directory."""
     ExecuteCode: _grpc.UnaryStreamMultiCallable[_sandbox_service_pb2.ExecuteCodeRequest, _sandbox_service_pb2.ExecuteCodeResponse]
-    """Runs code in the sandbox's working directory, streaming stdout and stderr as they are
-    produced, then one ExecutionResult as the last message. Each execution is a fresh
-    interpreter process: files in the working directory persist between executions,
-    variables do not. One execution at a time per sandbox; a second one answers ABORTED.
-    A non-zero exit or a killed process is a normal result, not an error. Cancelling the
-    call kills the process.
+    """Runs code in the sandbox's Python kernel, in its working directory, streaming stdout and
+    stderr as they are produced, then one ExecutionResult as the last message. The kernel
+    is long-lived (IPython): variables, imports and files persist between executions, as in
+    a notebook; the first execution starts it. A kernel that died (a limit, a crash) is
+    restarted by the next execution, whose result says state was lost. One execution at a
+    time per sandbox; a second one answers ABORTED. An exception in the code, a limit hit
+    or a dead kernel is a normal result, not an error. Cancelling the call interrupts the
+    execution.
     """
     UploadSandboxFile: _grpc.StreamUnaryMultiCallable[_sandbox_service_pb2.UploadSandboxFileRequest, _sandbox_pb2.SandboxFile]
     """Writes a file into the working directory from a client stream: one request with
@@ -64,12 +67,13 @@ class SandboxServiceStub:
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
-    """Code execution for the assistants' code interpreter. Internal: only the gateway calls it,
-    acting for the user of its minted identity; another user's sandbox answers NOT_FOUND.
+    """Code execution for the assistants' code interpreter. Internal: only the assistants run
+    engine calls it (the gateway does not route it), acting for the user of its minted
+    identity; another user's sandbox answers NOT_FOUND.
 
     Sandboxes have no network: code cannot reach the internet, other Parley services or the
     host, and the sandbox service itself calls nothing. Files therefore come in and go out
-    only through these RPCs (the gateway fetches FileService files and uploads their bytes).
+    only through these RPCs (the engine fetches FileService files and uploads their bytes).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -78,12 +82,14 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     DeleteSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.DeleteSandboxRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Kills any running execution and deletes the sandbox with its working directory."""
     ExecuteCode: _aio.UnaryStreamMultiCallable[_sandbox_service_pb2.ExecuteCodeRequest, _sandbox_service_pb2.ExecuteCodeResponse]  # type: ignore[assignment]
-    """Runs code in the sandbox's working directory, streaming stdout and stderr as they are
-    produced, then one ExecutionResult as the last message. Each execution is a fresh
-    interpreter process: files in the working directory persist between executions,
-    variables do not. One execution at a time per sandbox; a second one answers ABORTED.
-    A non-zero exit or a killed process is a normal result, not an error. Cancelling the
-    call kills the process.
+    """Runs code in the sandbox's Python kernel, in its working directory, streaming stdout and
+    stderr as they are produced, then one ExecutionResult as the last message. The kernel
+    is long-lived (IPython): variables, imports and files persist between executions, as in
+    a notebook; the first execution starts it. A kernel that died (a limit, a crash) is
+    restarted by the next execution, whose result says state was lost. One execution at a
+    time per sandbox; a second one answers ABORTED. An exception in the code, a limit hit
+    or a dead kernel is a normal result, not an error. Cancelling the call interrupts the
+    execution.
     """
     UploadSandboxFile: _aio.StreamUnaryMultiCallable[_sandbox_service_pb2.UploadSandboxFileRequest, _sandbox_pb2.SandboxFile]  # type: ignore[assignment]
     """Writes a file into the working directory from a client stream: one request with
@@ -95,12 +101,13 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """A file's content: the first message carries the SandboxFile, the next ones its bytes."""
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Code execution for the assistants' code interpreter. Internal: only the gateway calls it,
-    acting for the user of its minted identity; another user's sandbox answers NOT_FOUND.
+    """Code execution for the assistants' code interpreter. Internal: only the assistants run
+    engine calls it (the gateway does not route it), acting for the user of its minted
+    identity; another user's sandbox answers NOT_FOUND.
 
     Sandboxes have no network: code cannot reach the internet, other Parley services or the
     host, and the sandbox service itself calls nothing. Files therefore come in and go out
-    only through these RPCs (the gateway fetches FileService files and uploads their bytes).
+    only through these RPCs (the engine fetches FileService files and uploads their bytes).
     """
 
     @_abc_1.abstractmethod
@@ -131,12 +138,14 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sandbox_service_pb2.ExecuteCodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_sandbox_service_pb2.ExecuteCodeResponse], _abc.AsyncIterator[_sandbox_service_pb2.ExecuteCodeResponse]]:
-        """Runs code in the sandbox's working directory, streaming stdout and stderr as they are
-        produced, then one ExecutionResult as the last message. Each execution is a fresh
-        interpreter process: files in the working directory persist between executions,
-        variables do not. One execution at a time per sandbox; a second one answers ABORTED.
-        A non-zero exit or a killed process is a normal result, not an error. Cancelling the
-        call kills the process.
+        """Runs code in the sandbox's Python kernel, in its working directory, streaming stdout and
+        stderr as they are produced, then one ExecutionResult as the last message. The kernel
+        is long-lived (IPython): variables, imports and files persist between executions, as in
+        a notebook; the first execution starts it. A kernel that died (a limit, a crash) is
+        restarted by the next execution, whose result says state was lost. One execution at a
+        time per sandbox; a second one answers ABORTED. An exception in the code, a limit hit
+        or a dead kernel is a normal result, not an error. Cancelling the call interrupts the
+        execution.
         """
 
     @_abc_1.abstractmethod
