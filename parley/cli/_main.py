@@ -1,6 +1,10 @@
 """`parley`: Parley from the terminal.
 
     parley chat [-m MODEL] [-s SYSTEM] [PROMPT ...]   stream an answer (no prompt: a conversation)
+    parley chat -a ASSISTANT [--session ID] [PROMPT ...]   a conversation with an assistant, kept in a session
+    parley assistants create NAME -m MODEL [...] | list | show ID | update ID [...] | delete ID
+    parley run -a ASSISTANT [-s SESSION] PROMPT ...   run an assistant, streaming its answer, tool calls and sources
+    parley runs list -s SESSION | show ID | steps ID | cancel ID | watch ID [--after N] | submit ID CALL=OUTPUT ...
     parley models [--provider P] [--all]
     parley sessions list | create [TITLE] | show ID | delete ID | export ID [--markdown]
     parley files upload PATH [--purpose P] | list | delete ID
@@ -23,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from parley.cli import _assistants
 from parley.client import ParleyClient, error_details, user_message
 from parley.files.v1 import files_pb2
 from parley.gateway.v1 import gateway_pb2
@@ -73,6 +78,8 @@ class ProgressBar:
 
 
 async def chat(client: ParleyClient, args) -> int:
+    if args.assistant:
+        return await _assistants.chat(client, args)
     history = [llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=[llm_pb2.ContentPart(text=args.system)])] \
         if args.system else []
     prompts = [" ".join(args.prompt)] if args.prompt else None
@@ -228,6 +235,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-m", "--model", default="")
     c.add_argument("-s", "--system", default="")
     c.add_argument("-q", "--quiet", action="store_true", help="no usage line")
+    c.add_argument("-a", "--assistant", default="", help="talk to this assistant (each prompt is a run)")
+    c.add_argument("--session", default="", help="with -a: the session to continue (default: a new one)")
     c.set_defaults(run=chat)
 
     m = commands.add_parser("models", help="list models")
@@ -264,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--days", type=float, default=30)
     u.add_argument("--by", action="append", choices=sorted(GROUP_BY), default=[])
     u.set_defaults(run=usage)
+
+    _assistants.register(commands)
     return root
 
 
@@ -274,7 +285,8 @@ async def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    needs = {"sessions": ("show", "delete", "export"), "files": ("upload", "delete"), "keys": ("revoke", "rotate")}
+    needs = {"sessions": ("show", "delete", "export"), "files": ("upload", "delete"), "keys": ("revoke", "rotate"),
+             **_assistants.NEEDS_ARGUMENT}
     if args.command in needs and args.action in needs[args.command] and not args.rest:
         print(f"parley {args.command} {args.action}: an argument is missing", file=sys.stderr)
         return 2
