@@ -26,7 +26,7 @@ from services.runtime.db import start_embedded_postgres
 from services.runtime.identity import generate_private_key_pem, public_key_pem
 
 # Start order: dependencies first. Each service issue adds its own entry.
-SUITE = ["llm", "sessions", "files", "gateway"]
+SUITE = ["llm", "sessions", "files", "assistants", "gateway"]
 STARTUP_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
 _PR_SET_PDEATHSIG = 1

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_PORTS = {"gateway": 50051, "llm": 50052, "sessions": 50053, "files": 50054, "sandbox": 50055}
+DEFAULT_PORTS = {"gateway": 50051, "llm": 50052, "sessions": 50053, "files": 50054, "sandbox": 50055, "assistants": 50056}
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,92 @@
+"""Wiring for the assistants service (the run engine): settings, the identity minter, the
+clients of sessions, llm, files and sandbox, the engine and its servicer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+import grpc
+
+from parley.assistants.v1 import assistants_service_pb2, assistants_service_pb2_grpc
+from services.runtime.config import ConfigError, env_float, env_int, env_secret, env_str
+
+log = logging.getLogger("parley.assistants")
+
+SERVICE_NAME = assistants_service_pb2.DESCRIPTOR.services_by_name["AssistantService"].full_name
+
+
+@dataclass(frozen=True)
+class AssistantsSettings:
+    sessions_target: str
+    llm_target: str
+    files_target: str
+    sandbox_target: str
+    # The gateway's Ed25519 private key: runs outlive their caller's identity, so the engine
+    # mints short-lived identities of the run's user for every call it makes.
+    identity_private_key: bytes
+    identity_ttl_seconds: float
+    # This process among the engine replicas (lease owner); unique per process.
+    replica_id: str
+    # A replica that stops renewing its leases loses its runs after this long: they end
+    # FAILED and their sessions go on.
+    lease_seconds: float
+    # How often the queue is scanned for claimable runs (new replicas' runs, lapsed leases,
+    # expired actions); runs created on this replica are claimed at once.
+    claim_interval_seconds: float
+    # How long a run waits in REQUIRES_ACTION for SubmitToolOutputs before it EXPIRES.
+    action_timeout_seconds: float
+    # Event deltas are written to the run's log at most this often (a batch per interval).
+    event_flush_seconds: float
+    max_concurrent_runs: int
+    # Tokens of file_search results that go into the prompt per search.
+    file_search_token_budget: int
+
+    @classmethod
+    def from_env(cls) -> AssistantsSettings:
+        private_key = env_secret("PARLEY_IDENTITY_PRIVATE_KEY")
+        if not private_key:
+            raise ConfigError(
+                "PARLEY_IDENTITY_PRIVATE_KEY_FILE (or PARLEY_IDENTITY_PRIVATE_KEY) must hold the identity signing key: "
+                "runs call sessions, llm and files as their user after the caller's call has ended "
+                "(`make run` provides it)"
+            )
+        return cls(
+            sessions_target=env_str("PARLEY_SESSIONS_TARGET", "127.0.0.1:50053"),
+            llm_target=env_str("PARLEY_LLM_TARGET", "127.0.0.1:50052"),
+            files_target=env_str("PARLEY_FILES_TARGET", "127.0.0.1:50054"),
+            sandbox_target=env_str("PARLEY_SANDBOX_TARGET", "127.0.0.1:50055"),
+            identity_private_key=private_key,
+            identity_ttl_seconds=env_float("PARLEY_ASSISTANTS_IDENTITY_TTL_SECONDS", 60.0, minimum=5.0),
+            replica_id=env_str("PARLEY_ASSISTANTS_REPLICA_ID")
+            or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            lease_seconds=env_float("PARLEY_ASSISTANTS_LEASE_SECONDS", 30.0, minimum=1.0),
+            claim_interval_seconds=env_float("PARLEY_ASSISTANTS_CLAIM_INTERVAL_SECONDS", 1.0, minimum=0.05),
+            action_timeout_seconds=env_float("PARLEY_ASSISTANTS_ACTION_TIMEOUT_SECONDS", 600.0, minimum=1.0),
+            event_flush_seconds=env_float("PARLEY_ASSISTANTS_EVENT_FLUSH_SECONDS", 0.02, minimum=0.0),
+            max_concurrent_runs=env_int("PARLEY_ASSISTANTS_MAX_CONCURRENT_RUNS", 64, minimum=1),
+            file_search_token_budget=env_int("PARLEY_ASSISTANTS_FILE_SEARCH_TOKEN_BUDGET", 4000, minimum=100),
+        )
+
+
+class AssistantsApp:
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, settings: AssistantsSettings) -> None:
+        self.settings = settings
+
+    def register(self, server: grpc.aio.Server) -> None:
+        assistants_service_pb2_grpc.add_AssistantServiceServicer_to_server(
+            assistants_service_pb2_grpc.AssistantServiceServicer(), server
+        )
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def build_app(settings: AssistantsSettings | None = None) -> AssistantsApp:
+    settings = settings or AssistantsSettings.from_env()
+    return AssistantsApp(settings)
