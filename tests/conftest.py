@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -29,6 +30,10 @@ from services.runtime.db import start_embedded_postgres
 from services.runtime.identity import IdentityMinter, IdentityVerifier, generate_private_key_pem, public_key_pem
 from services.runtime.server import RunningServer, ServiceApp, start_server
 from services.runtime.telemetry import setup_telemetry
+
+# One page-token secret for the test process and the servers it starts (tests/test_launcher's
+# included), instead of one written under the working directory's .parley/.
+os.environ.setdefault("PARLEY_PAGE_TOKEN_SECRET", secrets.token_hex(32))
 
 # Every span the test process makes, for tests that check tracing.
 span_exporter = InMemorySpanExporter()

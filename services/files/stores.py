@@ -40,7 +40,7 @@ from services.files.repository import FileRepository
 from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
-from services.runtime.pagination import decode_token, encode_token, page_size
+from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
 from services.runtime.validation import metadata_violations, parse_id, text_violations, uuid7
 
 log = logging.getLogger("parley.files.stores")
@@ -108,17 +108,6 @@ def resolve_chunking(requested: Chunking | None, window: int, field: str) -> Chu
         violations.append(FieldViolation(f"{field}.chunk_overlap_tokens", "must be between 0 and half of max_chunk_size_tokens"))
     errors.collect(violations)
     return Chunking(ChunkingType.STATIC, size, overlap)
-
-
-def _parse_page(token: str, query_key: str):
-    position = decode_token(token, query_key)
-    if position is None:
-        return None
-    try:
-        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
-    except (ValueError, TypeError, IndexError, AttributeError):
-        raise errors.InvalidArgument.for_field("page_token", "is not a page token issued by this service",
-                                              reason="PAGE_TOKEN_INVALID") from None
 
 
 class VectorStores:
@@ -190,11 +179,11 @@ class VectorStores:
     async def list(self, user_id: str, *, size: int, token: str) -> Page:
         limit = page_size(size, default=20, maximum=100)
         query_key = f"vector_stores|{user_id}"
-        after = _parse_page(token, query_key)
+        after = decode_time_and_id(token, query_key)
         async with self._db.transaction(user_id, readonly=True) as conn:
             rows = await self._repo.list_stores(conn, after=after, limit=limit + 1)
         items, more = rows[:limit], len(rows) > limit
-        next_token = encode_token(query_key, [items[-1].create_time.isoformat(), str(items[-1].id)]) if more else ""
+        next_token = encode_time_and_id(query_key, items[-1].create_time, items[-1].id) if more else ""
         return Page(items=items, next_page_token=next_token)
 
     async def update(self, user_id: str, store_id: str, paths: list[str], values: StorePatch) -> VectorStore:
@@ -277,13 +266,13 @@ class VectorStores:
             raise errors.InvalidArgument.for_field("status", "is not a known status")
         limit = page_size(size, default=20, maximum=100)
         query_key = f"vector_store_files|{user_id}|{sid}|{status}"
-        after = _parse_page(token, query_key)
+        after = decode_time_and_id(token, query_key)
         async with self._db.transaction(user_id, readonly=True) as conn:
             if await self._repo.get_store(conn, sid) is None:
                 raise store_not_found(sid)
             rows = await self._repo.list_entries(conn, sid, status=status, after=after, limit=limit + 1)
         items, more = rows[:limit], len(rows) > limit
-        next_token = encode_token(query_key, [items[-1].create_time.isoformat(), str(items[-1].file_id)]) if more else ""
+        next_token = encode_time_and_id(query_key, items[-1].create_time, items[-1].file_id) if more else ""
         return Page(items=items, next_page_token=next_token)
 
     async def remove_file(self, user_id: str, store_id: str, file_id: str) -> None:

@@ -26,6 +26,7 @@ from services.runtime.config import ConfigError, ServerSettings
 from services.runtime.identity import IdentityVerifier
 from services.runtime.interceptors import ErrorInterceptor, IdentityInterceptor
 from services.runtime.logs import setup_logging
+from services.runtime.pagination import page_token_secret
 from services.runtime.telemetry import server_interceptor, setup_telemetry
 
 log = logging.getLogger("parley.server")
@@ -124,6 +125,7 @@ def identity_verifier(settings: ServerSettings) -> IdentityVerifier:
 async def serve(service: str, build_app: Callable[[], Awaitable[ServiceApp]], *, guarded: bool = True) -> None:
     """Runs one service until SIGTERM or SIGINT, then shuts it down gracefully."""
     settings = ServerSettings.from_env(service)
+    page_token_secret()  # a bad or unreadable secret fails start-up, not the first listing
     verifier = identity_verifier(settings) if guarded else None
     app = await build_app()
     running = await start_server(app, settings, verifier=verifier)

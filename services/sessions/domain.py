@@ -15,7 +15,14 @@ from datetime import datetime, timedelta, timezone
 from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
-from services.runtime.pagination import decode_time_and_id, decode_token, encode_time_and_id, encode_token, page_size
+from services.runtime.pagination import (
+    Position,
+    decode_time_and_id,
+    decode_token,
+    encode_time_and_id,
+    encode_token,
+    page_size,
+)
 from services.runtime.validation import metadata_violations, parse_id, text_violations
 from services.sessions.export import render_export
 from services.sessions.models import (
@@ -227,13 +234,8 @@ class Sessions:
         limit = page_size(size, default=50, maximum=100)
         sort = SortOrder(order) if order else SortOrder.ASCENDING
         query_key = f"messages|{user_id}|{sid}|{sort}|{run_id}"
-        position = decode_token(token, query_key)
-        after_seq = None
-        if position is not None:
-            if len(position) != 1 or not isinstance(position[0], int):
-                raise errors.InvalidArgument.for_field("page_token", "is not a page token issued by this service",
-                                                      reason="PAGE_TOKEN_INVALID")
-            after_seq = position[0]
+        position = decode_token(token, query_key, kinds=(Position.COUNT,))
+        after_seq = position[0] if position is not None else None
         async with self._db.transaction(user_id, readonly=True) as conn:
             visible, rows = await self._repo.list_messages(
                 conn, sid, order=sort, after_seq=after_seq, run_id=run_id, limit=limit + 1
