@@ -19,7 +19,7 @@ from services.runtime.db import Database, admin_database_url, migrate, with_cred
 from services.sessions.domain import Limits, Sessions
 from services.sessions.repository import init_connection
 from services.sessions.runstore import RunStore
-from services.sessions.runstore_servicer import RunStoreServicer
+from services.sessions.runstore.servicer import RunStoreServicer
 from services.sessions.servicer import SessionServicer
 
 log = logging.getLogger("parley.sessions")
@@ -28,7 +28,7 @@ SCHEMA = "sessions"
 ROLE = "parley_sessions"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = sessions_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
-# Internal storage for the gateway's run engine, served next to the sessions its runs live in.
+# Internal storage for the assistants run engine, served next to the sessions its runs live in.
 RUN_STORE_SERVICE_NAME = runstore_service_pb2.DESCRIPTOR.services_by_name["RunStoreService"].full_name
 
 
@@ -90,6 +90,7 @@ class SessionsApp:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
+        await self.run_store.aclose()
         await self.db.close()
 
 

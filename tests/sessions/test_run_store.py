@@ -25,7 +25,7 @@ from services.runtime.db import with_credentials
 from services.runtime.pagination import encode_token
 from services.sessions.app import ROLE
 from services.sessions.models import SortOrder
-from services.sessions.runstore_models import ASSISTANT_FIELDS, RUN_FIELDS, RUN_STEP_FIELDS
+from services.sessions.runstore.models import ASSISTANT_FIELDS, RUN_FIELDS, RUN_STEP_FIELDS
 from tests.conftest import channel_to, expect_error, rich_error
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -244,7 +244,7 @@ async def test_run_create_get_and_list(world):
     assert (first.session_id, first.assistant_id) == (world.session.id, world.assistant.id)
     assert first.user_id == world.user_id
     assert first.status == apb.RUN_STATUS_QUEUED and first.last_sequence == 0
-    assert first.busy_session_strategy == apb.BUSY_SESSION_STRATEGY_REJECT
+    assert first.busy_session_strategy == apb.BUSY_SESSION_STRATEGY_QUEUE  # unspecified means queue
     assert first.expire_time.ToDatetime(tzinfo=timezone.utc) == expire
     assert first.tool_choice.function_name == "f" and first.truncation_strategy.last_messages == 3
     assert first.max_prompt_tokens == 1000 and first.parallel_tool_calls and dict(first.metadata) == {"k": "v"}
@@ -280,9 +280,8 @@ async def test_reject_on_a_busy_session_and_the_active_run(world):
     first = await world.create_run(strategy=apb.BUSY_SESSION_STRATEGY_REJECT)
     reason, _ = await expect_error(world.create_run(strategy=apb.BUSY_SESSION_STRATEGY_REJECT), BUSY)
     assert reason == "SESSION_BUSY"
-    reason, _ = await expect_error(world.create_run(), BUSY)  # unspecified means reject
-    assert reason == "SESSION_BUSY"
-    queued = await world.create_run(strategy=apb.BUSY_SESSION_STRATEGY_QUEUE)
+    queued = await world.create_run()  # unspecified means queue
+    assert queued.busy_session_strategy == apb.BUSY_SESSION_STRATEGY_QUEUE
     cancelling = await world.create_run(strategy=apb.BUSY_SESSION_STRATEGY_CANCEL_ACTIVE)
     runs = await world.store.ListRuns(rs.ListRunsRequest(session_id=world.session.id), metadata=world.md)
     assert [r.id for r in runs.runs] == [cancelling.id, queued.id, first.id]  # the rejected ones stored nothing
@@ -295,7 +294,7 @@ async def test_reject_on_a_busy_session_and_the_active_run(world):
     assert await active_id() == first.id  # the oldest run that has not ended
     await world.update_run(first.id, ["status"], status=apb.RUN_STATUS_CANCELLED)
     assert await active_id() == queued.id
-    await expect_error(world.create_run(), BUSY)
+    await expect_error(world.create_run(strategy=apb.BUSY_SESSION_STRATEGY_REJECT), BUSY)
     await world.update_run(queued.id, ["status"], status=apb.RUN_STATUS_COMPLETED)
     await world.update_run(cancelling.id, ["status"], status=apb.RUN_STATUS_EXPIRED)
     assert await active_id() == ""

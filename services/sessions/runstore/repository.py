@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from services.runtime.validation import uuid7
 from services.sessions.models import SortOrder
-from services.sessions.runstore_models import (
+from services.sessions.runstore.models import (
     ACTIVE_RUN_STATUSES,
     Assistant,
     BusySessionStrategy,
+    Claim,
+    ClaimReason,
+    FunctionResult,
+    Lease,
     ColumnWrites,
     NewRunEvent,
     Run,
@@ -289,3 +293,67 @@ class RunStoreRepository:
         )
         return [RunEvent(run_id=r["run_id"], sequence=r["sequence"], create_time=r["create_time"], body=r["body"])
                 for r in rows]
+
+    async def get_status(self, conn: asyncpg.Connection, run_id: uuid.UUID) -> tuple[int, int] | None:
+        row = await conn.fetchrow("SELECT status, last_sequence FROM runs WHERE id = $1", run_id)
+        return (row["status"], row["last_sequence"]) if row else None
+
+    # -- the queue --------------------------------------------------------------------------
+
+    async def set_lease(self, conn: asyncpg.Connection, run_id: uuid.UUID, lease: Lease) -> None:
+        if lease.owner:
+            await conn.execute(
+                "UPDATE runs SET lease_owner = $2, lease_expire_time = now() + $3 WHERE id = $1",
+                run_id, lease.owner, timedelta(seconds=lease.seconds),
+            )
+        else:
+            await conn.execute("UPDATE runs SET lease_owner = NULL, lease_expire_time = NULL WHERE id = $1", run_id)
+
+    async def claim_runs(self, conn: asyncpg.Connection, lease: Lease, limit: int) -> list[Claim]:
+        rows = await conn.fetch(
+            "SELECT * FROM claim_runs($1, $2, $3)", lease.owner, timedelta(seconds=lease.seconds), limit
+        )
+        claims = [Claim(reason=ClaimReason(r["reason"]), run=_run(r)) for r in rows]
+        return sorted(claims, key=lambda c: c.run.create_time)
+
+    async def renew_leases(self, conn: asyncpg.Connection, lease: Lease, run_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        rows = await conn.fetch(
+            "SELECT renew_run_leases AS id FROM renew_run_leases($1, $2, $3::uuid[])",
+            lease.owner, timedelta(seconds=lease.seconds), run_ids,
+        )
+        return [r["id"] for r in rows]
+
+    # -- function result cache --------------------------------------------------------------
+
+    async def lookup_function_results(
+        self, conn: asyncpg.Connection, keys: list[tuple[str, bytes]]
+    ) -> list[FunctionResult]:
+        rows = await conn.fetch(
+            """
+            SELECT f.name, f.arguments, f.output, f.expire_time
+            FROM function_results f
+            JOIN unnest($1::text[], $2::bytea[]) AS k(name, digest)
+              ON f.name = k.name AND f.arguments_sha256 = k.digest
+            WHERE f.expire_time > now()
+            """,
+            [k[0] for k in keys], [k[1] for k in keys],
+        )
+        return [FunctionResult(name=r["name"], arguments=r["arguments"], output=r["output"],
+                               expire_time=r["expire_time"]) for r in rows]
+
+    async def store_function_results(
+        self, conn: asyncpg.Connection, rows: list[tuple[str, bytes, str, str, datetime]]
+    ) -> None:
+        await conn.executemany(
+            """
+            INSERT INTO function_results (name, arguments_sha256, arguments, output, expire_time)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (user_id, name, arguments_sha256)
+            DO UPDATE SET arguments = EXCLUDED.arguments, output = EXCLUDED.output,
+                          expire_time = EXCLUDED.expire_time, create_time = now()
+            """,
+            rows,
+        )
+        # Expired entries of this user go as new ones arrive: the table stays the size of
+        # what is live.
+        await conn.execute("DELETE FROM function_results WHERE expire_time < now() - interval '1 hour'")

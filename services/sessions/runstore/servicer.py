@@ -1,4 +1,4 @@
-"""RunStoreService over gRPC: internal storage for the gateway's run engine. Each RPC converts,
+"""RunStoreService over gRPC: internal storage for the assistants run engine. Each RPC converts,
 calls the run store as the verified caller, and converts back."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from google.protobuf.empty_pb2 import Empty
 from parley.runstore.v1 import runstore_service_pb2 as api
 from parley.runstore.v1 import runstore_service_pb2_grpc as api_grpc
 from services.runtime.interceptors import current_identity
-from services.sessions import runstore_convert as convert
-from services.sessions.runstore import RunStore
+from services.sessions.runstore import convert
+from services.sessions.runstore.store import RunStore
 
 
 class RunStoreServicer(api_grpc.RunStoreServiceServicer):
@@ -48,7 +48,10 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
         return Empty()
 
     async def CreateRun(self, request, context):
-        run = await self._store.create_run(current_identity().user_id, convert.draft(request.run, "run"))
+        run = await self._store.create_run(
+            current_identity().user_id, convert.draft(request.run, "run"),
+            created_event=convert.created_event_body if request.append_created_event else None,
+        )
         return convert.run_to_proto(run)
 
     async def GetRun(self, request, context):
@@ -75,6 +78,7 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
             convert.draft(request.run, "run"),
             expected_statuses=list(request.expected_statuses),
             events=convert.new_events(request.events),
+            lease=convert.lease(request.lease) if request.HasField("lease") else None,
         )
         return convert.run_to_proto(run)
 
@@ -122,3 +126,35 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
         return api.ListRunEventsResponse(
             events=[convert.run_event_to_proto(e) for e in page.items], next_page_token=page.next_page_token
         )
+
+    async def WatchRunEvents(self, request, context):
+        changes = self._store.watch_run_events(
+            current_identity().user_id, request.run_id, after_sequence=request.after_sequence,
+            status_only=request.status_only,
+        )
+        async for change in changes:
+            yield convert.run_change_to_proto(change)
+
+    async def ClaimRuns(self, request, context):
+        claims = await self._store.claim_runs(
+            current_identity().scopes, convert.lease(request.lease), max_runs=request.max_runs
+        )
+        return api.ClaimRunsResponse(claims=[convert.claim_to_proto(c) for c in claims])
+
+    async def RenewRunLeases(self, request, context):
+        held = await self._store.renew_run_leases(
+            current_identity().scopes, convert.lease(request.lease), list(request.run_ids)
+        )
+        return api.RenewRunLeasesResponse(run_ids=[str(r) for r in held])
+
+    async def LookupFunctionResults(self, request, context):
+        found = await self._store.lookup_function_results(
+            current_identity().user_id, convert.function_results(request.keys, "keys")
+        )
+        return api.LookupFunctionResultsResponse(results=[convert.function_result_to_proto(r) for r in found])
+
+    async def StoreFunctionResults(self, request, context):
+        await self._store.store_function_results(
+            current_identity().user_id, convert.function_results(request.results, "results")
+        )
+        return api.StoreFunctionResultsResponse()

@@ -16,7 +16,19 @@ from google.protobuf.message import Message
 from parley.assistants.v1 import assistants_pb2 as pb
 from services.runtime import errors
 from services.sessions.convert import timestamp
-from services.sessions.runstore_models import Assistant, Draft, NewRunEvent, Run, RunEvent, RunStep
+from parley.runstore.v1 import runstore_service_pb2 as api
+from services.sessions.runstore.models import (
+    Assistant,
+    Claim,
+    Draft,
+    FunctionResult,
+    Lease,
+    NewRunEvent,
+    Run,
+    RunChange,
+    RunEvent,
+    RunStep,
+)
 
 # Output-only, or carried outside the body: never taken from a request's body fields.
 _EVENT_ENVELOPE = ("sequence", "run_id", "create_time")
@@ -115,4 +127,46 @@ def run_event_to_proto(event: RunEvent) -> pb.RunEvent:
     message.sequence = event.sequence
     message.run_id = str(event.run_id)
     message.create_time.CopyFrom(timestamp(event.create_time))
+    return message
+
+
+def created_event_body(run: Run) -> dict[str, Any]:
+    """The body of a run's first event: its status change to RUN_STATUS_QUEUED."""
+    return {"run_status_changed": _to_dict(run_to_proto(run))}
+
+
+def lease(message: api.RunLease) -> Lease:
+    seconds = message.duration.seconds + message.duration.nanos / 1e9
+    return Lease(owner=message.owner, seconds=seconds)
+
+
+def claim_to_proto(claim: Claim) -> api.RunClaim:
+    return api.RunClaim(run=run_to_proto(claim.run), reason=int(claim.reason))
+
+
+def run_change_to_proto(change: RunChange) -> api.WatchRunEventsResponse:
+    return api.WatchRunEventsResponse(
+        events=[run_event_to_proto(e) for e in change.events], status=int(change.status),
+        last_sequence=change.last_sequence,
+    )
+
+
+def function_results(messages, field: str) -> list[FunctionResult]:
+    results = []
+    for i, message in enumerate(messages):
+        expire_time = None
+        if message.HasField("expire_time"):
+            try:
+                expire_time = message.expire_time.ToDatetime(tzinfo=timezone.utc)
+            except (ValueError, OverflowError):
+                raise errors.InvalidArgument.for_field(f"{field}[{i}].expire_time", "is not a valid time") from None
+        results.append(FunctionResult(name=message.name, arguments=message.arguments, output=message.output,
+                                      expire_time=expire_time))
+    return results
+
+
+def function_result_to_proto(result: FunctionResult) -> api.FunctionResult:
+    message = api.FunctionResult(name=result.name, arguments=result.arguments, output=result.output)
+    if result.expire_time is not None:
+        message.expire_time.CopyFrom(timestamp(result.expire_time))
     return message

@@ -1,5 +1,5 @@
-"""The run store's types: assistants, runs, run steps and run events as the gateway's run
-engine stores them.
+"""The run store's types: assistants, runs, run steps, run events, claims and cached function
+results as the assistants run engine stores them.
 
 Enum values equal the parley.assistants.v1 protobuf numbers. The fields the store queries or
 checks are typed attributes; everything else of a resource travels as `body`, a dict of its
@@ -141,3 +141,45 @@ class ColumnWrites:
     columns: dict[str, Any]
     set_body: dict[str, Any]
     clear_body: tuple[str, ...]
+
+
+# The scope of the engine's own identities: the queue RPCs work across users and need it.
+# API keys and identity providers can never grant it (the gateway's scopes are a fixed list).
+ENGINE_SCOPE = "assistants.engine"
+
+
+class ClaimReason(enum.IntEnum):
+    QUEUED = 1
+    LEASE_LAPSED = 2
+    ACTION_EXPIRED = 3
+
+
+@dataclass(frozen=True)
+class Claim:
+    reason: ClaimReason
+    run: Run
+
+
+@dataclass(frozen=True)
+class Lease:
+    # Empty releases the run's lease.
+    owner: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FunctionResult:
+    name: str
+    arguments: str
+    output: str = ""
+    expire_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunChange:
+    """What a watcher gets: the next stored events (none for status-only watches) and the
+    run's stored status and last sequence after them."""
+
+    events: list[RunEvent]
+    status: RunStatus
+    last_sequence: int
