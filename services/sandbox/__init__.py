@@ -1,6 +1,2 @@
-"""The sandbox service (code execution for the code interpreter).
-
-Only its contract exists so far (protos/parley/sandbox/v1); the server arrives with the code
-interpreter's own issue and will be bootstrapped like every other service
-(services.runtime.server.run).
-"""
+"""The sandbox service: a long-lived Python kernel per session, behind bubblewrap, seccomp,
+cgroups and rlimits, for the assistants' code interpreter (docs/sandbox.md)."""

@@ -1,0 +1,285 @@
+"""The walls around a sandbox's kernel: bubblewrap namespaces and mounts, a seccomp filter,
+resource limits, an unprivileged uid and a cleared environment.
+
+Each wall is here in one place so docs/sandbox.md and tests/sandbox/test_walls.py can name
+them one by one. Nothing here imports grpc.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("parley.sandbox.walls")
+
+# Where things appear inside the sandbox.
+WORK_DIR = "/mnt/data"
+KERNEL_DIR = "/run/kernel"
+RUNTIME_DIR = "/opt/python"
+
+# Read-only system paths mounted into every sandbox (those that exist). /etc is NOT mounted
+# whole: only what the interpreter and matplotlib need, never /etc/shadow and friends.
+SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
+ETC_PATHS = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/fonts",
+             "/etc/mime.types", "/etc/alternatives")
+
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: `dnf install bubblewrap`; "
+                "`make install` does it as root), or set PARLEY_SANDBOX_INSECURE=1 to run code WITHOUT isolation "
+                "(development only)")
+
+# Syscalls the sandboxed code never needs and an escape would: debugging other processes,
+# mounting, kernel modules and kexec, the kernel keyring, eBPF, perf events, new namespaces,
+# and a few more that only root-like code uses.
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
+    "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsmount", "fsconfig", "fspick", "move_mount",
+    "open_tree", "mount_setattr",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "keyctl", "add_key", "request_key",
+    "bpf", "perf_event_open", "userfaultfd",
+    "unshare", "setns",
+    "open_by_handle_at", "name_to_handle_at",
+    "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog", "lookup_dcookie", "iopl", "ioperm",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+)
+_SOCK_RAW = 3
+_SOCK_PACKET = 10
+_AF_PACKET = 17
+_AF_INET = 2
+_AF_INET6 = 10
+# CLONE_NEWUSER, NEWPID, NEWNET, NEWUTS, NEWIPC, NEWNS, NEWCGROUP
+_CLONE_NAMESPACE_FLAGS = (0x10000000, 0x20000000, 0x40000000, 0x04000000, 0x08000000, 0x00020000, 0x02000000)
+
+
+def find_bwrap(explicit: str | None = None) -> str | None:
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    return shutil.which("bwrap")
+
+
+def seccomp_filter() -> bytes:
+    """The BPF program bubblewrap installs before it starts the kernel (`--seccomp FD`).
+
+    Denied calls fail with EPERM (so code sees an ordinary error, not a crash); clone3 fails
+    with ENOSYS so the C library falls back to clone, whose namespace flags can be checked."""
+    import tempfile
+
+    import pyseccomp as seccomp
+
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    eperm = seccomp.ERRNO(errno.EPERM)
+    for name in DENIED_SYSCALLS:
+        try:
+            rules.add_rule(eperm, name)
+        except (OSError, ValueError, RuntimeError):
+            pass  # not a syscall on this architecture
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    # clone with any namespace flag: one rule per flag, as a masked comparison matches exact bits.
+    for flag in _CLONE_NAMESPACE_FLAGS:
+        rules.add_rule(eperm, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    # Raw IP sockets and packet sockets (the type may carry SOCK_NONBLOCK/CLOEXEC). Netlink's
+    # SOCK_RAW stays: the C library's getifaddrs needs it, and it sees only the sandbox's
+    # own empty network namespace.
+    for family in (_AF_INET, _AF_INET6):
+        for kind in (_SOCK_RAW, _SOCK_PACKET):
+            rules.add_rule(eperm, "socket", seccomp.Arg(0, seccomp.EQ, family), seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, kind))
+    rules.add_rule(eperm, "socket", seccomp.Arg(0, seccomp.EQ, _AF_PACKET))
+    with tempfile.TemporaryFile() as out:
+        rules.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+@dataclass(frozen=True)
+class Walls:
+    """What this machine offers; decided once at start-up."""
+
+    bwrap: str | None
+    seccomp: bytes | None
+    # Running as root: each sandbox gets its own unprivileged host uid.
+    per_sandbox_uid: bool
+    cgroups: bool
+    insecure: bool
+    # The sandbox's Python environment (ipykernel and the data packages) is installed.
+    runtime_ready: bool = True
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def can_execute(self) -> bool:
+        return self.runtime_ready and (self.isolated or self.insecure)
+
+    @property
+    def isolated(self) -> bool:
+        return self.bwrap is not None and self.seccomp is not None
+
+    def refusal(self) -> str:
+        missing = "; ".join(self.problems) or "the sandbox's isolation is not available"
+        return f"code execution is unavailable on this server: {missing}. To fix: {INSTALL_HINT}"
+
+
+def probe(bwrap: str | None, insecure: bool, cgroups_ok: bool, runtime_dir: Path) -> Walls:
+    problems: list[str] = []
+    seccomp: bytes | None = None
+    runtime_ready = (runtime_dir / "bin" / "python").exists()
+    if not runtime_ready:
+        problems.append(f"the sandbox's Python environment is missing at {runtime_dir} (`make install` creates it)")
+    if bwrap is None:
+        problems.append("bubblewrap (`bwrap`) is not installed")
+    try:
+        seccomp = seccomp_filter()
+    except Exception as exc:  # noqa: BLE001 - libseccomp missing or unusable
+        problems.append(f"the seccomp filter cannot be built (libseccomp: {type(exc).__name__})")
+    if not cgroups_ok:
+        problems.append("no writable cgroup v1 memory/pids controllers: memory falls back to RLIMIT_AS and "
+                        "processes to RLIMIT_NPROC")
+    return Walls(bwrap=bwrap, seccomp=seccomp, per_sandbox_uid=os.geteuid() == 0, cgroups=cgroups_ok,
+                 insecure=insecure, runtime_ready=runtime_ready, problems=tuple(problems))
+
+
+def sandbox_environment(uid: int) -> dict[str, str]:
+    """The whole environment the code sees: nothing of the service's own (no secrets)."""
+    return {
+        "PATH": f"{RUNTIME_DIR}/bin:/usr/local/bin:/usr/bin:/bin",
+        "HOME": WORK_DIR,
+        "USER": "sandbox",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "MPLCONFIGDIR": "/tmp/matplotlib",
+        "XDG_CACHE_HOME": "/tmp/cache",
+        "IPYTHONDIR": "/tmp/ipython",
+        "JUPYTER_RUNTIME_DIR": "/tmp/jupyter",
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        # One thread per numeric library: the process limit counts threads.
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMEXPR_NUM_THREADS": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+
+
+def passwd_entry(uid: int) -> bytes:
+    return (f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+            f"sandbox:x:{uid}:{uid}:sandbox:{WORK_DIR}:/usr/sbin/nologin\n"
+            f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n").encode()
+
+
+def group_entry(uid: int) -> bytes:
+    return f"root:x:0:\nsandbox:x:{uid}:\nnogroup:x:65534:\n".encode()
+
+
+def bwrap_command(
+    bwrap: str,
+    *,
+    runtime_dir: Path,
+    work_dir: Path,
+    kernel_dir: Path,
+    uid: int,
+    seccomp_fd: int,
+    passwd_fd: int,
+    group_fd: int,
+    command: Sequence[str],
+) -> list[str]:
+    """bubblewrap's arguments: new user, pid, network, ipc, uts and cgroup namespaces; a
+    read-only system; a fresh /tmp, /dev and /proc; only the working directory (and the
+    kernel's socket directory) writable; every capability dropped; no further user
+    namespaces; killed with its parent; a cleared environment; the seccomp filter."""
+    args = [
+        bwrap,
+        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--disable-userns",
+        "--uid", str(uid), "--gid", str(uid),
+        "--hostname", "sandbox",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop", "ALL",
+        "--clearenv",
+    ]
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    for path in ETC_PATHS:
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    # The runtime venv's interpreter may live outside /usr (pyenv, a custom prefix).
+    base = python_home(runtime_dir)
+    if base is not None and not any(str(base).startswith(p + "/") for p in SYSTEM_PATHS):
+        args += ["--ro-bind", str(base), str(base)]
+    args += [
+        "--ro-bind-data", str(passwd_fd), "/etc/passwd",
+        "--ro-bind-data", str(group_fd), "/etc/group",
+        "--ro-bind", str(runtime_dir), RUNTIME_DIR,
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--bind", str(work_dir), WORK_DIR,
+        "--bind", str(kernel_dir), KERNEL_DIR,
+        "--remount-ro", "/",
+        "--chdir", WORK_DIR,
+        "--seccomp", str(seccomp_fd),
+    ]
+    for key, value in sandbox_environment(uid).items():
+        args += ["--setenv", key, value]
+    return [*args, "--", *command]
+
+
+def python_home(runtime_dir: Path) -> Path | None:
+    """The base installation a venv's interpreter comes from (pyvenv.cfg's `home`'s parent)."""
+    try:
+        for line in (runtime_dir / "pyvenv.cfg").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home":
+                home = Path(value.strip()).resolve()
+                return home.parent if home.name == "bin" else home
+    except OSError:
+        return None
+    return None
+
+
+def resource_limits(disk_bytes: int, memory_bytes: int | None, nproc: int | None) -> list[tuple[int, int]]:
+    """setrlimit values for the kernel process: file size, core dumps, open files, and the
+    fallbacks for what cgroups would otherwise bound (address space, processes)."""
+    limits = [
+        (resource.RLIMIT_FSIZE, disk_bytes),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, 1024),
+    ]
+    if memory_bytes is not None:
+        limits.append((resource.RLIMIT_AS, memory_bytes))
+    if nproc is not None:
+        limits.append((resource.RLIMIT_NPROC, nproc))
+    return limits
+
+
+def make_preexec(*, cgroup_procs: Sequence[str], rlimits: Sequence[tuple[int, int]], uid: int | None) -> Callable[[], None]:
+    """Runs in the forked child before exec: joins the sandbox's cgroups, sets the limits and,
+    as root, becomes the sandbox's own unprivileged uid (bubblewrap then needs no privilege:
+    it builds its namespaces as that user)."""
+
+    def preexec() -> None:
+        pid = str(os.getpid()).encode()
+        for procs in cgroup_procs:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        for which, value in rlimits:
+            resource.setrlimit(which, (value, value))
+        if uid is not None:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+
+    return preexec
