@@ -161,7 +161,6 @@ class Kernel:
             # service's own threads too; it still bounds a fork bomb.
             nproc=None if self.cgroup else self.limits.max_processes + (0 if self.uid is not None else 512),
         )
-        preexec = walls.make_preexec(cgroup_procs=cgroup_procs, rlimits=rlimits, uid=self.uid)
         pass_fds: list[int] = []
         log_fd = os.open(self.paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -185,9 +184,10 @@ class Kernel:
                            MPLCONFIGDIR=str(kernel_dir / "matplotlib"), IPYTHONDIR=str(kernel_dir / "ipython"),
                            JUPYTER_RUNTIME_DIR=str(kernel_dir / "jupyter"))
                 cwd = str(self.paths.work_dir)
+            argv = walls.launcher_command(cgroup_procs=cgroup_procs, rlimits=rlimits, uid=self.uid, command=argv)
             self.process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, env=env, cwd=cwd,
-                pass_fds=pass_fds, preexec_fn=preexec, start_new_session=True,
+                pass_fds=pass_fds, start_new_session=True,
             )
         finally:
             os.close(log_fd)
@@ -208,11 +208,13 @@ class Kernel:
             died.cancel()
         if ready in done and ready.exception() is None:
             return
+        why = (f"exit code {self.process.returncode}" if self.process.returncode is not None
+               else repr(ready.exception()) if ready.done() else "timed out")
         ready.cancel()
         with contextlib.suppress(BaseException):
             await ready
         await self.stop()
-        log.error("sandbox %s: the kernel did not start; its log: %s", self.sandbox_id, self._log_tail())
+        log.error("sandbox %s: the kernel did not start (%s); its log: %s", self.sandbox_id, why, self._log_tail())
         raise KernelStartError("the sandbox's Python kernel did not start")
 
     def _log_tail(self) -> str:

@@ -12,7 +12,7 @@ import logging
 import os
 import resource
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,24 +262,16 @@ def resource_limits(disk_bytes: int, memory_bytes: int | None, nproc: int | None
     return limits
 
 
-def make_preexec(*, cgroup_procs: Sequence[str], rlimits: Sequence[tuple[int, int]], uid: int | None) -> Callable[[], None]:
-    """Runs in the forked child before exec: joins the sandbox's cgroups, sets the limits and,
-    as root, becomes the sandbox's own unprivileged uid (bubblewrap then needs no privilege:
-    it builds its namespaces as that user)."""
+LAUNCHER = Path(__file__).with_name("launch.py")
 
-    def preexec() -> None:
-        pid = str(os.getpid()).encode()
-        for procs in cgroup_procs:
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
-        if uid is not None:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
 
-    return preexec
+def launcher_command(*, cgroup_procs: Sequence[str], rlimits: Sequence[tuple[int, int]], uid: int | None,
+                     command: Sequence[str]) -> list[str]:
+    """The command that joins the sandbox's cgroups, sets the limits and, as root, becomes the
+    sandbox's own unprivileged uid before it execs `command` (bubblewrap then needs no
+    privilege: it builds its namespaces as that user). See launch.py for why a program."""
+    import json
+    import sys
+
+    config = json.dumps({"procs": list(cgroup_procs), "rlimits": [list(r) for r in rlimits], "uid": uid})
+    return [sys.executable, "-I", "-S", str(LAUNCHER), config, "--", *command]
