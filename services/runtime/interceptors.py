@@ -16,6 +16,7 @@ from grpc.aio import AbortError
 
 from services.runtime import errors
 from services.runtime.identity import METADATA_KEY, Identity, IdentityVerifier
+from services.runtime.request_check import check_request
 from services.runtime.status import to_grpc_status
 
 log = logging.getLogger("parley.rpc")
@@ -165,3 +166,69 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
             return handle
 
         return wrap_handler(handler, unary, streaming)
+
+
+class RequestCheckInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses, with INVALID_ARGUMENT naming the field, request values no service can use
+    (`services.runtime.request_check`): each request of a unary call, each message of a
+    client stream as it is read. Innermost, so calls are authenticated first."""
+
+    def __init__(self, skip_prefixes: tuple[str, ...] = ()) -> None:
+        self._skip = (*UNGUARDED_PREFIXES, *skip_prefixes)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(self._skip):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _checked_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _checked_unary_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _checked_stream_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            _checked_stream_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+
+
+def _checked_unary(behavior):
+    async def handle(request, context):
+        check_request(request)
+        return await behavior(request, context)
+
+    return handle
+
+
+def _checked_unary_stream(behavior):
+    # Returns the servicer's own generator instead of re-yielding from one of ours: the token
+    # stream pays nothing per message. This is safe because the ErrorInterceptor (always
+    # outside this one, for every method this one wraps) calls it inside its `try`, so a
+    # refusal raised right here becomes the INVALID_ARGUMENT status.
+    def handle(request, context):
+        check_request(request)
+        return behavior(request, context)
+
+    return handle
+
+
+async def _checked_requests(requests):
+    async for request in requests:
+        check_request(request)
+        yield request
+
+
+def _checked_stream_unary(behavior):
+    async def handle(request_iterator, context):
+        return await behavior(_checked_requests(request_iterator), context)
+
+    return handle
+
+
+def _checked_stream_stream(behavior):
+    async def handle(request_iterator, context):
+        async for response in behavior(_checked_requests(request_iterator), context):
+            yield response
+
+    return handle

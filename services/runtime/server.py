@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.runtime.config import ConfigError, ServerSettings
 from services.runtime.identity import IdentityVerifier
-from services.runtime.interceptors import ErrorInterceptor, IdentityInterceptor
+from services.runtime.interceptors import ErrorInterceptor, IdentityInterceptor, RequestCheckInterceptor
 from services.runtime.logs import setup_logging
 from services.runtime.pagination import page_token_secret
 from services.runtime.telemetry import server_interceptor, setup_telemetry
@@ -91,6 +91,7 @@ async def start_server(
     ]
     if verifier is not None:
         interceptors.append(IdentityInterceptor(verifier))
+    interceptors.append(RequestCheckInterceptor(own))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     app.register(server)
     health = HealthServicer()

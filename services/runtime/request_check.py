@@ -1,0 +1,186 @@
+"""The checks every request gets before any servicer sees it, whatever its type.
+
+Protobuf accepts, and hands on, values no service can use: enum numbers the schema does not
+define (proto3 keeps them), NaN, ±Infinity and subnormal numbers inside google.protobuf.Struct
+(a tool's JSON-schema `parameters`: JSON has no such numbers, so no vendor takes them), and
+Timestamps and Durations outside their own type's rules or beyond what PostgreSQL and Python
+store faithfully. Plain double fields are left to their domain (`validation.float_problem`):
+a NaN may be a legitimate value there (a run store event keeps a usage's cost as sent). This
+walks the fields a request sets (`ListFields`, recursively) and names each bad one by its
+path, so every present and future RPC is covered without code of its own.
+
+Cheap by construction: per message type, the fields worth looking at are worked out once, and
+a sub-message type with nothing checkable anywhere below it is never entered, and string and
+bytes fields (the bulk of a prompt or an upload) are never read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from services.runtime import errors
+from services.runtime.errors import FieldViolation
+from services.runtime.validation import duration_problem, float_problem, timestamp_problem
+
+# Enough to say what is wrong; the status mapping caps what is quoted anyway.
+MAX_VIOLATIONS = 20
+_KEY_CHARS = 64
+
+_ENUM, _TIMESTAMP, _DURATION, _STRUCT, _VALUE, _LIST_VALUE, _MESSAGE = range(7)
+_SINGLE, _PRESENT, _REPEATED, _MAP = range(4)
+_WELL_KNOWN = {
+    "google.protobuf.Timestamp": _TIMESTAMP,
+    "google.protobuf.Duration": _DURATION,
+    "google.protobuf.Struct": _STRUCT,
+    "google.protobuf.Value": _VALUE,
+    "google.protobuf.ListValue": _LIST_VALUE,
+}
+
+# Per message type: the fields worth a look, as (name, kind, shape, data), or None when nothing
+# below it is checkable. `data` is the enum's numbers or None.
+_plans: dict[Descriptor, tuple[tuple[str, int, int, Any], ...] | None] = {}
+
+
+def _value_entry(fd: FieldDescriptor) -> tuple[int, Any] | None:
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return _ENUM, frozenset(v.number for v in fd.enum_type.values)
+    if fd.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
+        known = _WELL_KNOWN.get(fd.message_type.full_name)
+        if known is not None:
+            return known, None
+        if _plan(fd.message_type) is None:
+            return None
+        return _MESSAGE, None
+    return None
+
+
+def _plan(descriptor: Descriptor) -> tuple[tuple[str, int, int, Any], ...] | None:
+    try:
+        return _plans[descriptor]
+    except KeyError:
+        pass
+    _plans[descriptor] = ()  # provisional, for recursive types: assumed worth entering
+    plan = []
+    for fd in descriptor.fields:
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            entry = _value_entry(fd.message_type.fields_by_name["value"])
+            shape = _MAP
+        else:
+            entry = _value_entry(fd)
+            if fd.is_repeated:
+                shape = _REPEATED
+            elif fd.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
+                shape = _PRESENT
+            else:
+                shape = _SINGLE
+        if entry is not None:
+            plan.append((fd.name, entry[0], shape, entry[1]))
+    _plans[descriptor] = tuple(plan) or None
+    return _plans[descriptor]
+
+
+def request_violations(message) -> list[FieldViolation]:
+    """Every bad value in `message` (up to MAX_VIOLATIONS), each named by its field path."""
+    found: list[FieldViolation] = []
+    _walk(message, "", found)
+    return found[:MAX_VIOLATIONS]
+
+
+def check_request(message) -> None:
+    """Raises one InvalidArgument naming every bad field of `message`, if it has any."""
+    if _plan(message.DESCRIPTOR) is None:
+        return
+    found = request_violations(message)
+    if found:
+        errors.collect(found)
+
+
+def _walk(message, path: str, found: list[FieldViolation]) -> None:
+    plan = _plans.get(message.DESCRIPTOR)
+    if plan is None:
+        plan = _plan(message.DESCRIPTOR)
+        if plan is None:
+            return
+    # Only the planned fields are read (getattr/HasField), never ListFields: that would turn
+    # every string field, a whole prompt included, into a Python str.
+    for name, kind, shape, data in plan:
+        if shape == _SINGLE:
+            value = getattr(message, name)
+            if value:  # 0 and 0.0 are always valid
+                _check(kind, data, value, f"{path}.{name}" if path else name, found)
+        elif shape == _PRESENT:
+            if message.HasField(name):
+                _check(kind, data, getattr(message, name), f"{path}.{name}" if path else name, found)
+        elif shape == _REPEATED:
+            values = getattr(message, name)
+            if values:
+                field = f"{path}.{name}" if path else name
+                for i, item in enumerate(values):
+                    _check(kind, data, item, f"{field}[{i}]", found)
+        else:
+            values = getattr(message, name)
+            if values:
+                field = f"{path}.{name}" if path else name
+                for key, item in values.items():
+                    _check(kind, data, item, f"{field}[{_key(key)}]", found)
+        if len(found) >= MAX_VIOLATIONS:
+            return
+
+
+def _key(key: Any) -> str:
+    return repr(key[:_KEY_CHARS] if isinstance(key, str) else key)
+
+
+def _check(kind: int, data: Any, value: Any, path: str, found: list[FieldViolation]) -> None:
+    if kind == _MESSAGE:
+        _walk(value, path, found)
+        return
+    problem = None
+    if kind == _ENUM:
+        if value not in data:
+            problem = f"{value} is not a defined value of this enum"
+    elif kind == _TIMESTAMP:
+        problem = timestamp_problem(value.seconds, value.nanos)
+    elif kind == _DURATION:
+        problem = duration_problem(value.seconds, value.nanos, minimum=None)
+    elif kind == _STRUCT:
+        _struct(value, path, found)
+    elif kind == _VALUE:
+        _value(value, path, found)
+    else:
+        _list(value, path, found)
+    if problem:
+        found.append(FieldViolation(path, problem))
+
+
+# google.protobuf.Struct/Value/ListValue are JSON: name their members as JSON paths
+# (`tools[0].function.parameters.properties.n.minimum`), not as `fields['x'].number_value`.
+
+def _struct(struct, path: str, found: list[FieldViolation]) -> None:
+    for key, item in struct.fields.items():
+        _value(item, f"{path}.{key[:_KEY_CHARS]}", found)
+        if len(found) >= MAX_VIOLATIONS:
+            return
+
+
+def _list(values, path: str, found: list[FieldViolation]) -> None:
+    for i, item in enumerate(values.values):
+        _value(item, f"{path}[{i}]", found)
+        if len(found) >= MAX_VIOLATIONS:
+            return
+
+
+def _value(value, path: str, found: list[FieldViolation]) -> None:
+    which = value.WhichOneof("kind")
+    if which == "number_value":
+        problem = float_problem(value.number_value)
+        if problem:
+            found.append(FieldViolation(path, problem))
+    elif which == "struct_value":
+        _struct(value.struct_value, path, found)
+    elif which == "list_value":
+        _list(value.list_value, path, found)
+    elif which == "null_value" and value.null_value != 0:
+        found.append(FieldViolation(path, f"{value.null_value} is not a defined value of NullValue"))
