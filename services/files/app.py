@@ -14,13 +14,13 @@ from parley.files.v1 import files_service_pb2, files_service_pb2_grpc
 from services.files.embeddings import Embedder, LLMEmbedder
 from services.files.extract import Limits
 from services.files.files import Files, UploadLimits
-from services.files.repository import init_connection
+from services.files.repository import vector_codec
 from services.files.servicer import FileServicer
 from services.files.storage import BlobStore
 from services.files.stores import SearchSettings, VectorStores
 from services.files.worker import Processor, WorkerSettings
 from services.runtime.config import ConfigError, env_int, env_float, env_secret, env_str, state_dir
-from services.runtime.db import Database, admin_database_url, migrate, with_credentials
+from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, Database, open_service_database, statement_timeout_from_env
 from services.runtime.identity import IdentityMinter
 
 log = logging.getLogger("parley.files")
@@ -49,6 +49,8 @@ class FilesSettings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     embed_batch_size: int = 64
+    # Longest a statement may run (PostgreSQL statement_timeout); 0: no limit.
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls) -> FilesSettings:
@@ -79,6 +81,7 @@ class FilesSettings:
                 text_search_config=env_str("PARLEY_FILES_TEXT_SEARCH_CONFIG", "english"),
             ),
             embed_batch_size=env_int("PARLEY_FILES_EMBED_BATCH_SIZE", 64, minimum=1),
+            statement_timeout=statement_timeout_from_env("files"),
         )
 
 
@@ -137,14 +140,12 @@ async def build_app(settings: FilesSettings | None = None, *, embedder: Embedder
         except ValueError as exc:
             raise ConfigError(f"PARLEY_IDENTITY_PRIVATE_KEY: {exc}") from None
         embedder = LLMEmbedder(settings.llm_target, minter, batch_size=settings.embed_batch_size)
-    admin_url = settings.admin_url or (None if settings.database_url else admin_database_url())
-    if admin_url:
-        await check_pgvector(admin_url, admin=True)
-        await migrate(admin_url, schema=SCHEMA, role=ROLE, role_password=settings.role_password, migrations_dir=MIGRATIONS)
-    url = settings.database_url or with_credentials(admin_url, ROLE, settings.role_password)
-    if not admin_url:
-        await check_pgvector(url, admin=False)
-    db = await Database.connect(url, schema=SCHEMA, init=init_connection, max_size=settings.pool_size)
+    db = await open_service_database(
+        schema=SCHEMA, role=ROLE, migrations_dir=MIGRATIONS, admin_url=settings.admin_url,
+        database_url=settings.database_url, role_password=settings.role_password, pool_size=settings.pool_size,
+        statement_timeout=settings.statement_timeout, init=vector_codec,
+        check_server=lambda url, admin: check_pgvector(url, admin=admin),
+    )
     try:
         async with db.pool.acquire() as conn:
             await conn.fetchval("SELECT $1::text::regconfig", settings.search.text_search_config)

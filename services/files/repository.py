@@ -8,7 +8,6 @@ so its operator is spelled `OPERATOR(public.<=>)` and its type `public.vector`.
 
 from __future__ import annotations
 
-import json
 import struct
 import uuid
 from collections.abc import Sequence
@@ -50,9 +49,8 @@ def _decode_vector(data: bytes) -> list[float]:
     return list(struct.unpack_from(f">{dims}f", data, 4))
 
 
-async def init_connection(conn: asyncpg.Connection) -> None:
-    """Pool hook: jsonb as Python objects, pgvector's `vector` in its binary format."""
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+async def vector_codec(conn: asyncpg.Connection) -> None:
+    """Pool hook: pgvector's `vector` in its binary format (jsonb comes from the runtime's)."""
     await conn.set_type_codec("vector", encoder=_encode_vector, decoder=_decode_vector, schema="public", format="binary")
 
 

@@ -10,6 +10,7 @@ duration of one transaction from the verified identity and nothing else.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 
 from services.runtime import errors
-from services.runtime.config import ConfigError, env_str, state_dir
+from services.runtime.config import ConfigError, env_float, env_str, state_dir
 from services.runtime.identity import USER_ID_PATTERN
 
 log = logging.getLogger("parley.db")
@@ -159,6 +160,66 @@ async def _reset_after_transaction(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+# No statement of a service may run longer than this (PostgreSQL's statement_timeout on every
+# pooled connection): a runaway query answers DEADLINE_EXCEEDED instead of holding a
+# connection and its locks for good. Migrations, run as the admin, are not limited.
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 30.0
+
+
+def statement_timeout_from_env(service: str) -> float:
+    """`PARLEY_<SERVICE>_STATEMENT_TIMEOUT_SECONDS`, else `PARLEY_DATABASE_STATEMENT_TIMEOUT_SECONDS`,
+    else 30 seconds; 0 means no limit."""
+    default = env_float("PARLEY_DATABASE_STATEMENT_TIMEOUT_SECONDS", DEFAULT_STATEMENT_TIMEOUT_SECONDS, minimum=0)
+    return env_float(f"PARLEY_{service.upper()}_STATEMENT_TIMEOUT_SECONDS", default, minimum=0)
+
+
+async def jsonb_as_python(conn: asyncpg.Connection) -> None:
+    """Connection hook: jsonb columns and parameters travel as Python objects."""
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+ConnectionHook = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+async def open_service_database(
+    *,
+    schema: str,
+    role: str,
+    migrations_dir: Path,
+    admin_url: str | None,
+    database_url: str | None,
+    role_password: str | None,
+    pool_size: int,
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    jsonb: bool = True,
+    init: ConnectionHook | None = None,
+    check_server: Callable[[str, bool], Awaitable[None]] | None = None,
+) -> Database:
+    """The one database start-up of every service: with an admin URL (or, when neither URL is
+    given, the embedded server) migrate the schema and create the service role, then open the
+    pool as that role (`database_url` overrides the role URL derived from the admin's).
+
+    `jsonb` installs `jsonb_as_python` before `init` on every connection. `check_server(url,
+    is_admin)` runs first against the admin URL, or against the role URL when there is none
+    (the files service checks for pgvector there)."""
+    admin_url = admin_url or (None if database_url else admin_database_url())
+    if admin_url:
+        if check_server is not None:
+            await check_server(admin_url, True)
+        await migrate(admin_url, schema=schema, role=role, role_password=role_password, migrations_dir=migrations_dir)
+    url = database_url or with_credentials(admin_url, role, role_password)
+    if not admin_url and check_server is not None:
+        await check_server(url, False)
+    hooks = [h for h in (jsonb_as_python if jsonb else None, init) if h is not None]
+
+    async def on_connect(conn: asyncpg.Connection) -> None:
+        for hook in hooks:
+            await hook(conn)
+
+    return await Database.connect(url, schema=schema, init=on_connect if hooks else None, max_size=pool_size,
+                                  statement_timeout=statement_timeout)
+
+
 class Database:
     """A pool of connections as the service role, handing out user-scoped transactions."""
 
@@ -171,17 +232,21 @@ class Database:
         url: str,
         *,
         schema: str,
-        init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+        init: ConnectionHook | None = None,
         min_size: int = 2,
         max_size: int = 20,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     ) -> Database:
+        settings = {"application_name": f"parley-{schema}", "search_path": _check_identifier(schema)}
+        if statement_timeout > 0:
+            settings["statement_timeout"] = str(max(1, round(statement_timeout * 1000)))
         pool = await asyncpg.create_pool(
             url,
-            min_size=min_size,
+            min_size=min(min_size, max_size),
             max_size=max_size,
             init=init,
             reset=_reset_after_transaction,
-            server_settings={"application_name": f"parley-{schema}", "search_path": _check_identifier(schema)},
+            server_settings=settings,
         )
         return cls(pool)
 

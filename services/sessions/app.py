@@ -15,9 +15,8 @@ import grpc
 from parley.runstore.v1 import runstore_service_pb2, runstore_service_pb2_grpc
 from parley.sessions.v1 import sessions_service_pb2, sessions_service_pb2_grpc
 from services.runtime.config import env_float, env_int, env_str
-from services.runtime.db import Database, admin_database_url, migrate, with_credentials
+from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, Database, open_service_database, statement_timeout_from_env
 from services.sessions.domain import Limits, Sessions
-from services.sessions.repository import init_connection
 from services.sessions.runstore import RunStore
 from services.sessions.runstore.servicer import RunStoreServicer
 from services.sessions.servicer import SessionServicer
@@ -44,6 +43,8 @@ class SessionsSettings:
     # Sessions idle longer than this are deleted; 0 keeps them forever.
     retention_days: float
     retention_interval_seconds: float
+    # Longest a statement may run (PostgreSQL statement_timeout); 0: no limit.
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls) -> SessionsSettings:
@@ -55,6 +56,7 @@ class SessionsSettings:
             max_message_bytes=env_int("PARLEY_SESSIONS_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1),
             retention_days=env_float("PARLEY_SESSIONS_RETENTION_DAYS", 0.0, minimum=0),
             retention_interval_seconds=env_float("PARLEY_SESSIONS_RETENTION_INTERVAL_SECONDS", 3600.0, minimum=1),
+            statement_timeout=statement_timeout_from_env("sessions"),
         )
 
 
@@ -96,10 +98,10 @@ class SessionsApp:
 
 async def build_app(settings: SessionsSettings | None = None) -> SessionsApp:
     settings = settings or SessionsSettings.from_env()
-    admin_url = settings.admin_url or (None if settings.database_url else admin_database_url())
-    if admin_url:
-        await migrate(admin_url, schema=SCHEMA, role=ROLE, role_password=settings.role_password, migrations_dir=MIGRATIONS)
-    url = settings.database_url or with_credentials(admin_url, ROLE, settings.role_password)
-    db = await Database.connect(url, schema=SCHEMA, init=init_connection, max_size=settings.pool_size)
+    db = await open_service_database(
+        schema=SCHEMA, role=ROLE, migrations_dir=MIGRATIONS, admin_url=settings.admin_url,
+        database_url=settings.database_url, role_password=settings.role_password, pool_size=settings.pool_size,
+        statement_timeout=settings.statement_timeout,
+    )
     sessions = Sessions(db, Limits(max_message_bytes=settings.max_message_bytes))
     return SessionsApp(db, sessions, settings)

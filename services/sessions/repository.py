@@ -4,7 +4,6 @@ no query here filters on user_id itself, and none needs to."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -34,11 +33,6 @@ _MESSAGE_COLUMNS = (
     "m.assistant_id, m.run_id, m.create_time, "
     "f.rating AS f_rating, f.comment AS f_comment, f.create_time AS f_create_time, f.update_time AS f_update_time"
 )
-
-
-async def init_connection(conn: asyncpg.Connection) -> None:
-    """Pool hook: jsonb columns travel as Python objects."""
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 def _session(row: asyncpg.Record) -> Session:

@@ -1,0 +1,72 @@
+"""The shared database start-up: migrate as the admin, connect as the service role, jsonb as
+Python objects, and a statement_timeout on every pooled connection."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.runtime import errors
+from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, open_service_database, statement_timeout_from_env
+
+MIGRATION = """
+CREATE TABLE notes (user_id text NOT NULL DEFAULT current_setting('app.user_id'), body jsonb NOT NULL);
+ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+CREATE POLICY notes_owner ON notes USING (user_id = current_setting('app.user_id'))
+    WITH CHECK (user_id = current_setting('app.user_id'));
+"""
+
+
+@pytest.fixture
+def migrations(tmp_path):
+    (tmp_path / "001_notes.sql").write_text(MIGRATION)
+    return tmp_path
+
+
+async def _open(admin_url, migrations, **overrides):
+    options = dict(schema="runtime_db_test", role="parley_runtime_db_test", migrations_dir=migrations,
+                   admin_url=admin_url, database_url=None, role_password=None, pool_size=2)
+    return await open_service_database(**{**options, **overrides})
+
+
+async def test_migrates_then_serves_as_the_role_with_jsonb_and_a_statement_timeout(admin_url, migrations):
+    db = await _open(admin_url, migrations, statement_timeout=1.5)
+    try:
+        async with db.transaction("alice") as conn:
+            await conn.execute("INSERT INTO notes (body) VALUES ($1)", {"a": [1, "two"]})
+            assert await conn.fetchval("SELECT body FROM notes") == {"a": [1, "two"]}
+            assert await conn.fetchval("SHOW statement_timeout") == "1500ms"
+            assert await conn.fetchval("SELECT current_user") == "parley_runtime_db_test"
+            assert not await conn.fetchval("SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = current_user")
+        async with db.transaction("bob", readonly=True) as conn:
+            assert await conn.fetchval("SELECT count(*) FROM notes") == 0  # RLS, as the role
+        with pytest.raises(errors.DeadlineExceeded):
+            async with db.transaction("alice") as conn:
+                await conn.execute("SELECT pg_sleep(5)")
+    finally:
+        await db.close()
+
+
+async def test_a_second_start_applies_nothing_twice_and_zero_disables_the_timeout(admin_url, migrations):
+    checked: list[bool] = []
+
+    async def check_server(url: str, is_admin: bool) -> None:
+        checked.append(is_admin)
+
+    db = await _open(admin_url, migrations, statement_timeout=0, jsonb=False, check_server=check_server)
+    try:
+        async with db.transaction("alice", readonly=True) as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == "0"
+            assert isinstance(await conn.fetchval("SELECT '{\"a\": 1}'::jsonb"), str)  # no codec asked for
+    finally:
+        await db.close()
+    assert checked == [True]
+
+
+def test_the_timeout_comes_from_the_service_setting_then_the_shared_one(monkeypatch):
+    assert statement_timeout_from_env("sessions") == DEFAULT_STATEMENT_TIMEOUT_SECONDS
+    monkeypatch.setenv("PARLEY_DATABASE_STATEMENT_TIMEOUT_SECONDS", "12")
+    assert statement_timeout_from_env("sessions") == 12
+    monkeypatch.setenv("PARLEY_SESSIONS_STATEMENT_TIMEOUT_SECONDS", "3.5")
+    assert statement_timeout_from_env("sessions") == 3.5
+    assert statement_timeout_from_env("files") == 12
