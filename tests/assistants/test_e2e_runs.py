@@ -1,0 +1,689 @@
+"""End to end through the real gateway: the real engine processes (two replicas, A behind the
+gateway and B behind a second gateway), the real llm, sessions and files services, and the
+fake vendor servers speaking OpenAI's, Anthropic's and Mistral's wire formats, driven by the
+public client (`parley.client`). One stack for the whole module.
+
+Each test scripts its own vendor model name (`openai/e2e-<test>`), so the fakes' per-model
+scripts never meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+
+from parley.assistants.v1 import assistants_pb2
+from parley.client import (
+    MessageCreated,
+    RunDone,
+    RunStatus,
+    RunStatusChanged,
+    StepCreated,
+    TextDelta,
+    ToolCallDelta,
+    error_details,
+    file_search_tool,
+    function_tool,
+)
+from parley.client import ParleyClient
+from tests.files.documents import pdf
+from tests.gateway.conftest import free_port
+
+WAIT = 60.0  # bounded waits: generous for a loaded two-core machine, never a timing assertion
+
+
+def vendor_of(model: str) -> tuple[str, str]:
+    provider, _, name = model.partition("/")
+    return provider, name
+
+
+async def wait_for(predicate, what: str, timeout: float = WAIT):
+    async def poll():
+        while True:
+            value = await predicate() if asyncio.iscoroutinefunction(predicate) else predicate()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+
+    try:
+        return await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"gave up waiting for {what}") from None
+
+
+def sequences(events) -> list[int]:
+    return [e.sequence for e in events]
+
+
+# ---- function calling ------------------------------------------------------------------------
+
+
+def get_weather(city: str, unit: str = "celsius") -> dict:
+    """The current weather of a city."""
+    return {"city": city, "temperature": {"Paris": 21, "Rome": 27}[city], "unit": unit}
+
+
+async def local_time(city: str) -> str:
+    """The local time of a city."""
+    await asyncio.sleep(0)
+    return f"12:00 in {city}"
+
+
+async def test_function_round_trip_with_two_parallel_calls(e2e):
+    model = "openai/e2e-parallel"
+    fake = e2e.fakes["openai"]
+    fake.script("e2e-parallel",
+                {"tool_calls": [("call_paris", "get_weather", '{"city": "Paris"}'),
+                                ("call_rome", "local_time", '{"city": "Rome"}')]},
+                {"text": "Paris is 21 degrees; it is noon in Rome."})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create("weather", model=model, instructions="Answer briefly.",
+                                               tools=[get_weather, local_time])
+    run = parley.assistants.run(assistant.id, "Weather in Paris, time in Rome?",
+                                functions={"get_weather": get_weather, "local_time": local_time})
+    events = [event async for event in run]
+    result = await run.result()
+
+    assert result.status == RunStatus.COMPLETED, result.error
+    assert result.text == "Paris is 21 degrees; it is noon in Rome."
+    assert run.rounds == 1
+    outputs = {call.id: call.output for call in run.answered}
+    assert json.loads(outputs["call_paris"]) == {"city": "Paris", "temperature": 21, "unit": "celsius"}
+    assert outputs["call_rome"] == "12:00 in Rome"
+    # The run stopped once, with both calls pending at the same time.
+    required = [e for e in events if isinstance(e, RunStatusChanged) and e.status == RunStatus.REQUIRES_ACTION]
+    assert len(required) == 1
+    assert {c.name for c in required[0].required_tool_calls} == {"get_weather", "local_time"}
+    # The tool calls streamed as typed fragments, before the run stopped.
+    fragments = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert {f.id for f in fragments if f.id} == {"call_paris", "call_rome"}
+    # Sequences increase by one across the StreamRun and SubmitToolOutputs streams.
+    assert sequences(events) == list(range(events[0].sequence, events[0].sequence + len(events)))
+    assert isinstance(events[-1], RunDone) and events[-1].status == RunStatus.COMPLETED
+
+    # The second model call carried both outputs as tool messages, answering the right ids.
+    second = fake.requests_for("e2e-parallel")[-1]
+    tool_messages = {m["tool_call_id"]: m["content"] for m in second["messages"] if m["role"] == "tool"}
+    assert tool_messages == outputs
+    # The steps: one tool_calls step with both outputs, then the message.
+    steps = await parley.assistants.list_steps(result.run_id)
+    kinds = [s.WhichOneof("step_details") for s in steps]
+    assert kinds == ["tool_calls", "message_creation"]
+    recorded = {d.id: d.function.output for d in steps[0].tool_calls.tool_calls}
+    assert recorded == outputs
+    assert steps[1].message_creation.message_id
+    messages = [m async for m in parley.sessions.messages(result.session_id)]
+    assert messages[-1].content[0].text == result.text and messages[-1].run_id == result.run_id
+
+
+async def test_a_failing_callable_becomes_an_error_output_and_the_run_goes_on(e2e):
+    fake = e2e.fakes["openai"]
+    fake.script("e2e-failing", {"tool_calls": [("call_x", "explode", "{}")]}, {"text": "It failed, sorry."})
+    parley = await e2e.client("alice")
+
+    def explode() -> str:
+        """Always fails."""
+        raise RuntimeError("the function broke")
+
+    assistant = await parley.assistants.create("fails", model="openai/e2e-failing", tools=[explode])
+    result = await parley.assistants.run(assistant.id, "Try it", functions=[explode]).result()
+    assert result.status == RunStatus.COMPLETED
+    sent = [m for m in fake.requests_for("e2e-failing")[-1]["messages"] if m["role"] == "tool"]
+    assert json.loads(sent[0]["content"]) == {"error": "RuntimeError: the function broke"}
+
+
+async def test_a_cached_function_is_answered_without_stopping(e2e):
+    fake = e2e.fakes["openai"]
+    fake.script("e2e-cached",
+                {"tool_calls": [("call_1", "get_weather", '{"city": "Rome"}')]}, {"text": "27 in Rome."},
+                {"tool_calls": [("call_2", "get_weather", '{"city": "Rome"}')]}, {"text": "Still 27 in Rome."})
+    parley = await e2e.client("alice")
+    calls = []
+
+    def weather(city: str) -> dict:
+        calls.append(city)
+        return get_weather(city)
+
+    tool = function_tool(get_weather, cache_ttl=600)
+    assistant = await parley.assistants.create("cached", model="openai/e2e-cached", tools=[tool])
+    first = await parley.assistants.run(assistant.id, "Rome?", functions={"get_weather": weather}).result()
+    again = parley.assistants.run(assistant.id, "Rome again?", session_id=first.session_id,
+                                  functions={"get_weather": weather})
+    second = await again.result()
+    assert first.status == second.status == RunStatus.COMPLETED
+    assert calls == ["Rome"] and again.rounds == 0  # the second call came from the cache
+    steps = await parley.assistants.list_steps(second.run_id)
+    cached = [d for s in steps if s.WhichOneof("step_details") == "tool_calls" for d in s.tool_calls.tool_calls]
+    assert cached and cached[0].function.cached and json.loads(cached[0].function.output)["temperature"] == 27
+
+
+# ---- every vendor ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic", "mistral"])
+async def test_the_same_run_on_every_vendor_format(e2e, vendor):
+    name = f"e2e-same-{vendor}"
+    fake = e2e.fakes[vendor]
+    fake.script(name, {"tool_calls": [(f"call_{vendor}_1", "get_weather", '{"city": "Paris"}'),
+                                      (f"call_{vendor}_2", "get_weather", '{"city": "Rome"}')]},
+                {"text": "Paris 21, Rome 27."})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create(vendor, model=f"{vendor}/{name}", tools=[get_weather])
+    run = parley.assistants.run(assistant.id, "Paris and Rome?", functions=[get_weather])
+    result = await run.result()
+    assert result.status == RunStatus.COMPLETED, result.error
+    assert result.text == "Paris 21, Rome 27."
+    assert sorted(json.loads(c.output)["city"] for c in run.answered) == ["Paris", "Rome"]
+    assert len(fake.requests_for(name)) == 2  # the call, then the answer with both outputs
+
+
+# ---- file search -----------------------------------------------------------------------------
+
+
+REPORT_PAGES = [
+    "Parley quarterly report. Revenue grew in every region this quarter.",
+    "Refund policy. Customers may return any purchase within 45 days for a full refund, no questions asked.",
+]
+
+
+async def test_file_search_answers_with_a_citation_of_file_page_and_quote(e2e, tmp_path):
+    parley = await e2e.client("alice")
+    path = tmp_path / "report.pdf"
+    path.write_bytes(pdf(REPORT_PAGES))
+    uploaded = await parley.files.upload(path)
+    store = await e2e.vector_store(parley, "reports", [uploaded.id])
+    fake = e2e.fakes["openai"]
+    fake.script("e2e-search",
+                {"tool_calls": [("call_search", "file_search", '{"query": "refund policy days"}')]},
+                {"text": e2e.cite("Refunds are accepted within 45 days", 0) + "."})
+    assistant = await parley.assistants.create("reader", model="openai/e2e-search", tools=[file_search_tool()],
+                                               vector_store_ids=[store])
+    stream = parley.assistants.stream_run(assistant.id, "How long do I have to return a purchase?")
+    result = await stream.result()
+    assert result.status == RunStatus.COMPLETED, result.error
+    assert "45 days" in result.text
+    citation = result.citations[0]
+    assert citation.filename == "report.pdf" and citation.file_id == uploaded.id
+    assert citation.page == 2
+    assert "within 45 days for a full refund" in citation.quote
+    marked = result.text[citation.start_index:citation.end_index]
+    assert marked == citation.marker
+    # The search step records the query and the results the model saw.
+    steps = await parley.assistants.list_steps(result.run_id)
+    search = next(d for s in steps if s.WhichOneof("step_details") == "tool_calls" for d in s.tool_calls.tool_calls)
+    assert search.file_search.query == "refund policy days"
+    assert search.file_search.results[0].filename == "report.pdf" and search.file_search.results[0].page == 2
+    # The results reached the model's prompt.
+    prompt = json.dumps(fake.requests_for("e2e-search")[-1]["messages"])
+    assert "within 45 days for a full refund" in prompt
+
+
+# ---- streams that outlive their client and their replica ------------------------------------
+
+
+async def test_a_client_that_disconnects_resumes_on_another_replica_exactly_once(e2e):
+    text = "".join(f"word{i} " for i in range(80))
+    e2e.fakes["openai"].script("e2e-resume", {"text": text})
+    parley = await e2e.client("alice")
+    on_b = await e2e.client_b("alice")
+    assistant = await parley.assistants.create("resume", model="openai/e2e-resume")
+    stream = parley.assistants.stream_run(assistant.id, "Say many words")
+    seen = []
+    async for event in stream:
+        seen.append(event)
+        if isinstance(event, TextDelta) and len([e for e in seen if isinstance(e, TextDelta)]) >= 3:
+            break
+    stream.cancel()  # the client goes away mid-run; the run goes on
+    resumed = on_b.assistants.watch_run(stream.run_id, after_sequence=seen[-1].sequence)
+    rest = [event async for event in resumed]
+    every = seen + rest
+    assert sequences(every) == list(range(1, len(every) + 1))  # each event once, in order, none lost
+    assert isinstance(every[-1], RunDone) and every[-1].status == RunStatus.COMPLETED
+    assert "".join(e.text for e in every if isinstance(e, TextDelta)) == text
+    # A replay from the start on B is the same log.
+    replay = [event async for event in on_b.assistants.watch_run(stream.run_id)]
+    assert [(e.sequence, type(e)) for e in replay] == [(e.sequence, type(e)) for e in every]
+
+
+async def test_a_run_started_on_a_is_watched_live_from_b(e2e):
+    e2e.fakes["openai"].script("e2e-live", {"text": "".join(f"live{i} " for i in range(100))})
+    parley = await e2e.client("alice")
+    on_b = await e2e.client_b("alice")
+    assistant = await parley.assistants.create("live", model="openai/e2e-live")
+    stream = parley.assistants.stream_run(assistant.id, "Stream")
+    first = await anext(aiter(stream))
+    watch = on_b.assistants.watch_run(first.run_id)
+    watched = []
+    live_while_running = False
+    async for event in watch:
+        watched.append(event)
+        if isinstance(event, TextDelta) and not live_while_running:
+            live_while_running = (await parley.assistants.get_run(first.run_id)).status == RunStatus.IN_PROGRESS
+    streamed = [first] + [event async for event in stream]
+    assert live_while_running  # B's tail delivered text while the run was still going on A
+    assert [(e.sequence, type(e)) for e in watched] == [(e.sequence, type(e)) for e in streamed]
+    assert watch.text == stream.text
+
+
+# ---- cancel and busy sessions ----------------------------------------------------------------
+
+
+async def test_cancel_mid_stream_closes_the_vendor_request_and_keeps_the_partial_text(e2e):
+    fake = e2e.fakes["openai"]
+    fake.script("e2e-cancel", {"text": "partial ", "endless": True})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create("cancel", model="openai/e2e-cancel")
+    stream = parley.assistants.stream_run(assistant.id, "Go on forever")
+    events = []
+    async for event in stream:
+        events.append(event)
+        if isinstance(event, TextDelta) and sum(isinstance(e, TextDelta) for e in events) == 2:
+            cancelling = await parley.assistants.cancel_run(event.run_id)
+            assert cancelling.status in (RunStatus.CANCELLING, RunStatus.CANCELLED)
+    assert isinstance(events[-1], RunDone) and events[-1].status == RunStatus.CANCELLED
+    await wait_for(lambda: "e2e-cancel" in fake.disconnects, "the vendor to see its request closed")
+    run = await parley.assistants.get_run(stream.run_id)
+    assert run.status == RunStatus.CANCELLED and run.cancel_time.seconds
+    messages = [m async for m in parley.sessions.messages(run.session_id)]
+    assert messages[-1].role == 2 and messages[-1].content[0].text.startswith("partial ")  # kept, incomplete
+    # Cancelling a run that has ended otherwise is refused, and changes nothing.
+    ended = await _ended_run(parley, e2e)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await parley.assistants.cancel_run(ended.id)
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION and details.reason == "RUN_ENDED"
+    assert (await parley.assistants.get_run(ended.id)).status == RunStatus.COMPLETED
+
+
+async def _ended_run(parley, e2e):
+    e2e.fakes["openai"].script("e2e-ended", {"text": "done"})
+    assistant = await parley.assistants.create("ended", model="openai/e2e-ended")
+    result = await parley.assistants.stream_run(assistant.id, "hi").result()
+    assert result.status == RunStatus.COMPLETED
+    return await parley.assistants.get_run(result.run_id)
+
+
+async def _busy_session(parley, e2e, name: str):
+    """A session whose run is streaming endlessly: (assistant, the active run's stream, its first event)."""
+    e2e.fakes["openai"].script(name, {"text": "busy ", "endless": True}, {"text": f"after {name}"})
+    assistant = await parley.assistants.create(name, model=f"openai/{name}")
+    active = parley.assistants.stream_run(assistant.id, "keep going")
+    async for event in active:
+        if isinstance(event, TextDelta):
+            return assistant, active, event
+    raise AssertionError("the active run never streamed")
+
+
+async def test_busy_session_reject(e2e):
+    parley = await e2e.client("alice")
+    assistant, active, first = await _busy_session(parley, e2e, "e2e-busy-reject")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await parley.assistants.create_run(assistant.id, "me too", session_id=active.session_id,
+                                           busy_session="reject")
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION and details.reason == "SESSION_BUSY"
+    runs = await parley.assistants.list_runs(active.session_id)
+    assert [r.id for r in runs.runs] == [first.run_id]  # nothing stored for the refused run
+    await parley.assistants.cancel_run(first.run_id)
+    assert (await active.result()).status == RunStatus.CANCELLED
+
+
+async def test_busy_session_queue_waits_behind_the_active_run_in_order(e2e):
+    parley = await e2e.client("alice")
+    assistant, active, first = await _busy_session(parley, e2e, "e2e-busy-queue")
+    queued = await parley.assistants.create_run(assistant.id, "after you", session_id=active.session_id)
+    assert queued.status == RunStatus.QUEUED and queued.busy_session_strategy == \
+        assistants_pb2.BUSY_SESSION_STRATEGY_QUEUE  # the default
+    await asyncio.sleep(0.5)
+    assert (await parley.assistants.get_run(queued.id)).status == RunStatus.QUEUED  # still behind the active one
+    await parley.assistants.cancel_run(first.run_id)
+    assert (await active.result()).status == RunStatus.CANCELLED
+    result = await parley.assistants.watch_run(queued.id).result()
+    assert result.status == RunStatus.COMPLETED and result.text == "after e2e-busy-queue"
+    first_run = await parley.assistants.get_run(first.run_id)
+    second_run = await parley.assistants.get_run(queued.id)
+    assert second_run.start_time.ToNanoseconds() >= first_run.cancel_time.ToNanoseconds()
+
+
+async def test_busy_session_cancel_active_interrupts_then_starts(e2e):
+    parley = await e2e.client("alice")
+    assistant, active, first = await _busy_session(parley, e2e, "e2e-busy-interrupt")
+    second = parley.assistants.stream_run(assistant.id, "stop that", session_id=active.session_id,
+                                          busy_session="cancel_active")
+    result = await second.result()
+    assert result.status == RunStatus.COMPLETED and result.text == "after e2e-busy-interrupt"
+    assert (await active.result()).status == RunStatus.CANCELLED
+    assert (await parley.assistants.get_run(first.run_id)).status == RunStatus.CANCELLED
+
+
+# ---- expiry, limits, templates ---------------------------------------------------------------
+
+
+async def test_an_unanswered_action_expires(e2e):
+    e2e.fakes["openai"].script("e2e-expire", {"tool_calls": [("call_late", "get_weather", '{"city": "Rome"}')]})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create("expire", model="openai/e2e-expire", tools=[get_weather])
+    stream = parley.assistants.stream_run(assistant.id, "Rome?")
+    await stream.result()
+    assert stream.status == RunStatus.REQUIRES_ACTION
+    assert [c.id for c in stream.required_tool_calls] == ["call_late"]
+    watched = await parley.assistants.watch_run(stream.run_id, after_sequence=stream.last_sequence).result()
+    assert watched.status == RunStatus.EXPIRED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await parley.assistants.submit_tool_outputs(stream.run_id, {"call_late": "too late"}).result()
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION and details.reason == "RUN_NOT_REQUIRES_ACTION"
+    assert (await parley.assistants.get_run(stream.run_id)).status == RunStatus.EXPIRED
+
+
+async def test_completion_token_limit_ends_incomplete(e2e):
+    e2e.fakes["openai"].script("e2e-limit", {"text": "A long answer that goes on.", "usage": (20, 40, 0),
+                                             "finish": "length"})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create("limited", model="openai/e2e-limit")
+    result = await parley.assistants.stream_run(assistant.id, "Tell me everything",
+                                                max_completion_tokens=16).result()
+    assert result.status == RunStatus.INCOMPLETE
+    assert result.incomplete_reason == "max_completion_tokens"
+    assert fake_max_tokens(e2e.fakes["openai"].requests_for("e2e-limit")[-1]) <= 16
+
+
+def fake_max_tokens(body: dict) -> int:
+    return body.get("max_completion_tokens") or body.get("max_tokens") or 0
+
+
+async def test_prompt_token_limit_across_model_calls_ends_incomplete(e2e):
+    e2e.fakes["openai"].script("e2e-prompt-limit",
+                               {"tool_calls": [("call_p", "get_weather", '{"city": "Paris"}')], "usage": (300, 5, 0)},
+                               {"text": "never reached"})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create("prompt-limited", model="openai/e2e-prompt-limit",
+                                               tools=[get_weather])
+    result = await parley.assistants.run(assistant.id, "Paris?", functions=[get_weather],
+                                         max_prompt_tokens=256).result()
+    assert result.status == RunStatus.INCOMPLETE and result.incomplete_reason == "max_prompt_tokens"
+    assert len(e2e.fakes["openai"].requests_for("e2e-prompt-limit")) == 1  # the second call was never made
+
+
+async def test_template_variables_fill_the_instructions(e2e):
+    fake = e2e.fakes["openai"]
+    fake.script("e2e-template", {"text": "Hello Ada."})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create(
+        "templated", model="openai/e2e-template",
+        instructions="You help {{customer_name}} with their {{plan}} plan.")
+    result = await parley.assistants.stream_run(assistant.id, "Hi", variables={"customer_name": "Ada",
+                                                                               "plan": "gold"}).result()
+    assert result.status == RunStatus.COMPLETED
+    system = fake.requests_for("e2e-template")[-1]["messages"][0]
+    assert system["role"] in ("system", "developer") and "You help Ada with their gold plan." in system["content"]
+    assert result.run.instructions == "You help Ada with their gold plan."
+    for variables, named in (({"customer_name": "Ada"}, "plan"),
+                             ({"customer_name": "Ada", "plan": "gold", "shoe_size": "42"}, "shoe_size")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await parley.assistants.create_run(assistant.id, "Hi", variables=variables)
+        details = error_details(caught.value)
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert named in details.message or any(named in f or named in d for f, d in details.field_violations.items())
+
+
+# ---- tool outputs that are wrong -------------------------------------------------------------
+
+
+async def test_bad_tool_outputs_are_refused_and_change_nothing(e2e):
+    e2e.fakes["openai"].script("e2e-bad-outputs",
+                               {"tool_calls": [("call_a", "get_weather", '{"city": "Paris"}'),
+                                               ("call_b", "get_weather", '{"city": "Rome"}')]},
+                               {"text": "Both answered."})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create("bad-outputs", model="openai/e2e-bad-outputs", tools=[get_weather])
+    stream = parley.assistants.stream_run(assistant.id, "Paris and Rome?")
+    await stream.result()
+    assert stream.status == RunStatus.REQUIRES_ACTION
+    stub = parley.assistants.stub
+    from parley.assistants.v1 import assistants_service_pb2 as api
+
+    def outputs(*pairs):
+        return api.SubmitToolOutputsRequest(run_id=stream.run_id, tool_outputs=[
+            api.ToolOutput(tool_call_id=i, output=o) for i, o in pairs])
+
+    cases = {
+        "missing": outputs(("call_a", "x")),
+        "unknown": outputs(("call_a", "x"), ("call_b", "y"), ("call_zzz", "z")),
+        "duplicate": outputs(("call_a", "x"), ("call_a", "x2"), ("call_b", "y")),
+        "oversize": outputs(("call_a", "x" * (512 * 1024 + 1)), ("call_b", "y")),
+    }
+    for case, request in cases.items():
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stub.SubmitToolOutputs(request):
+                pass
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+        run = await parley.assistants.get_run(stream.run_id)
+        assert run.status == RunStatus.REQUIRES_ACTION, case  # nothing changed
+    result = await parley.assistants.submit_tool_outputs(stream.run_id, {"call_a": "21", "call_b": "27"}).result()
+    assert result.status == RunStatus.COMPLETED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # a second submit
+        await parley.assistants.submit_tool_outputs(stream.run_id, {"call_a": "21", "call_b": "27"}).result()
+    assert error_details(caught.value).reason == "RUN_NOT_REQUIRES_ACTION"
+
+
+# ---- isolation -------------------------------------------------------------------------------
+
+
+async def test_another_user_sees_nothing_of_assistants_runs_and_steps(e2e):
+    e2e.fakes["openai"].script("e2e-isolated", {"tool_calls": [("call_iso", "get_weather", '{"city": "Rome"}')]})
+    alice = await e2e.client("alice")
+    bob = await e2e.client("bob")
+    assistant = await alice.assistants.create("private", model="openai/e2e-isolated", tools=[get_weather])
+    stream = alice.assistants.stream_run(assistant.id, "Rome?")
+    await stream.result()
+    assert stream.status == RunStatus.REQUIRES_ACTION
+    run_id, session_id = stream.run_id, stream.session_id
+
+    async def not_found(call):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+
+    await not_found(bob.assistants.get(assistant.id))
+    await not_found(bob.assistants.update(assistant.id, name="mine now"))
+    await not_found(bob.assistants.delete(assistant.id))
+    await not_found(bob.assistants.create_run(assistant.id, "use it"))
+    await not_found(bob.assistants.get_run(run_id))
+    await not_found(bob.assistants.list_steps(run_id))
+    await not_found(bob.assistants.list_runs(session_id))
+    await not_found(bob.assistants.cancel_run(run_id))
+    await not_found(bob.assistants.watch_run(run_id).result())
+    await not_found(bob.assistants.submit_tool_outputs(run_id, {"call_iso": "stolen"}).result())
+    assert assistant.id not in [a.id async for a in bob.assistants.all()]
+    # Alice's run is untouched by all of that.
+    assert (await alice.assistants.get_run(run_id)).status == RunStatus.REQUIRES_ACTION
+    await alice.assistants.cancel_run(run_id)
+
+
+# ---- assistants CRUD -------------------------------------------------------------------------
+
+
+async def test_assistants_crud_and_validation(e2e):
+    parley = await e2e.client("carol")
+    created = await parley.assistants.create("crud", model="openai/e2e-crud", instructions="Be kind.",
+                                             tools=[get_weather], metadata={"team": "support"}, temperature=0.3)
+    assert created.tools[0].function.name == "get_weather"
+    assert created.tools[0].function.parameters["required"] == ["city"]
+    updated = await parley.assistants.update(created.id, instructions="Be brief.", metadata={"team": "sales"})
+    assert updated.instructions == "Be brief." and updated.metadata["team"] == "sales"
+    assert updated.name == "crud" and updated.temperature == pytest.approx(0.3)  # untouched fields kept
+    assert (await parley.assistants.get(created.id)).instructions == "Be brief."
+    assert created.id in [a.id async for a in parley.assistants.all()]
+    for bad, code in (
+        (dict(model="nope/never"), (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)),
+        (dict(model="openai/e2e-crud", tools=[function_tool("twice"), function_tool("twice")]),
+         (grpc.StatusCode.INVALID_ARGUMENT,)),
+        (dict(model="openai/e2e-crud", tools=[function_tool(f"f{i}") for i in range(129)]),
+         (grpc.StatusCode.INVALID_ARGUMENT,)),
+        (dict(model="openai/e2e-crud", tools=[function_tool("arr", parameters={"type": "array"})]),
+         (grpc.StatusCode.INVALID_ARGUMENT,)),
+        (dict(model="openai/e2e-crud", tools=[file_search_tool()], vector_store_ids=["vs_not_mine"]),
+         (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await parley.assistants.create("bad", **bad)
+        assert caught.value.code() in code, (bad, caught.value.details())
+    await parley.assistants.delete(created.id)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await parley.assistants.get(created.id)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ---- typed events ----------------------------------------------------------------------------
+
+
+async def test_typed_events_come_in_the_order_assistants_clients_expect(e2e):
+    e2e.fakes["openai"].script("e2e-order", {"text": "In order, please."})
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create("order", model="openai/e2e-order")
+    events = [event async for event in parley.assistants.stream_run(assistant.id, "Order?")]
+    statuses = [e.status for e in events if isinstance(e, RunStatusChanged)]
+    assert statuses[0] == RunStatus.QUEUED and RunStatus.IN_PROGRESS in statuses and statuses[-1] == \
+        RunStatus.COMPLETED
+    step_at = next(i for i, e in enumerate(events) if isinstance(e, StepCreated))
+    first_delta = next(i for i, e in enumerate(events) if isinstance(e, TextDelta))
+    message_at = next(i for i, e in enumerate(events) if isinstance(e, MessageCreated))
+    assert step_at < first_delta < message_at  # the step before its deltas, the message once whole
+    assert events[message_at].text == "In order, please."
+    assert isinstance(events[-1], RunDone) and events[-1].usage.total_tokens > 0
+    assert sequences(events) == list(range(1, len(events) + 1))
+
+
+# ---- the stack -------------------------------------------------------------------------------
+
+
+class Stack:
+    """Handles on the running stack: the fakes, a client per user through gateway A (engine A)
+    or gateway B (engine B), and the engine processes."""
+
+    def __init__(self, fakes, gateway_a, gateway_b, keys, engines) -> None:
+        self.fakes = fakes
+        self.gateway_a, self.gateway_b = gateway_a, gateway_b
+        self._keys = keys
+        self.engines = engines
+        self._secrets: dict[str, str] = {}
+        self._clients: list[ParleyClient] = []
+
+    async def secret(self, user: str) -> str:
+        if user not in self._secrets:
+            from services.gateway.models import NewApiKey, Principal, RateLimits
+
+            _, secret = await self._keys.create(Principal(user, frozenset({"admin"}), "test"),
+                                                NewApiKey("e2e", ("admin",), None, RateLimits(), False))
+            self._secrets[user] = secret
+        return self._secrets[user]
+
+    async def _client(self, user: str, port: int) -> ParleyClient:
+        client = ParleyClient(f"127.0.0.1:{port}", await self.secret(user), timeout=WAIT)
+        self._clients.append(client)
+        return client
+
+    async def client(self, user: str) -> ParleyClient:
+        return await self._client(user, self.gateway_a.port)
+
+    async def client_b(self, user: str) -> ParleyClient:
+        return await self._client(user, self.gateway_b.port)
+
+    async def vector_store(self, parley: ParleyClient, name: str, file_ids: list[str]) -> str:
+        """A vector store holding `file_ids`, once every one of them is searchable."""
+        from parley.files.v1 import files_pb2
+        from parley.files.v1 import files_service_pb2 as fapi
+
+        stub = parley.files.stub
+        store = await stub.CreateVectorStore(fapi.CreateVectorStoreRequest(name=name, file_ids=file_ids))
+
+        async def ready():
+            page = await stub.ListVectorStoreFiles(fapi.ListVectorStoreFilesRequest(vector_store_id=store.id))
+            statuses = {f.id: f.status for f in page.vector_store_files}
+            assert files_pb2.VECTOR_STORE_FILE_STATUS_FAILED not in statuses.values(), page
+            return len(statuses) == len(file_ids) and \
+                set(statuses.values()) == {files_pb2.VECTOR_STORE_FILE_STATUS_COMPLETED}
+
+        await wait_for(ready, "the uploaded files to be indexed", timeout=180)
+        return store.id
+
+    @staticmethod
+    def cite(text: str, result_index: int) -> str:
+        """Model text citing the `result_index`-th file_search result, in the engine's marker format."""
+        return f"{text} 【{result_index}†source】"
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+
+@pytest.fixture(scope="module")
+async def e2e(vector_server_url, identity_private_key, identity_public_key, tmp_path_factory):
+    from services.files.app import FilesSettings
+    from services.files.app import build_app as build_files_app
+    from services.sessions.app import SessionsSettings
+    from services.sessions.app import build_app as build_sessions_app
+    from tests.conftest import fresh_database, serve_app
+    from tests.gateway.conftest import gateway_settings, spawn, start_gateway, stop, wait_serving
+    from tests.llm.conftest import llm_settings, start_llm, vendor_environment
+    from tests.llm.fakes import FakeVendor
+
+    fakes = {name: await FakeVendor(name).start() for name in ("openai", "anthropic", "mistral")}
+    directory = tmp_path_factory.mktemp("e2e")
+    private, public = directory / "identity.pem", directory / "identity.pub.pem"
+    private.write_bytes(identity_private_key)
+    public.write_bytes(identity_public_key)
+    engines, servers = [], []
+    async with fresh_database(vector_server_url, "parley_e2e") as admin_url:
+        try:
+            with vendor_environment(fakes):
+                _, llm = await start_llm(llm_settings(admin_url), identity_public_key)
+            servers.append(llm)
+            sessions = await serve_app(await build_sessions_app(SessionsSettings(
+                admin_url=admin_url, database_url=None, role_password=None, pool_size=10,
+                max_message_bytes=1024 * 1024, retention_days=0.0, retention_interval_seconds=3600.0)),
+                "sessions", identity_public_key)
+            servers.append(sessions)
+            files = await serve_app(await build_files_app(FilesSettings(
+                admin_url=admin_url, database_url=None, role_password=None, pool_size=4,
+                storage_dir=directory / "files", llm_target=f"127.0.0.1:{llm.port}",
+                identity_private_key=identity_private_key)), "files", identity_public_key)
+            servers.append(files)
+            targets = {"PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}",
+                       "PARLEY_SESSIONS_TARGET": f"127.0.0.1:{sessions.port}",
+                       "PARLEY_FILES_TARGET": f"127.0.0.1:{files.port}", "PARLEY_SANDBOX_TARGET": "none"}
+            for name in ("a", "b"):
+                port = free_port()
+                env = {**targets, "PARLEY_ASSISTANTS_PORT": str(port), "PARLEY_DATABASE_URL": admin_url,
+                       "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(private),
+                       "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(public), "PARLEY_STATE_DIR": str(directory),
+                       "PARLEY_ASSISTANTS_REPLICA_ID": f"engine-{name}", "PARLEY_ASSISTANTS_LEASE_SECONDS": "3",
+                       "PARLEY_ASSISTANTS_CLAIM_INTERVAL_SECONDS": "0.2",
+                       "PARLEY_ASSISTANTS_ACTION_TIMEOUT_SECONDS": "4", "PARLEY_SHUTDOWN_GRACE_SECONDS": "1",
+                       "PARLEY_LOG_LEVEL": "INFO"}
+                process = spawn("services.assistants", env, directory, f"engine-{name}")
+                process.port = port
+                engines.append(process)
+            for process in engines:
+                await wait_serving(process.port, process)
+            gateways = []
+            for process in engines:
+                gateways.append(await start_gateway(gateway_settings(
+                    admin_url, identity_private_key,
+                    targets={"llm": f"127.0.0.1:{llm.port}", "sessions": f"127.0.0.1:{sessions.port}",
+                             "files": f"127.0.0.1:{files.port}", "assistants": f"127.0.0.1:{process.port}"})))
+            servers.extend(gateways)
+            stack = Stack(fakes, gateways[0], gateways[1], gateways[0].app.gate.keys, engines)
+            yield stack
+            await stack.close()
+        finally:
+            for running in reversed(servers):
+                await running.stop(0.5)
+            for process in engines:
+                await asyncio.to_thread(stop, process)
+            for fake in fakes.values():
+                await fake.stop()
