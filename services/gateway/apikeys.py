@@ -80,6 +80,8 @@ class KeyPolicy:
     default_limits: RateLimits
     cache_seconds: float = 10.0
     last_used_flush_seconds: float = 15.0
+    # A key's last-used time is written at most this often.
+    last_used_resolution_seconds: float = LAST_USED_RESOLUTION
 
 
 def _unauthenticated(message: str, reason: str) -> errors.Unauthenticated:
@@ -298,9 +300,20 @@ class ApiKeys:
 
     def note_use(self, key_id: uuid.UUID) -> None:
         now = time.monotonic()
-        if now - self._last_written.get(key_id, -LAST_USED_RESOLUTION) >= LAST_USED_RESOLUTION:
+        resolution = self._policy.last_used_resolution_seconds
+        if now - self._last_written.get(key_id, -resolution) >= resolution:
             self._last_written[key_id] = now
             self._pending_use[key_id] = utcnow()
+
+    def tracked_uses(self) -> int:
+        """How many keys' recent writes of a last-used time this replica remembers."""
+        return len(self._last_written)
+
+    def _forget_old_uses(self) -> None:
+        """Keys not written within the resolution need no entry: their next use writes anyway.
+        Without this the map would hold every key ever used on this replica."""
+        cutoff = time.monotonic() - self._policy.last_used_resolution_seconds
+        self._last_written = {k: t for k, t in self._last_written.items() if t > cutoff}
 
     async def flush_last_used(self) -> None:
         if not self._pending_use:
@@ -318,6 +331,7 @@ class ApiKeys:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self._policy.last_used_flush_seconds)
+            self._forget_old_uses()
             await self.flush_last_used()
 
     async def aclose(self) -> None:

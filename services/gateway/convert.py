@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from parley.gateway.v1 import gateway_pb2 as pb
 from parley.gateway.v1 import gateway_service_pb2 as api
 from services.gateway.models import MAX_KEY_LIFETIME, ApiKey, NewApiKey, RateLimits
 from services.runtime import errors
-
-# The ranges google/protobuf/timestamp.proto and duration.proto define; values outside them
-# (or with nanos of the wrong sign) are not timestamps or durations at all.
-_TIMESTAMP_MIN_SECONDS, _TIMESTAMP_MAX_SECONDS = -62135596800, 253402300799
-_DURATION_MAX_SECONDS = 315576000000
-_NANOS_MAX = 999_999_999
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def timestamp_to_datetime(value: Timestamp, field: str) -> datetime:
-    """An aware UTC datetime, or INVALID_ARGUMENT naming `field` for an invalid timestamp."""
-    if not _TIMESTAMP_MIN_SECONDS <= value.seconds <= _TIMESTAMP_MAX_SECONDS or not 0 <= value.nanos <= _NANOS_MAX:
-        raise errors.InvalidArgument.for_field(field, "is not a valid timestamp", reason="INVALID_TIMESTAMP")
-    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
-
-
-def duration_to_timedelta(value: Duration, field: str) -> timedelta:
-    """A timedelta, or INVALID_ARGUMENT naming `field` for an invalid duration."""
-    seconds, nanos = value.seconds, value.nanos
-    if abs(seconds) > _DURATION_MAX_SECONDS or abs(nanos) > _NANOS_MAX or (seconds and nanos and (seconds < 0) != (nanos < 0)):
-        raise errors.InvalidArgument.for_field(field, "is not a valid duration", reason="INVALID_DURATION")
-    return timedelta(seconds=seconds, microseconds=int(nanos / 1000))
+from services.runtime.validation import duration_to_timedelta, timestamp_to_datetime
 
 SCOPE_TO_NAME = {
     pb.SCOPE_LLM: "llm",
@@ -88,11 +66,9 @@ def new_api_key(request: api.CreateApiKeyRequest, now: datetime) -> NewApiKey:
     if which == "expire_time":
         expire_time = timestamp_to_datetime(request.expire_time, "expire_time")
     elif which == "ttl":
-        ttl = duration_to_timedelta(request.ttl, "ttl")
+        ttl = duration_to_timedelta(request.ttl, "ttl", maximum=MAX_KEY_LIFETIME)
         if ttl <= timedelta(0):
             raise errors.InvalidArgument.for_field("ttl", "must be positive")
-        if ttl > MAX_KEY_LIFETIME:
-            raise errors.InvalidArgument.for_field("ttl", f"must be at most {MAX_KEY_LIFETIME.days} days")
         expire_time = now + ttl
     limits = request.rate_limits
     return NewApiKey(

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError
 
 from parley.gateway.v1 import gateway_service_pb2 as api
 from parley.gateway.v1 import gateway_service_pb2_grpc as api_grpc
 from services.gateway import convert
-from services.gateway.apikeys import utcnow
+from services.gateway.apikeys import MAX_GRACE, utcnow
 from services.gateway.gate import Gate
 from services.gateway.models import Principal
 from services.runtime import errors
+from services.runtime.validation import duration_to_timedelta
 
 
 class ApiKeyServicer(api_grpc.ApiKeyServiceServicer):
@@ -55,35 +57,45 @@ class ApiKeyServicer(api_grpc.ApiKeyServiceServicer):
 
     async def RotateApiKey(self, request, context):
         caller = await self._caller(context)
-        grace = convert.duration_to_timedelta(request.grace_period, "grace_period") \
+        grace = duration_to_timedelta(request.grace_period, "grace_period", maximum=MAX_GRACE) \
             if request.HasField("grace_period") else None
         key, secret = await self._keys.rotate(caller, request.api_key_id, grace)
         return api.RotateApiKeyResponse(api_key=convert.api_key_to_proto(key, utcnow()), secret=secret)
 
 
-def _decoding(behaviour, request_class):
-    """`behaviour` fed the request decoded here rather than by grpc, whose failed decode
-    answers UNKNOWN naming the exception: a malformed request is the caller's error."""
+def _lenient(request_class):
+    """A request deserializer that never raises: grpc answers a failed decode with UNKNOWN
+    naming the exception class, so bytes that are no `request_class` become an `Empty`,
+    which the servicer refuses as the caller's error (and interceptors can still inspect)."""
 
-    async def handle(request: bytes, context):
+    def deserialize(data: bytes):
         try:
-            message = request_class.FromString(request)
+            return request_class.FromString(data)
         except DecodeError:
+            return Empty()
+
+    return deserialize
+
+
+def _decoded(behaviour, request_class):
+    async def handle(request, context):
+        if not isinstance(request, request_class):
             raise errors.InvalidArgument(f"the request is not a valid {request_class.DESCRIPTOR.full_name}",
-                                         reason="REQUEST_MALFORMED") from None
-        return await behaviour(message, context)
+                                         reason="REQUEST_MALFORMED")
+        return await behaviour(request, context)
 
     return handle
 
 
 def api_key_handler(servicer: ApiKeyServicer) -> grpc.GenericRpcHandler:
-    """ApiKeyService's methods (all unary), decoding their own requests."""
+    """ApiKeyService's methods (all unary), refusing malformed requests like the proxy does."""
     service = api.DESCRIPTOR.services_by_name["ApiKeyService"]
     handlers = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _decoding(getattr(servicer, method.name), request_class),
+            _decoded(getattr(servicer, method.name), request_class),
+            request_deserializer=_lenient(request_class),
             response_serializer=lambda response: response.SerializeToString(),
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -115,3 +115,31 @@ async def test_malformed_request_bytes_are_invalid_argument_without_internals(gw
     assert (code, reason) == (INVALID, "REQUEST_MALFORMED")
     details = caught.value.details()
     assert "Error" not in details and "Exception" not in details and "Traceback" not in details
+
+
+async def test_last_used_bookkeeping_forgets_keys_not_used_lately(gateway):
+    """One entry per key ever used would grow without bound on a long-running replica."""
+    import asyncio
+    import uuid
+
+    from services.gateway.apikeys import ApiKeys, KeyPolicy
+    from services.gateway.models import RateLimits
+
+    keys = ApiKeys(gateway.app.db, KeyPolicy(default_limits=RateLimits(), last_used_flush_seconds=0.05,
+                                             last_used_resolution_seconds=0.2))
+    keys.start()
+    try:
+        for _ in range(1000):
+            keys.note_use(uuid.uuid4())
+        assert keys.tracked_uses() == 1000
+        for _ in range(200):
+            if keys.tracked_uses() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert keys.tracked_uses() == 0
+        # A key used again is remembered again.
+        again = uuid.uuid4()
+        keys.note_use(again)
+        assert keys.tracked_uses() == 1
+    finally:
+        await keys.aclose()
