@@ -18,7 +18,7 @@ from services.gateway.gate import Gate
 from services.gateway.jwt_auth import JwtSettings, JwtVerifier
 from services.gateway.key_events import RedisKeyEvents
 from services.gateway.models import RateLimits
-from services.gateway.proxy import Backend, Proxy
+from services.gateway.proxy import DEFAULT_MAX_DEADLINE_SECONDS, Backend, Proxy
 from services.gateway.ratelimit import MemoryLimiter, RedisLimiter
 from services.gateway.routes import BACKENDS, backend_service, build_routes, service_names
 from services.gateway.servicer import ApiKeyServicer, api_key_handler
@@ -63,6 +63,8 @@ class GatewaySettings:
     max_message_bytes: int
     health_interval_seconds: float = 5.0
     redis_prefix: str = "parley:rl:"
+    # The longest deadline a backend call gets; also what calls without one get.
+    max_deadline_seconds: float = DEFAULT_MAX_DEADLINE_SECONDS
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -110,6 +112,8 @@ class GatewaySettings:
             max_message_bytes=env_int("PARLEY_MAX_GRPC_MESSAGE_BYTES", 64 * 1024 * 1024, minimum=1024),
             health_interval_seconds=env_float("PARLEY_GATEWAY_HEALTH_INTERVAL_SECONDS", 5.0, minimum=0.1),
             redis_prefix=env_str("PARLEY_GATEWAY_REDIS_PREFIX", "parley:rl:"),
+            max_deadline_seconds=env_float("PARLEY_GATEWAY_MAX_DEADLINE_SECONDS", DEFAULT_MAX_DEADLINE_SECONDS,
+                                           minimum=1),
         )
 
 
@@ -137,7 +141,8 @@ class GatewayApp:
         self._monitor: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((Proxy(self.routes, self.backends, self.gate),))
+        server.add_generic_rpc_handlers(
+            (Proxy(self.routes, self.backends, self.gate, self.settings.max_deadline_seconds),))
         server.add_generic_rpc_handlers((api_key_handler(ApiKeyServicer(self.gate)),))
 
     async def on_health(self, health) -> None:

@@ -18,15 +18,18 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
+from grpc._cython import cygrpc
 from grpc.aio import EOF, AbortError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
 
+from parley.files.v1.files_service_pb2 import GetFileRequest
 from parley.llm.v1 import llm_service_pb2
 from services.gateway.gate import Gate
 from services.gateway.hygiene import control_character_violations, redact_prompt
 from services.gateway.models import Principal
+from services.gateway.ownership import MAX_FILES_PER_REQUEST, FileReferences, malformed, not_yours, too_many_files
 from services.gateway.routes import PROMPT_METHODS, USAGE_METHODS, Route
 from services.runtime import errors
 from services.runtime.identity import METADATA_KEY
@@ -38,6 +41,13 @@ REQUEST_ID_KEY = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _DETAILS_KEY = "grpc-status-details-bin"
 _TRACE_KEYS = ("traceparent", "tracestate", "baggage")
+GET_FILE = "/parley.files.v1.FileService/GetFile"
+# Backend calls never go out without a deadline: the caller's, or this at most.
+DEFAULT_MAX_DEADLINE_SECONDS = 3600.0
+# First messages larger than this are inspected on a worker thread.
+INSPECT_INLINE_BYTES = 256 * 1024
+# How much of a refused upload the gateway reads (and drops) before answering anyway.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -71,9 +81,7 @@ class Backend:
             if self.channel is None:
                 raise errors.Unavailable(f"the {self.name} service is not configured on this gateway",
                                          reason="BACKEND_NOT_CONFIGURED", metadata={"backend": self.name})
-            if route.client_streaming and route.server_streaming:
-                found = self.channel.stream_stream(route.path)
-            elif route.client_streaming:
+            if route.client_streaming:
                 found = self.channel.stream_unary(route.path)
             elif route.server_streaming:
                 found = self.channel.unary_stream(route.path)
@@ -125,20 +133,30 @@ class Proxy(grpc.GenericRpcHandler):
     app lists their prefixes as self-managed), because the shared interceptors would add a
     wrapper per streamed message; the mapping is the same `to_grpc_status`."""
 
-    def __init__(self, routes: Mapping[str, Route], backends: Mapping[str, Backend], gate: Gate) -> None:
+    def __init__(self, routes: Mapping[str, Route], backends: Mapping[str, Backend], gate: Gate,
+                 max_deadline_seconds: float = DEFAULT_MAX_DEADLINE_SECONDS) -> None:
         self._gate = gate
         self._backends = backends
+        self._routes = routes
+        self._max_deadline = max_deadline_seconds
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        # Requests that may name files of the caller's (checked before forwarding); the
+        # files service checks its own.
+        self._file_references: dict[str, FileReferences] = {}
         for path, route in routes.items():
             if route.client_streaming and route.server_streaming:
-                handler = grpc.stream_stream_rpc_method_handler(self._bidi(route))
-            elif route.client_streaming:
+                # No contract has one; forwarding it needs a handler written (and tested) for it.
+                raise ValueError(f"{path} is bidirectional: the gateway does not forward such methods")
+            if route.client_streaming:
                 handler = grpc.stream_unary_rpc_method_handler(self._client_streaming(route))
             elif route.server_streaming:
                 handler = grpc.unary_stream_rpc_method_handler(self._server_streaming(route))
             else:
                 handler = grpc.unary_unary_rpc_method_handler(self._unary(route))
             self._handlers[path] = handler
+            references = FileReferences(route.request_class.DESCRIPTOR)
+            if references and route.backend != "files":
+                self._file_references[path] = references
 
     def service(self, handler_call_details):
         return self._handlers.get(handler_call_details.method)
@@ -185,15 +203,24 @@ class Proxy(grpc.GenericRpcHandler):
             metadata.extend(trace_headers.items())
         return principal, metadata, span
 
-    def _inspect(self, route: Route, principal: Principal, request: bytes, index: int = 0) -> bytes:
-        """Size limit, control characters and the PII policy; the request to forward."""
+    def _timeout(self, context) -> float:
+        """The caller's remaining time, capped: no backend call goes out without a deadline."""
+        remaining = context.time_remaining()
+        if remaining is None or remaining > self._max_deadline:
+            return self._max_deadline
+        return remaining
+
+    def _inspect(self, route: Route, principal: Principal, request: bytes, index: int = 0
+                 ) -> tuple[bytes, Message | None]:
+        """Size limit, control characters and the PII policy: the request to forward, and the
+        decoded first message."""
         if len(request) > route.max_request_bytes:
             raise errors.InvalidArgument(
                 f"the request is {len(request)} bytes; {route.method} accepts at most {route.max_request_bytes}",
                 reason="REQUEST_TOO_LARGE", metadata={"max_bytes": str(route.max_request_bytes)},
             )
         if index > 0:  # later messages of a client stream are data chunks
-            return request
+            return request, None
         try:
             message = route.request_class.FromString(request)
         except DecodeError:
@@ -203,8 +230,50 @@ class Proxy(grpc.GenericRpcHandler):
         if violations:
             errors.collect(violations)
         if principal.redact_prompt_pii and route.path in PROMPT_METHODS and redact_prompt(message):
-            return message.SerializeToString()
-        return request
+            return message.SerializeToString(), message
+        return request, message
+
+    async def _inspected(self, route: Route, principal: Principal, request: bytes, index: int = 0
+                         ) -> tuple[bytes, Message | None]:
+        """`_inspect`, off the event loop for large first messages (prompts of up to 32 MiB
+        take tens of milliseconds to decode and walk; other calls must not wait for that)."""
+        if index == 0 and INSPECT_INLINE_BYTES < len(request) <= route.max_request_bytes:
+            return await asyncio.to_thread(self._inspect, route, principal, request, index)
+        return self._inspect(route, principal, request, index)
+
+    async def _check_files(self, route: Route, message: Message | None, metadata, timeout: float) -> None:
+        """Every file id in the request names a file of the caller's (see ownership.py)."""
+        references = self._file_references.get(route.path)
+        if references is None or message is None:
+            return
+        found = references.collect(message)
+        if not found:
+            return
+        if len(found) > MAX_FILES_PER_REQUEST:
+            raise too_many_files(found)
+        files = self._backends.get("files")
+        if files is None:
+            raise errors.Unavailable("this gateway cannot check file ids: no files service is configured",
+                                     reason="BACKEND_NOT_CONFIGURED", metadata={"backend": "files"})
+        get_file = files.callable(self._routes[GET_FILE])
+
+        async def check(file_id: str, path: str) -> None:
+            try:
+                await get_file(GetFileRequest(file_id=file_id).SerializeToString(), metadata=metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise not_yours(file_id, path) from None
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise malformed(path) from None
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise files.unavailable() from None
+                log.warning("checking a file id at the files service answered %s", exc.code().name)
+                raise errors.Unavailable("cannot check file ids right now; try again shortly",
+                                         reason="FILE_CHECK_FAILED", retry_after=1.0) from None
+
+        async with asyncio.TaskGroup() as group:
+            for file_id, path in found.items():
+                group.create_task(check(file_id, path))
 
     async def _relay(self, context, backend: Backend, exc: grpc.aio.AioRpcError) -> None:
         code = exc.code()
@@ -222,6 +291,8 @@ class Proxy(grpc.GenericRpcHandler):
         """Ends the call with the rich status of a domain error, or a bare INTERNAL."""
         if span is not None:
             span.set_status(trace.Status(trace.StatusCode.ERROR))
+        if isinstance(exc, ExceptionGroup):  # failed file checks of a task group: the first says what is wrong
+            exc = next((e for e in exc.exceptions if isinstance(e, errors.ParleyError)), exc)
         if not isinstance(exc, errors.ParleyError):
             log.error("unhandled error in %s", route.path, exc_info=exc)
             exc = errors.Internal("internal error; the server log has the details", reason="INTERNAL")
@@ -244,9 +315,11 @@ class Proxy(grpc.GenericRpcHandler):
             span = None
             try:
                 principal, metadata, span = await self._enter(route, context)
-                request = self._inspect(route, principal, request)
+                request, message = await self._inspected(route, principal, request)
                 await self._gate.admit(principal, stream=False)
-                call = backend.callable(route)(request, metadata=metadata, timeout=context.time_remaining())
+                timeout = self._timeout(context)
+                await self._check_files(route, message, metadata, timeout)
+                call = backend.callable(route)(request, metadata=metadata, timeout=timeout)
                 try:
                     response = await call
                 except grpc.aio.AioRpcError as exc:
@@ -258,7 +331,7 @@ class Proxy(grpc.GenericRpcHandler):
                 return response
             except (AbortError, asyncio.CancelledError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - domain errors and the last line of defence
+            except Exception as exc:  # noqa: BLE001 - domain errors (and groups of them), the last line of defence
                 await self._fail(context, route, exc, span)
             finally:
                 if span is not None:
@@ -274,9 +347,11 @@ class Proxy(grpc.GenericRpcHandler):
             last = None
             try:
                 principal, metadata, span = await self._enter(route, context)
-                request = self._inspect(route, principal, request)
+                request, message = await self._inspected(route, principal, request)
                 admission = await self._gate.admit(principal, stream=True)
-                call = backend.callable(route)(request, metadata=metadata, timeout=context.time_remaining())
+                timeout = self._timeout(context)
+                await self._check_files(route, message, metadata, timeout)
+                call = backend.callable(route)(request, metadata=metadata, timeout=timeout)
                 read = call.read
                 while True:
                     message = await read()
@@ -306,81 +381,99 @@ class Proxy(grpc.GenericRpcHandler):
         return forward
 
     def _client_streaming(self, route: Route):
+        """Uploads. The caller's messages are written to the backend one by one as they
+        arrive. A refusal (the gateway's, or the backend's while the caller is still
+        sending) is delivered only after the caller's stream has been read to its end (up to
+        DRAIN_MAX_BYTES): grpc-aio clients that write into a stream the server has already
+        finished can replace the server's status with `INTERNAL: Internal error from Core`
+        (grpc/grpc#36066), the gateway's own client to the backend included; see _write."""
         backend = self._backends[route.backend]
 
         async def forward(request_iterator, context) -> bytes:
-            span = None
-            failure: list[errors.ParleyError] = []
+            span = call = None
+            requests = request_iterator.__aiter__()
             try:
                 principal, metadata, span = await self._enter(route, context)
                 await self._gate.admit(principal, stream=False)
-                call = None
-
-                async def requests():
-                    index = 0
-                    async for message in request_iterator:
-                        try:
-                            message = self._inspect(route, principal, message, index)
-                        except errors.ParleyError as error:
-                            failure.append(error)
-                            call.cancel()
-                            return
-                        index += 1
-                        yield message
-
-                call = backend.callable(route)(requests(), metadata=metadata, timeout=context.time_remaining())
+                call = backend.callable(route)(metadata=metadata, timeout=self._timeout(context))
+                await call.wait_for_connection()
+                index = 0
+                async for request in requests:
+                    try:
+                        request, _ = await self._inspected(route, principal, request, index)
+                    except errors.ParleyError:
+                        call.cancel()
+                        await _drain(requests)
+                        raise
+                    index += 1
+                    if not await _write(call, request):
+                        await _drain(requests)  # the backend has answered: read what it says below
+                        break
+                else:
+                    await _done_writing(call)
                 try:
                     return await call
                 except grpc.aio.AioRpcError as exc:
                     await self._relay(context, backend, exc)
-                except asyncio.CancelledError:
-                    if failure:
-                        raise failure[0] from None
-                    call.cancel()
-                    raise
-            except (AbortError, asyncio.CancelledError):
-                raise
-            except Exception as exc:  # noqa: BLE001
-                await self._fail(context, route, exc, span)
-            finally:
-                if span is not None:
-                    span.end()
-
-        return forward
-
-    def _bidi(self, route: Route):
-        backend = self._backends[route.backend]
-
-        async def forward(request_iterator, context) -> AsyncIterator[bytes]:
-            span = call = admission = None
-            try:
-                principal, metadata, span = await self._enter(route, context)
-                admission = await self._gate.admit(principal, stream=True)
-
-                async def requests():
-                    index = 0
-                    async for message in request_iterator:
-                        yield self._inspect(route, principal, message, index)
-                        index += 1
-
-                call = backend.callable(route)(requests(), metadata=metadata, timeout=context.time_remaining())
-                async for message in call:
-                    yield message
-            except grpc.aio.AioRpcError as exc:
+            except grpc.aio.AioRpcError as exc:  # from wait_for_connection: the backend never took the call
                 try:
                     await self._relay(context, backend, exc)
                 except errors.ParleyError as error:
                     await self._fail(context, route, error, span)
-            except (AbortError, asyncio.CancelledError, GeneratorExit):
+            except (AbortError, asyncio.CancelledError):
+                if call is not None:
+                    call.cancel()
                 raise
             except Exception as exc:  # noqa: BLE001
+                if call is not None:
+                    call.cancel()
                 await self._fail(context, route, exc, span)
             finally:
-                if call is not None and not call.done():
-                    call.cancel()
-                if admission is not None:
-                    await self._gate.limiter.release(admission)
                 if span is not None:
                     span.end()
 
         return forward
+
+
+async def _write(call, message: bytes) -> bool:
+    """Writes one message to a client-streaming backend call; False once the backend has
+    finished the call (its status is then what awaiting the call answers).
+
+    `StreamUnaryCall.write` turns a write that fails because the backend already finished
+    into a local `INTERNAL: Internal error from Core`, replacing the backend's real status
+    (grpc/grpc#36066). The underlying core call's send reports the failure without touching
+    the status, so the gateway uses it where it exists (tests/gateway/test_uploads.py repeats
+    refused uploads to prove the status survives)."""
+    if call.done():
+        return False
+    core = getattr(call, "_cython_call", None)
+    try:
+        if core is not None and hasattr(core, "send_serialized_message"):
+            await core.send_serialized_message(message)
+        else:  # another grpc: its public write (which may have the race)
+            await call.write(message)
+    except (cygrpc.InternalError, cygrpc.ExecuteBatchError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        return False
+    return True
+
+
+async def _done_writing(call) -> None:
+    """Half-closes a backend call; one the backend has already finished answers by its status."""
+    try:
+        await call.done_writing()
+    except (cygrpc.InternalError, cygrpc.ExecuteBatchError):
+        pass
+
+
+async def _drain(requests, max_bytes: int | None = None) -> None:
+    """Reads and drops the rest of a caller's stream (bounded), so that the refusal that
+    follows reaches a caller that has finished writing."""
+    limit = DRAIN_MAX_BYTES if max_bytes is None else max_bytes
+    drained = 0
+    try:
+        async for message in requests:
+            drained += len(message)
+            if drained > limit:
+                return
+    except Exception:  # noqa: BLE001 - a caller that breaks off while being drained: nothing to keep
+        return

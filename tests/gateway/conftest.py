@@ -270,6 +270,15 @@ async def gateway(admin_url, identity_private_key, sessions_backend, llm_backend
     await running.stop(0.5)
 
 
+@pytest.fixture
+async def gateway_with_files_down(admin_url, identity_private_key, sessions_backend):
+    """A gateway whose files backend is a port nobody listens on."""
+    running = await start_gateway(gateway_settings(admin_url, identity_private_key, targets={
+        "llm": None, "sessions": f"127.0.0.1:{sessions_backend.port}", "files": "127.0.0.1:1", "assistants": None}))
+    yield running
+    await running.stop(0.5)
+
+
 @pytest.fixture(scope="session")
 def keys(gateway):
     return gateway.app.gate.keys

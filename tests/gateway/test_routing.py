@@ -58,14 +58,6 @@ async def test_direct_backend_call_without_gateway_identity_is_refused(sessions_
                            grpc.StatusCode.UNAUTHENTICATED)
 
 
-@pytest.fixture
-async def gateway_with_files_down(admin_url, identity_private_key, sessions_backend):
-    running = await start_gateway(gateway_settings(admin_url, identity_private_key, targets={
-        "llm": None, "sessions": f"127.0.0.1:{sessions_backend.port}", "files": "127.0.0.1:1", "assistants": None}))
-    yield running
-    await running.stop(0.5)
-
-
 async def test_unreachable_backend_answers_unavailable_naming_it(gateway_with_files_down, make_key):
     secret = await make_key("route-user", ["files"])
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_with_files_down.port}") as channel:

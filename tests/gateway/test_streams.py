@@ -225,3 +225,38 @@ async def test_llm_process_behind_the_gateway_cancel_reaches_the_vendor_and_a_ki
             await running.stop(0.5)
         stop(llm)
         await vendor.stop()
+
+
+@pytest.fixture
+async def capped_gateway(admin_url, identity_private_key, llm_backend):
+    """A gateway whose backend calls get at most 0.5 s, whatever the caller asks for."""
+    running = await start_gateway(gateway_settings(admin_url, identity_private_key, targets={
+        "llm": f"127.0.0.1:{llm_backend.port}", "sessions": None, "files": None, "assistants": None},
+        max_deadline_seconds=0.5))
+    yield running
+    await running.stop(0.5)
+
+
+@pytest.mark.parametrize("timeout", [None, 120.0], ids=["no deadline", "a longer deadline"])
+async def test_backend_calls_get_the_maximum_deadline(capped_gateway, make_key, vendor, timeout):
+    secret = await make_key("deadline-cap", ["llm"])
+    vendor.delay = 0.05
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{capped_gateway.port}") as channel:
+            stub = lgrpc.LLMServiceStub(channel)
+            before = vendor.closed_early
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in stub.StreamGenerate(prompt(words(400)), metadata=bearer(secret), timeout=timeout):
+                    pass
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await eventually(lambda: vendor.closed_early > before)
+            unary = lapi.GenerateRequest(model="local/echo", messages=prompt(words(400)).messages)
+            await expect_error(stub.Generate(unary, metadata=bearer(secret), timeout=timeout),
+                               grpc.StatusCode.DEADLINE_EXCEEDED)
+            # A short call is unaffected.
+            vendor.delay = 0.0
+            reply = await stub.Generate(lapi.GenerateRequest(model="local/echo", messages=prompt("hi").messages),
+                                        metadata=bearer(secret), timeout=timeout)
+            assert reply.usage.output_tokens > 0
+    finally:
+        vendor.delay = 0.0
