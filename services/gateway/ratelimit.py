@@ -12,6 +12,7 @@ gateway replica shares one limit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 
 from services.gateway.models import RateLimits
 from services.runtime import errors
+
+log = logging.getLogger("parley.gateway.ratelimit")
 
 WINDOW = 60
 STREAM_LEASE_SECONDS = 90
@@ -225,7 +228,8 @@ local lease = tonumber(ARGV[3])
 for i = 4, #ARGV do
   local key = ARGV[1] .. ARGV[i] .. ':streams'
   if lease > 0 then
-    redis.call('ZADD', key, 'XX', now + lease, ARGV[2])
+    -- Not XX: a lease that lapsed while Redis could not be reached counts again.
+    redis.call('ZADD', key, now + lease, ARGV[2])
     redis.call('EXPIRE', key, lease + 10)
   else
     redis.call('ZREM', key, ARGV[2])
@@ -247,6 +251,8 @@ class RedisLimiter:
         self._tokens = self._redis.register_script(_TOKENS)
         self._lease = self._redis.register_script(_LEASE)
         self._open: dict[str, list[str]] = {}
+        # Streams that ended while their lease could not be removed: retried each renewal.
+        self._unreleased: dict[str, list[str]] = {}
         self._renewer: asyncio.Task | None = None
 
     async def _call(self, script, args):
@@ -285,27 +291,47 @@ class RedisLimiter:
         admission.released = True
         names = self._open.pop(admission.stream_id, None)
         if names:
-            try:
-                await self._lease(args=[self._prefix, admission.stream_id, 0, *names])
-            except Exception:  # noqa: BLE001 - the lease expires by itself
-                pass
+            await self._remove_lease(admission.stream_id, names)
+
+    async def _remove_lease(self, stream_id: str, names: list[str]) -> None:
+        try:
+            await self._lease(args=[self._prefix, stream_id, 0, *names])
+            self._unreleased.pop(stream_id, None)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure: retried at the next renewal
+            self._unreleased[stream_id] = names
+            log.warning("could not release a stream lease (%s); retrying at the next renewal, and it "
+                        "expires within %ds in any case", type(exc).__name__, STREAM_LEASE_SECONDS)
 
     async def record_tokens(self, subjects: Sequence[Subject], tokens: int) -> None:
         names = [s.name for s in subjects if s.limits.tokens_per_minute]
         if tokens > 0 and names:
             try:
                 await self._tokens(args=[self._prefix, int(tokens), *names])
-            except Exception:  # noqa: BLE001 - counted late is better than failing a finished call
-                pass
+            except Exception as exc:  # noqa: BLE001 - failing a finished call would not bring the count back
+                log.warning("could not count %d tokens against their limits (%s)", tokens, type(exc).__name__)
+
+    async def renew(self) -> None:
+        """Extends the lease of every stream open here (re-adding leases that lapsed) and
+        retries releases that failed."""
+        for stream_id, names in list(self._open.items()):
+            try:
+                await self._lease(args=[self._prefix, stream_id, STREAM_LEASE_SECONDS, *names])
+            except Exception as exc:  # noqa: BLE001 - the next round re-adds it, even if it lapsed meanwhile
+                log.warning("could not renew a stream lease (%s); retrying in %ds",
+                            type(exc).__name__, STREAM_RENEW_SECONDS)
+                continue
+            if stream_id not in self._open:  # released while the renewal was in flight
+                await self._remove_lease(stream_id, names)
+        for stream_id, names in list(self._unreleased.items()):
+            await self._remove_lease(stream_id, names)
 
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(STREAM_RENEW_SECONDS)
-            for stream_id, names in list(self._open.items()):
-                try:
-                    await self._lease(args=[self._prefix, stream_id, STREAM_LEASE_SECONDS, *names])
-                except Exception:  # noqa: BLE001
-                    pass
+            try:
+                await self.renew()
+            except Exception:  # noqa: BLE001 - a bug here must not end renewals for good
+                log.exception("stream lease renewal failed")
 
     async def aclose(self) -> None:
         if self._renewer is not None:

@@ -146,3 +146,28 @@ async def test_two_gateway_processes_share_one_limit_in_redis(admin_url, key_fil
     assert first[0] == 6
     assert second[0] == 4 and len(second[1]) == 2  # the second replica saw the first one's calls
     assert_rate_limited(second[1][0])
+
+
+async def test_a_stream_lease_that_lapsed_counts_again_after_the_next_renewal():
+    """A renewal that could not reach Redis lets a lease lapse; the next one must restore it,
+    or the stream would stop counting against the limit while it is still open."""
+    import redis.asyncio as redis
+
+    prefix = f"t:{uuid.uuid4().hex}:"
+    limiter = RedisLimiter(REDIS_URL, prefix)
+    direct = redis.from_url(REDIS_URL)
+    try:
+        subject = Subject("key:lapse", RateLimits(concurrent_streams=1))
+        open_stream = await limiter.admit([subject], stream=True)
+        # What the lease's expiry does when renewals fail for 90 s.
+        assert await direct.zrem(f"{prefix}key:lapse:streams", open_stream.stream_id) == 1
+        await limiter.renew()
+        with pytest.raises(errors.ResourceExhausted) as caught:
+            await limiter.admit([subject], stream=True)
+        assert caught.value.reason == "TOO_MANY_STREAMS"
+        await limiter.release(open_stream)
+        await limiter.renew()  # a renewal after the release does not bring it back
+        await limiter.release(await limiter.admit([subject], stream=True))
+    finally:
+        await direct.aclose()
+        await limiter.aclose()
