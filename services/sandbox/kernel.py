@@ -38,9 +38,20 @@ _PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 DISPLAY_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
 MAX_DISPLAYS = 16
-MAX_DISPLAY_BYTES = 8 * 1024 * 1024
+MAX_DISPLAY_BYTES = 2 * 1024 * 1024
 # An output this many times the limit stops the execution: it is only burning CPU.
 FLOOD_FACTOR = 16
+
+
+REAP_CODE = (
+    "import os as _parley_os\n"
+    "try:\n"
+    "    while _parley_os.waitpid(-1, _parley_os.WNOHANG)[0] > 0:\n"
+    "        pass\n"
+    "except ChildProcessError:\n"
+    "    pass\n"
+    "del _parley_os\n"
+)
 
 
 class KernelStartError(Exception):
@@ -152,7 +163,12 @@ class Kernel:
             os.chown(connection_file, self.uid, self.uid)
         connection_file.chmod(0o400)
 
-        kernel_args = ["-m", "ipykernel_launcher", "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
+        startup_code = startup_script(self.limits.output_bytes)
+        startup_inside = f"{walls.STARTUP_FILE}" if self.walls.isolated else str(kernel_dir / "startup.py")
+        if not self.walls.isolated:
+            (kernel_dir / "startup.py").write_bytes(startup_code)
+        kernel_args = ["-m", "ipykernel_launcher", "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
+                       f"--IPKernelApp.exec_files={startup_inside}"]
         cgroup_procs = self.cgroup.procs_files() if self.cgroup else []
         rlimits = walls.resource_limits(
             self.limits.disk_bytes,
@@ -168,11 +184,12 @@ class Kernel:
                 seccomp_fd = _data_pipe(self.walls.seccomp or b"")
                 passwd_fd = _data_pipe(walls.passwd_entry(run_uid))
                 group_fd = _data_pipe(walls.group_entry(run_uid))
-                pass_fds = [seccomp_fd, passwd_fd, group_fd]
+                startup_fd = _data_pipe(startup_code)
+                pass_fds = [seccomp_fd, passwd_fd, group_fd, startup_fd]
                 argv = walls.bwrap_command(
                     self.walls.bwrap or "bwrap", runtime_dir=self.runtime_dir, work_dir=self.paths.work_dir,
                     kernel_dir=kernel_dir, uid=run_uid, seccomp_fd=seccomp_fd, passwd_fd=passwd_fd,
-                    group_fd=group_fd,
+                    group_fd=group_fd, startup_fd=startup_fd,
                     command=[f"{walls.RUNTIME_DIR}/bin/python", *kernel_args, "-f", f"{walls.KERNEL_DIR}/connection.json"],
                 )
                 env = {"PATH": "/usr/bin:/bin"}
@@ -322,6 +339,7 @@ class Kernel:
                                 yield Stream("stdout", kept)
                     elif kind == "error":
                         outcome.error_name = str(content.get("ename", ""))
+                        outcome.output_flooded = outcome.error_name == "OutputLimitExceeded"
                         outcome.error_value = str(content.get("evalue", ""))
                         outcome.traceback = _ANSI.sub("", "\n".join(content.get("traceback", [])))[:64 * 1024]
                     elif kind == "status" and content.get("execution_state") == "idle":
@@ -371,7 +389,24 @@ class Kernel:
             outcome.exit_code = 1
             if outcome.error_name == "MemoryError":
                 outcome.memory_exceeded = True
-        await asyncio.to_thread(self.kill_strays)
+        if await asyncio.to_thread(self.kill_strays):
+            await self._reap_children()
+
+    async def _reap_children(self) -> None:
+        """Killed strays stay zombies (holding pids of the sandbox's limit) until their parent,
+        the kernel, waits for them: a silent execution does."""
+        assert self.client is not None
+        message_id = self.client.execute(REAP_CODE, silent=True, store_history=False, allow_stdin=False)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and self.alive:
+            try:
+                message = await self.client.get_iopub_msg(timeout=0.2)
+            except queue.Empty:
+                continue
+            if (message.get("parent_header", {}).get("msg_id") == message_id and message["msg_type"] == "status"
+                    and message["content"].get("execution_state") == "idle"):
+                break
+        await self._drain_shell_reply(message_id)
 
     def _collect_display(self, data: dict, outcome: Outcome) -> None:
         for media_type in DISPLAY_TYPES:
@@ -396,6 +431,17 @@ class Kernel:
                 continue
             if reply.get("parent_header", {}).get("msg_id") == message_id:
                 return
+
+
+STARTUP_TEMPLATE = Path(__file__).with_name("kernel_startup.py")
+
+
+def startup_script(output_bytes: int) -> bytes:
+    """kernel_startup.py with this sandbox's output bounds: a little more than the service
+    keeps (so the service's own truncation marker shows), and the flood point."""
+    text = STARTUP_TEMPLATE.read_text()
+    return (text.replace("__KEPT__", str(output_bytes + 1024))
+            .replace("__STOP__", str(FLOOD_FACTOR * output_bytes)).encode())
 
 
 def _has_image(data: dict) -> bool:

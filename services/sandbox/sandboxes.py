@@ -34,8 +34,9 @@ log = logging.getLogger("parley.sandbox")
 
 MAX_CODE_BYTES = 1024 * 1024
 DEFAULT_INLINE_BYTES = 1024 * 1024
-MAX_INLINE_BYTES = 4 * 1024 * 1024
-MAX_INLINE_TOTAL_BYTES = 8 * 1024 * 1024
+MAX_INLINE_BYTES = 3 * 1024 * 1024
+# Inline files and displays together, so a result fits in gRPC's default 4 MiB message.
+MAX_INLINE_TOTAL_BYTES = 3 * 1024 * 1024
 MAX_SESSION_ID_CHARS = 128
 
 READY, BUSY, EXPIRED = "ready", "busy", "expired"
@@ -365,7 +366,9 @@ class Sandboxes:
             outcome.disk_exceeded = True
         changed = [e for e in after if before.get(e.path) is None
                    or (before[e.path].mtime_ns, before[e.path].size_bytes) != (e.mtime_ns, e.size_bytes)]
-        files = await asyncio.to_thread(self._output_files, workdir, changed, max_inline or DEFAULT_INLINE_BYTES)
+        inline_budget = MAX_INLINE_TOTAL_BYTES - sum(len(d.data) for d in outcome.displays)
+        files = await asyncio.to_thread(self._output_files, workdir, changed, max_inline or DEFAULT_INLINE_BYTES,
+                                        inline_budget)
         yield ExecutionResult(outcome=outcome, kernel_restarted=restarted, output_files=files,
                               note=describe(outcome, restarted, limits, wall))
 
@@ -381,7 +384,7 @@ class Sandboxes:
         sandbox.kernel_lost = True
 
     @staticmethod
-    def _output_files(workdir: WorkDir, changed: list[Entry], max_inline: int) -> list[OutputFile]:
+    def _output_files(workdir: WorkDir, changed: list[Entry], max_inline: int, budget: int) -> list[OutputFile]:
         files: list[OutputFile] = []
         inline_total = 0
         for entry in changed:
@@ -392,7 +395,7 @@ class Sandboxes:
             try:
                 head = os.pread(fd, 16, 0)
                 file = OutputFile(entry.path, media_type(entry.path, head), info.st_size)
-                if info.st_size <= max_inline and inline_total + info.st_size <= MAX_INLINE_TOTAL_BYTES:
+                if info.st_size <= max_inline and inline_total + info.st_size <= budget:
                     data = os.pread(fd, info.st_size + 1, 0)
                     if len(data) == info.st_size:
                         file.data, file.inlined = data, True

@@ -22,6 +22,7 @@ log = logging.getLogger("parley.sandbox.walls")
 WORK_DIR = "/mnt/data"
 KERNEL_DIR = "/run/kernel"
 RUNTIME_DIR = "/opt/python"
+STARTUP_FILE = "/opt/parley/kernel_startup.py"
 
 # Read-only system paths mounted into every sandbox (those that exist). /etc is NOT mounted
 # whole: only what the interpreter and matplotlib need, never /etc/shadow and friends.
@@ -187,6 +188,7 @@ def bwrap_command(
     seccomp_fd: int,
     passwd_fd: int,
     group_fd: int,
+    startup_fd: int,
     command: Sequence[str],
 ) -> list[str]:
     """bubblewrap's arguments: new user, pid, network, ipc, uts and cgroup namespaces; a
@@ -219,6 +221,7 @@ def bwrap_command(
     args += [
         "--ro-bind-data", str(passwd_fd), "/etc/passwd",
         "--ro-bind-data", str(group_fd), "/etc/group",
+        "--ro-bind-data", str(startup_fd), STARTUP_FILE,
         "--ro-bind", str(runtime_dir), RUNTIME_DIR,
         "--proc", "/proc",
         "--dev", "/dev",

@@ -135,8 +135,8 @@ class ExecuteCodeRequest(_message.Message):
     """The program; non-empty, at most 1 MiB."""
     max_inline_file_bytes: _builtins.int
     """Largest output file returned inline in the result, in bytes. 0 means 1 MiB; at most
-    4 MiB. Inline data of all files together is capped at 8 MiB; the rest is left for
-    DownloadSandboxFile.
+    3 MiB. Inline data of all files and displays together is capped at 3 MiB, so a result
+    fits in gRPC's default 4 MiB message; the rest is left for DownloadSandboxFile.
     """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
