@@ -52,6 +52,23 @@ async def test_free_text_keeps_newlines_and_tabs(stub_and_key):
     assert message.content[0].text == "line one\n\tline two\r\n"
 
 
+async def test_large_requests_are_inspected_as_thoroughly(stub_and_key):
+    """Requests over 256 KiB are inspected on a worker thread: the same checks, the same
+    answers, and clean ones are forwarded unchanged."""
+    stub, secret = stub_and_key
+    session = await stub.CreateSession(sapi.CreateSessionRequest(title="large"), metadata=bearer(secret))
+    text = "paragraph of text\n" * 40_000  # ~700 KiB
+    _, fields = await expect_error(stub.CreateMessage(sapi.CreateMessageRequest(
+        session_id=session.id, role=sessions_pb2.ROLE_USER,
+        content=[sessions_pb2.ContentPart(text="fine"), sessions_pb2.ContentPart(text=text + "\x07")]),
+        metadata=bearer(secret)), INVALID)
+    assert fields == ["content[1].text"]
+    message = await stub.CreateMessage(sapi.CreateMessageRequest(
+        session_id=session.id, role=sessions_pb2.ROLE_USER, content=[sessions_pb2.ContentPart(text=text)]),
+        metadata=bearer(secret))
+    assert message.content[0].text == text
+
+
 async def test_request_size_limit_per_method(stub_and_key):
     stub, secret = stub_and_key
     big = {f"key{i}": "x" * 500 for i in range(600)}  # ~300 KiB, over the 256 KiB default
