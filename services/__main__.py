@@ -26,7 +26,7 @@ from services.runtime.db import start_embedded_postgres
 from services.runtime.identity import generate_private_key_pem, public_key_pem
 
 # Start order: dependencies first. Each service issue adds its own entry.
-SUITE = ["llm", "sessions", "files", "assistants", "gateway"]
+SUITE = ["llm", "sessions", "files", "sandbox", "assistants", "gateway"]
 STARTUP_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
 _PR_SET_PDEATHSIG = 1
@@ -133,7 +133,7 @@ def main() -> int:
 
     # The gateway reaches each backend of the suite on the port the suite gives it.
     for service in SUITE:
-        if service in ("llm", "sessions", "files", "assistants"):
+        if service in ("llm", "sessions", "files", "sandbox", "assistants"):
             env.setdefault(f"PARLEY_{service.upper()}_TARGET", f"127.0.0.1:{_port(service)}")
 
     children: dict[str, subprocess.Popen] = {}
