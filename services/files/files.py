@@ -17,7 +17,7 @@ from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
 from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
-from services.runtime.validation import parse_id, uuid7
+from services.runtime.validation import has_control_characters, parse_id, uuid7
 
 log = logging.getLogger("parley.files")
 
@@ -26,7 +26,6 @@ ATTRIBUTES_MAX = 16
 ATTRIBUTE_KEY_MAX = 64
 ATTRIBUTE_VALUE_MAX = 512
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def attribute_violations(attributes: dict[str, AttributeValue], field: str) -> l
     if len(attributes) > ATTRIBUTES_MAX:
         found.append(FieldViolation(field, f"has {len(attributes)} attributes; at most {ATTRIBUTES_MAX} are allowed"))
     for key, value in attributes.items():
-        if not key or len(key) > ATTRIBUTE_KEY_MAX or _CONTROL.search(key):
+        if not key or len(key) > ATTRIBUTE_KEY_MAX or has_control_characters(key, allow_newlines=False):
             found.append(FieldViolation(f"{field}[{key[:64]!r}]", f"keys must have 1 to {ATTRIBUTE_KEY_MAX} characters, no control characters"))
         if value is None:
             found.append(FieldViolation(f"{field}[{key[:64]!r}]", "must set a string, number or bool value"))

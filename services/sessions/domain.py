@@ -23,7 +23,7 @@ from services.runtime.pagination import (
     encode_token,
     page_size,
 )
-from services.runtime.validation import metadata_violations, parse_id, text_violations
+from services.runtime.validation import metadata_violations, nul_violations, parse_id, text_violations, update_mask_paths
 from services.sessions.export import render_export
 from services.sessions.models import (
     ExportFormat,
@@ -120,12 +120,9 @@ class Sessions:
 
     async def update_session(self, user_id: str, session_id: str, paths: list[str], values: SessionPatch) -> Session:
         sid = parse_id(session_id, "session.id")
-        if not paths:  # AIP-134: without a mask, every field the request populates is written.
-            paths = [p for p in UPDATABLE_PATHS if getattr(values, p)]
-            if not paths:
-                raise errors.InvalidArgument.for_field("update_mask", "names no field to update", reason="EMPTY_UPDATE")
-        violations = [FieldViolation("update_mask", f"unknown path {p!r}; updatable: {', '.join(UPDATABLE_PATHS)}")
-                      for p in paths if p not in UPDATABLE_PATHS]
+        # AIP-134: without a mask, every field the request populates is written.
+        paths, violations = update_mask_paths(paths, updatable=UPDATABLE_PATHS,
+                                              populated=[p for p in UPDATABLE_PATHS if getattr(values, p)])
         patch = SessionPatch(
             title=(values.title or "") if "title" in paths else None,
             status=values.status if "status" in paths else None,
@@ -164,8 +161,7 @@ class Sessions:
             field = f"content[{i}]"
             if part.type == "text":
                 size += len(part.text.encode())
-                if "\x00" in part.text:
-                    found.append(FieldViolation(f"{field}.text", "must not contain NUL characters"))
+                found += nul_violations(part.text, f"{field}.text")
             elif part.type == "image_url":
                 size += len(part.url)
                 if not _IMAGE_URL.match(part.url):
@@ -190,8 +186,7 @@ class Sessions:
             size += len(call.arguments.encode())
             if not call.id or not call.name:
                 found.append(FieldViolation(f"tool_calls[{i}]", "needs an id and a name"))
-            if "\x00" in call.arguments:
-                found.append(FieldViolation(f"tool_calls[{i}].arguments", "must not contain NUL characters"))
+            found += nul_violations(call.arguments, f"tool_calls[{i}].arguments")
         if new.role == Role.TOOL and not new.tool_call_id:
             found.append(FieldViolation("tool_call_id", "is required for tool messages"))
         if new.tool_call_id and new.role != Role.TOOL:
