@@ -41,7 +41,7 @@ from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
 from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
-from services.runtime.validation import metadata_violations, parse_id, text_violations, uuid7
+from services.runtime.validation import metadata_violations, parse_id, text_violations, update_mask_paths, uuid7
 
 log = logging.getLogger("parley.files.stores")
 
@@ -108,6 +108,19 @@ def resolve_chunking(requested: Chunking | None, window: int, field: str) -> Chu
         violations.append(FieldViolation(f"{field}.chunk_overlap_tokens", "must be between 0 and half of max_chunk_size_tokens"))
     errors.collect(violations)
     return Chunking(ChunkingType.STATIC, size, overlap)
+
+
+# A weight this much smaller than the other contributes less than a double can tell apart.
+_NEGLIGIBLE_WEIGHT_RATIO = 1e-12
+
+
+def fusion_weights(vector_weight: float, text_weight: float) -> tuple[float, float]:
+    """The weights as the fusion SQL gets them: scaled so the larger is 1. Fused scores divide
+    by the weights' sum, so scaling changes no score, and PostgreSQL never sees a weight that
+    underflows (5e-324) or overflows (1e308 + 1e308) its float8 arithmetic."""
+    largest = max(vector_weight, text_weight)
+    scaled = [w / largest for w in (vector_weight, text_weight)]
+    return tuple(w if w >= _NEGLIGIBLE_WEIGHT_RATIO else 0.0 for w in scaled)  # type: ignore[return-value]
 
 
 class VectorStores:
@@ -188,11 +201,7 @@ class VectorStores:
 
     async def update(self, user_id: str, store_id: str, paths: list[str], values: StorePatch) -> VectorStore:
         sid = parse_id(store_id, "vector_store.id")
-        if not paths:
-            raise errors.InvalidArgument.for_field("update_mask", f"names no field; updatable: {', '.join(UPDATABLE_PATHS)}",
-                                                   reason="EMPTY_UPDATE")
-        violations = [FieldViolation("update_mask", f"unknown path {p!r}; updatable: {', '.join(UPDATABLE_PATHS)}")
-                      for p in paths if p not in UPDATABLE_PATHS]
+        paths, violations = update_mask_paths(paths, updatable=UPDATABLE_PATHS)  # a mask is required
         patch = StorePatch(
             name=(values.name or "") if "name" in paths else None,
             metadata=(values.metadata or {}) if "metadata" in paths else None,
@@ -365,7 +374,8 @@ class VectorStores:
         kwargs = dict(entry_ids=entry_ids, mode=query.mode, dims=dims, vector=vector,
                       ef_search=max(self.settings.ef_search, candidates), query=query.query,
                       ts_config=self.settings.text_search_config, candidates=candidates,
-                      vector_weight=query.vector_weight, text_weight=query.text_weight, rrf_k=query.rrf_k,
+                      **dict(zip(("vector_weight", "text_weight"), fusion_weights(query.vector_weight, query.text_weight))),
+                      rrf_k=query.rrf_k,
                       limit=limit, threshold=query.score_threshold,
                       text_max_matches=self.settings.text_max_matches)
         rows = await self._repo.search(conn, exact=exact, **kwargs)

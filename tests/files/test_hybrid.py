@@ -78,3 +78,34 @@ async def test_hybrid_beats_vector_only_and_text_only(stub, as_user):
     assert sum(hybrid.values()) > sum(text.values()), report
     assert not all(text[q] for q, _ in QUERIES[3:]), report  # paraphrases defeat text search
     assert all(text[q] for q, _ in QUERIES[:3]), report  # identifiers are text search's strength
+
+
+async def test_extreme_fusion_weights_rank_like_their_ratio(stub, as_user):
+    """Defect 5: `vector_weight: 5e-324` answered INTERNAL (float8 underflow in PostgreSQL).
+    Weights only matter by their ratio, so extreme ones rank as their ratio says."""
+    me = as_user("weights-judge")
+    store = await stub.CreateVectorStore(api.CreateVectorStoreRequest(name="weights"), metadata=me)
+    for name in ("log-a.txt", "note-1.txt", "vacation.txt"):
+        file = await upload(stub, me, {**CODES, **DISTRACTORS, **MEANINGS}[name].encode(), name)
+        await stub.AddVectorStoreFile(api.AddVectorStoreFileRequest(vector_store_id=store.id, file_id=file.id), metadata=me)
+        assert (await wait_entry(stub, me, store.id, file.id)).status == pb.VECTOR_STORE_FILE_STATUS_COMPLETED
+
+    async def scores(**weights) -> list[tuple[str, float]]:
+        response = await search(stub, me, [store.id], "E-4471 fault", max_num_results=5,
+                                ranking_options=pb.RankingOptions(mode=pb.RANKING_MODE_HYBRID, **weights))
+        return [(r.file_id, round(r.score, 9)) for r in response.results]
+
+    text_only = await scores(vector_weight=0.0, text_weight=1.0)
+    assert text_only
+    assert await scores(vector_weight=5e-324, text_weight=1.0) == text_only
+    assert await scores(vector_weight=1.0, text_weight=5e-324) == await scores(vector_weight=1.0, text_weight=0.0)
+    assert await scores(vector_weight=1e308, text_weight=1e308) == await scores()
+
+
+def test_fusion_weights_are_scaled_to_the_larger():
+    from services.files.stores import fusion_weights
+
+    assert fusion_weights(5e-324, 1.0) == (0.0, 1.0)
+    assert fusion_weights(1e308, 1e308) == (1.0, 1.0)
+    assert fusion_weights(2.0, 0.5) == (1.0, 0.25)
+    assert fusion_weights(5e-324, 0.0) == (1.0, 0.0)
