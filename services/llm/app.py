@@ -17,8 +17,10 @@ from services.llm.cache import Cache, make_cache
 from services.llm.catalog import Catalog, ProviderSpec, load_catalog
 from services.llm.engine import LLM, EngineSettings
 from services.llm.limits import Queues
+from services.llm.listing import ModelListing
 from services.llm.providers.base import LLMProvider
 from services.llm.providers.local import LocalProvider
+from services.llm.reports import Reports
 from services.llm.servicer import LLMServicer
 from services.llm.tokens import TokenCounter
 from services.llm.usage import Ledger
@@ -26,9 +28,6 @@ from services.runtime.config import ConfigError, env_bool, env_float, env_int, e
 
 log = logging.getLogger("parley.llm")
 
-SCHEMA = "llm"
-ROLE = "parley_llm"
-MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = llm_service_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
 
 
@@ -57,6 +56,11 @@ class LLMSettings:
     redis_prefix: str = "parley:llm:"
     # Where usage records wait on disk while the database is down; None: memory only.
     usage_spool_dir: str | None = None
+    # In-memory response and embedding cache: at most this many bytes of values.
+    cache_max_bytes: int = 256 * 1024 * 1024
+    # ListModels also lists the configured vendors' own models (cached for the TTL).
+    vendor_models: bool = False
+    vendor_models_ttl: float = 600.0
     # Test hook: providers to use instead of building them from the catalog.
     providers: dict[str, LLMProvider] | None = field(default=None, compare=False)
 
@@ -81,6 +85,9 @@ class LLMSettings:
                 embedding_cache_ttl=env_float("PARLEY_LLM_EMBEDDING_CACHE_TTL_SECONDS", 7 * 24 * 3600.0, minimum=1),
             ),
             cache_max_entries=env_int("PARLEY_LLM_CACHE_MAX_ENTRIES", 100_000, minimum=1),
+            cache_max_bytes=env_int("PARLEY_LLM_CACHE_MAX_BYTES", 256 * 1024 * 1024, minimum=1024),
+            vendor_models=env_bool("PARLEY_LLM_VENDOR_MODELS", False),
+            vendor_models_ttl=env_float("PARLEY_LLM_VENDOR_MODELS_TTL_SECONDS", 600.0, minimum=1),
             warm_embeddings=env_bool("PARLEY_LLM_WARM_EMBEDDINGS", True),
             http_transport=transport,
             admin_url=env_str("PARLEY_DATABASE_URL"),
@@ -126,8 +133,10 @@ def make_providers(catalog: Catalog, transport: str) -> dict[str, LLMProvider]:
 class LLMApp:
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, llm: LLM, ledger: Ledger, cache: Cache, db=None, budgets=None, usage=None, redis=None) -> None:
+    def __init__(self, llm: LLM, ledger: Ledger, cache: Cache, listing: ModelListing, db=None, budgets=None,
+                 usage=None, redis=None) -> None:
         self.llm = llm
+        self.listing = listing
         self.redis = redis
         self.ledger = ledger
         self.cache = cache
@@ -149,14 +158,14 @@ class LLMApp:
             log.exception("could not load the local embedding model")
 
     def register(self, server: grpc.aio.Server) -> None:
-        llm_service_pb2_grpc.add_LLMServiceServicer_to_server(
-            LLMServicer(self.llm, usage=self.usage, budgets=self.budgets), server
-        )
+        reports = Reports(self.llm.catalog, self.usage, self.budgets)
+        llm_service_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(self.llm, self.listing, reports), server)
 
     async def aclose(self) -> None:
         if self._warm is not None:
             with contextlib.suppress(BaseException):
                 await self._warm
+        await self.listing.aclose()
         await self.ledger.aclose()
         for provider in {id(p): p for p in self.llm.providers.values()}.values():
             with contextlib.suppress(Exception):
@@ -173,7 +182,8 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
     settings = settings or LLMSettings.from_env()
     catalog = load_catalog(settings.models_file)
     providers = settings.providers if settings.providers is not None else make_providers(catalog, settings.http_transport)
-    cache = make_cache(settings.redis_url, settings.cache_max_entries, settings.redis_prefix)
+    cache = make_cache(settings.redis_url, settings.cache_max_entries, settings.redis_prefix,
+                       max_bytes=settings.cache_max_bytes)
     limits_redis = None
     if settings.redis_url:
         import redis.asyncio as redis
@@ -192,6 +202,7 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
     ledger = Ledger(writer, flush_interval=settings.usage_flush_seconds, batch_size=settings.usage_batch_size,
                     max_buffered=settings.usage_max_buffered,
                     spool_dir=Path(settings.usage_spool_dir) if settings.usage_spool_dir else None)
+    llm_metrics.model_label.know(catalog.models)
     ledger.add_listener(llm_metrics.observe)
     llm_metrics.observe_queues(queues)
     if usage is not None:
@@ -202,7 +213,9 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
     await asyncio.to_thread(tokens.warm)
     llm = LLM(catalog, providers, settings.engine, cache=cache, ledger=ledger, budgets=budgets, tokens=tokens,
               queues=queues)
-    app = LLMApp(llm, ledger, cache, db=db, budgets=budgets, usage=usage, redis=limits_redis)
+    listing = ModelListing(catalog, providers, llm.cooldowns, vendor_models=settings.vendor_models,
+                           vendor_models_ttl=settings.vendor_models_ttl)
+    app = LLMApp(llm, ledger, cache, listing, db=db, budgets=budgets, usage=usage, redis=limits_redis)
     if settings.warm_embeddings:
         app.warm_embeddings()
     return app

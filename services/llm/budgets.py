@@ -11,6 +11,7 @@ Calls in flight when a limit is reached complete, so spending may overshoot by t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -164,7 +165,7 @@ class Budgets:
             key = (limit.period, limit.unit)
             if limit.period not in PERIOD_NAMES:
                 raise errors.InvalidArgument.for_field(f"limits[{i}].period", "is required", "FIELD_REQUIRED")
-            if limit.amount <= 0:
+            if not 0 < limit.amount < math.inf:
                 raise errors.InvalidArgument.for_field(f"limits[{i}].amount", "must be set and positive", "INVALID_FIELD")
             if key in seen:
                 raise errors.InvalidArgument.for_field(f"limits[{i}]", "at most one limit per period and unit",

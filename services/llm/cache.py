@@ -20,11 +20,22 @@ class Cache(Protocol):
 
 
 class MemoryCache:
-    """An LRU with expiry, bounded by entry count."""
+    """An LRU with expiry, bounded by entry count and by the bytes of its keys and values (a
+    single value larger than a tenth of the budget is not kept)."""
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, max_bytes: int = 256 * 1024 * 1024) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self.size_bytes = 0
+
+    @staticmethod
+    def _weight(key: str, value: bytes) -> int:
+        return len(key) + len(value) + 100  # the entry's own overhead, roughly
+
+    def _drop(self, key: str) -> None:
+        _, value = self._entries.pop(key)
+        self.size_bytes -= self._weight(key, value)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         now = time.monotonic()
@@ -33,7 +44,7 @@ class MemoryCache:
             entry = self._entries.get(key)
             if entry is None or entry[0] < now:
                 if entry is not None:
-                    del self._entries[key]
+                    self._drop(key)
                 found.append(None)
             else:
                 self._entries.move_to_end(key)
@@ -43,13 +54,23 @@ class MemoryCache:
     async def set_many(self, items: dict[str, bytes], ttl: float) -> None:
         expires = time.monotonic() + ttl
         for key, value in items.items():
+            if key in self._entries:
+                self._drop(key)
+            weight = self._weight(key, value)
+            if weight > self._max_bytes // 10:
+                continue
             self._entries[key] = (expires, value)
-            self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+            self.size_bytes += weight
+        while len(self._entries) > self._max or self.size_bytes > self._max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    @property
+    def count(self) -> int:
+        return len(self._entries)
 
     async def aclose(self) -> None:
         self._entries.clear()
+        self.size_bytes = 0
 
 
 class RedisCache:
@@ -85,5 +106,6 @@ class RedisCache:
         await self._redis.aclose()
 
 
-def make_cache(redis_url: str | None, max_entries: int, prefix: str = "parley:llm:") -> Cache:
-    return RedisCache(redis_url, prefix) if redis_url else MemoryCache(max_entries)
+def make_cache(redis_url: str | None, max_entries: int, prefix: str = "parley:llm:", *,
+               max_bytes: int = 256 * 1024 * 1024) -> Cache:
+    return RedisCache(redis_url, prefix) if redis_url else MemoryCache(max_entries, max_bytes)

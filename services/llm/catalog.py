@@ -8,13 +8,20 @@ offered only when its credentials (or, for local servers, its base URL) are conf
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from services.llm.models import Capability
+from services.runtime import errors
 from services.runtime.config import ConfigError
+
+log = logging.getLogger("parley.llm.catalog")
 
 C = Capability
 CHAT_CAPS = frozenset({C.STREAMING, C.TOOLS, C.JSON_OUTPUT})
@@ -29,6 +36,22 @@ _CAPABILITY_NAMES = {
     "json_schema": C.JSON_SCHEMA,
 }
 PROVIDER_TYPES = ("openai", "anthropic", "mistral", "openai_compatible", "local")
+# Vendors whose models not in the catalog pass through (when the vendor is configured).
+VENDOR_TYPES = ("openai", "anthropic", "mistral")
+
+MAX_MODEL_ID = 256
+# What a model id not in the catalog may look like before it is sent to a vendor or logged:
+# vendor names such as "gpt-4-turbo-preview", "claude-3-opus-20240229", "llama3.2:8b",
+# "meta-llama/Llama-3.1-8B-Instruct".
+_VENDOR_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}$")
+# Conservative defaults for a vendor model the catalog does not describe: what nearly every
+# chat model offers (no vision, no JSON schema), an 8K context unless genai-prices knows the
+# model's, 4K of output. List the model in the models file to say more.
+PASS_THROUGH_CAPS = frozenset({C.STREAMING, C.TOOLS, C.JSON_OUTPUT})
+PASS_THROUGH_CONTEXT_WINDOW = 8192
+PASS_THROUGH_MAX_OUTPUT = 4096
+# How many distinct pass-through model ids are remembered for the once-per-model log line.
+_ANNOUNCED_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -167,6 +190,8 @@ class Catalog:
     default_model: str = "local/echo"
     default_embedding_model: str = "local/all-MiniLM-L6-v2"
 
+    _announced: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+
     def resolve(self, name: str) -> ModelSpec | None:
         """The model `name` (an id or alias) refers to, or None when nothing matches."""
         model_id = self.aliases.get(name, name)
@@ -175,13 +200,42 @@ class Catalog:
             return spec
         provider_name, sep, vendor = model_id.partition("/")
         provider = self.providers.get(provider_name)
-        if sep and vendor and provider is not None and provider.dynamic_models:
+        if not sep or provider is None or len(model_id) > MAX_MODEL_ID or not _VENDOR_MODEL.match(vendor):
+            return None
+        if provider.dynamic_models:
             return ModelSpec(
                 id=model_id, provider=provider_name, vendor_model=vendor, display_name=vendor,
                 capabilities=FULL_CHAT_CAPS - {C.JSON_SCHEMA}, context_window=32768, max_output_tokens=4096,
                 pricing=Pricing(), limits=provider.limits,
             )
+        if provider.type in VENDOR_TYPES and provider.configured:
+            self._announce(model_id)
+            return pass_through_spec(provider, vendor)
         return None
+
+    def require(self, name: str, *, field: str = "model") -> ModelSpec:
+        """`resolve`, or NOT_FOUND (MODEL_NOT_FOUND) quoting at most the start of `name`."""
+        if len(name) > MAX_MODEL_ID:
+            raise errors.InvalidArgument.for_field(field, f"model ids have at most {MAX_MODEL_ID} characters",
+                                                   "MODEL_ID_TOO_LONG")
+        spec = self.resolve(name)
+        if spec is None:
+            raise errors.NotFound(f"unknown model {name[:100]!r}; ListModels shows the available ones",
+                                  reason="MODEL_NOT_FOUND", metadata={"field": field})
+        return spec
+
+    def _announce(self, model_id: str) -> None:
+        """One log line per pass-through model (bounded memory: the oldest ids are forgotten)."""
+        if model_id in self._announced:
+            self._announced.move_to_end(model_id)
+            return
+        self._announced[model_id] = None
+        if len(self._announced) > _ANNOUNCED_MAX:
+            self._announced.popitem(last=False)
+        spec = pass_through_spec(self.providers[model_id.partition("/")[0]], model_id.partition("/")[2])
+        log.info("model %s is not in the catalog: passing it through to its vendor with defaults "
+                 "(context window %d, output %d tokens, no vision, no JSON schema)",
+                 model_id, spec.context_window, spec.max_output_tokens)
 
     def provider_of(self, spec: ModelSpec) -> ProviderSpec:
         return self.providers[spec.provider]
@@ -189,6 +243,41 @@ class Catalog:
     def is_configured(self, spec: ModelSpec) -> bool:
         provider = self.providers.get(spec.provider)
         return provider is not None and provider.configured
+
+
+def is_vendor_model_id(vendor_model: str) -> bool:
+    """Whether a vendor's model name (the part after "provider/") may be used as one."""
+    return bool(_VENDOR_MODEL.match(vendor_model))
+
+
+@lru_cache(maxsize=1024)
+def _known_context_window(provider: str, vendor_model: str) -> int | None:
+    """The model's context window as genai-prices' bundled snapshot knows it, if it does."""
+    import warnings
+
+    import genai_prices
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = genai_prices.calc_price(genai_prices.Usage(input_tokens=1), vendor_model, provider_id=provider)
+    except Exception:  # noqa: BLE001 - unknown to genai-prices: the conservative default applies
+        return None
+    window = getattr(result.model, "context_window", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
+@lru_cache(maxsize=1024)
+def pass_through_spec(provider: ProviderSpec, vendor_model: str) -> ModelSpec:
+    """A vendor model the catalog does not list, with conservative defaults; priced by
+    genai-prices where it knows the model."""
+    window = _known_context_window(provider.type, vendor_model) or PASS_THROUGH_CONTEXT_WINDOW
+    return ModelSpec(
+        id=f"{provider.name}/{vendor_model}", provider=provider.name, vendor_model=vendor_model,
+        display_name=vendor_model, description="Not in the catalog: passed through to the vendor with defaults.",
+        capabilities=PASS_THROUGH_CAPS, context_window=window,
+        max_output_tokens=min(PASS_THROUGH_MAX_OUTPUT, window), limits=provider.limits,
+    )
 
 
 # ---- The models file -------------------------------------------------------------------

@@ -1,20 +1,24 @@
-"""Protobuf ⇄ domain conversion and request validation for the llm service."""
+"""Protobuf ⇄ domain conversion for the llm service. Nothing here decides what a request may
+ask for (that is `validation` and `capabilities`); it only refuses what cannot be converted:
+an enum number the contract does not define, a Struct holding NaN or Infinity."""
 
 from __future__ import annotations
 
-import re
+from datetime import datetime, timezone
 
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from parley.llm.v1 import llm_pb2 as pb
 from parley.llm.v1 import llm_service_pb2 as api
 from services.llm import pricing
-from services.llm.catalog import ModelSpec
+from services.llm.budgets import Limit
+from services.llm.listing import ModelView
 from services.llm.models import (
     CachePolicy,
     Capability,
     ChatRequest,
     EmbedRequest,
+    EmbedResult,
     Finish,
     FunctionTool,
     GenerateResult,
@@ -30,16 +34,42 @@ from services.llm.models import (
     ToolChoice,
     Usage,
 )
-from services.runtime.errors import FieldViolation, InvalidArgument
-from services.runtime.validation import metadata_violations
+from services.llm.reports import BudgetView, UsagePage, UsageQuery
+from services.llm.repository import UsageGroup
+from services.runtime.errors import FieldViolation, collect
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_MEDIA_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
-_DETAIL = {0: "auto", 1: "auto", 2: "low", 3: "high"}
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_TOOLS = 128
-MAX_STOP = 4
-MAX_EMBED_INPUTS = 2048
+_DETAIL = {pb.IMAGE_DETAIL_UNSPECIFIED: "auto", pb.IMAGE_DETAIL_AUTO: "auto", pb.IMAGE_DETAIL_LOW: "low",
+           pb.IMAGE_DETAIL_HIGH: "high"}
+_TOOL_CHOICE = {pb.TOOL_CHOICE_MODE_NONE: "none", pb.TOOL_CHOICE_MODE_AUTO: "auto",
+                pb.TOOL_CHOICE_MODE_REQUIRED: "required"}
+_FORMAT = {pb.RESPONSE_FORMAT_TYPE_UNSPECIFIED: "text", pb.RESPONSE_FORMAT_TYPE_TEXT: "text",
+           pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT: "json_object", pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: "json_schema"}
+_GROUP_KEYS = {pb.USAGE_GROUP_BY_USER: "user_id", pb.USAGE_GROUP_BY_MODEL: "model", pb.USAGE_GROUP_BY_DAY: "day"}
+
+
+class _Decoder:
+    """Collects what cannot be converted, so one INVALID_ARGUMENT lists it all."""
+
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def enum(self, table: dict, value: int, field: str, default=None):
+        if value == 0 and default is not None:
+            return default
+        if value not in table:
+            self.violations.append(FieldViolation(field, f"unknown value {value}"))
+            return default if default is not None else next(iter(table.values()))
+        return table[value]
+
+    def struct(self, message, field: str) -> dict | None:
+        try:
+            return json_format.MessageToDict(message)
+        except ValueError:
+            self.violations.append(FieldViolation(field, "numbers must be finite (no NaN or Infinity)"))
+            return None
+
+    def done(self) -> None:
+        collect(self.violations)
 
 
 def seconds(d: duration_pb2.Duration) -> float:
@@ -51,25 +81,21 @@ def duration(value: float | None) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=int(value), nanos=int(round((value % 1) * 1e9)) % 1_000_000_000)
 
 
-def timestamp(when) -> timestamp_pb2.Timestamp:
+def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(when)
+    stamp.FromDatetime(when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc))
     return stamp
 
 
-def _raise(violations: list[FieldViolation]) -> None:
-    if violations:
-        first = violations[0]
-        raise InvalidArgument(
-            message=f"{first.field}: {first.description}" + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""),
-            reason="INVALID_FIELD",
-            field_violations=violations,
-        )
+# ---- requests ---------------------------------------------------------------------------
 
 
-def _message(m: pb.ChatMessage, path: str, violations: list[FieldViolation]) -> Message:
-    if m.role not in (1, 2, 3, 4):
-        violations.append(FieldViolation(f"{path}.role", "is required"))
+def _message(m: pb.ChatMessage, path: str, decode: _Decoder) -> Message:
+    role = None
+    if m.role:
+        role = Role(m.role) if m.role in Role._value2member_map_ else None
+        if role is None:
+            decode.violations.append(FieldViolation(f"{path}.role", f"unknown value {m.role}"))
     parts = []
     for j, part in enumerate(m.content):
         which = part.WhichOneof("part")
@@ -77,92 +103,57 @@ def _message(m: pb.ChatMessage, path: str, violations: list[FieldViolation]) -> 
         if which == "text":
             parts.append(TextPart(part.text))
         elif which == "image_url":
-            url = part.image_url.url
-            if not url.startswith(("http://", "https://", "data:image/")):
-                violations.append(FieldViolation(f"{where}.image_url.url", "must be an http(s) or data:image URL"))
-            parts.append(ImagePart(url=url, detail=_DETAIL.get(part.image_url.detail, "auto")))
+            detail = decode.enum(_DETAIL, part.image_url.detail, f"{where}.image_url.detail", "auto")
+            parts.append(ImagePart(url=part.image_url.url, detail=detail))
         elif which == "image_data":
             data = part.image_data
-            if data.media_type not in _MEDIA_TYPES:
-                violations.append(FieldViolation(f"{where}.image_data.media_type", f"must be one of {sorted(_MEDIA_TYPES)}"))
-            if not data.data or len(data.data) > MAX_IMAGE_BYTES:
-                violations.append(FieldViolation(f"{where}.image_data.data", "must hold 1 byte to 20 MiB"))
-            parts.append(ImagePart(data=data.data, media_type=data.media_type, detail=_DETAIL.get(data.detail, "auto")))
+            detail = decode.enum(_DETAIL, data.detail, f"{where}.image_data.detail", "auto")
+            parts.append(ImagePart(data=data.data, media_type=data.media_type, detail=detail))
         else:
-            violations.append(FieldViolation(where, "is empty"))
-    if any(isinstance(p, ImagePart) for p in parts) and m.role != pb.ROLE_USER:
-        violations.append(FieldViolation(f"{path}.content", "images are accepted in user messages only"))
+            decode.violations.append(FieldViolation(where, "is empty"))
     calls = tuple(ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in m.tool_calls)
-    if calls and m.role != pb.ROLE_ASSISTANT:
-        violations.append(FieldViolation(f"{path}.tool_calls", "only assistant messages call tools"))
-    for j, call in enumerate(calls):
-        if not call.id or not _NAME.match(call.name):
-            violations.append(FieldViolation(f"{path}.tool_calls[{j}]", "needs an id and a valid function name"))
-    if m.role == pb.ROLE_TOOL and not m.tool_call_id:
-        violations.append(FieldViolation(f"{path}.tool_call_id", "is required for tool messages"))
-    if not parts and not calls and m.role != pb.ROLE_TOOL:
-        violations.append(FieldViolation(f"{path}.content", "is required"))
-    if m.name and not _NAME.match(m.name):
-        violations.append(FieldViolation(f"{path}.name", "must be 1 to 64 characters of [A-Za-z0-9_-]"))
-    return Message(role=Role(m.role) if m.role in (1, 2, 3, 4) else Role.USER, content=tuple(parts),
-                   tool_calls=calls, tool_call_id=m.tool_call_id, name=m.name)
+    return Message(role=role, content=tuple(parts), tool_calls=calls, tool_call_id=m.tool_call_id, name=m.name)
+
+
+def _tools(tools, decode: _Decoder, *, strict: bool = True) -> tuple[FunctionTool, ...]:
+    found = []
+    for i, tool in enumerate(tools):
+        fn = tool.function
+        parameters = decode.struct(fn.parameters, f"tools[{i}].function.parameters") if fn.HasField("parameters") else None
+        found.append(FunctionTool(name=fn.name, description=fn.description, parameters=parameters,
+                                  strict=fn.strict if strict else False))
+    return tuple(found)
 
 
 def chat_request(r: api.GenerateRequest | api.StreamGenerateRequest) -> ChatRequest:
-    violations: list[FieldViolation] = []
-    if not r.messages:
-        violations.append(FieldViolation("messages", "at least one message is required"))
-    messages = tuple(_message(m, f"messages[{i}]", violations) for i, m in enumerate(r.messages))
-    tools = []
-    names = set()
-    if len(r.tools) > MAX_TOOLS:
-        violations.append(FieldViolation("tools", f"at most {MAX_TOOLS} tools"))
-    for i, tool in enumerate(r.tools):
-        fn = tool.function
-        if not _NAME.match(fn.name) or fn.name in names:
-            violations.append(FieldViolation(f"tools[{i}].function.name", "must be unique, 1 to 64 characters of [A-Za-z0-9_-]"))
-        names.add(fn.name)
-        parameters = json_format.MessageToDict(fn.parameters) if fn.HasField("parameters") else None
-        tools.append(FunctionTool(name=fn.name, description=fn.description, parameters=parameters, strict=fn.strict))
+    decode = _Decoder()
+    messages = tuple(_message(m, f"messages[{i}]", decode) for i, m in enumerate(r.messages))
+    tools = _tools(r.tools, decode)
     choice = None
     if r.HasField("tool_choice"):
         which = r.tool_choice.WhichOneof("choice")
         if which == "function_name":
-            if r.tool_choice.function_name not in names:
-                violations.append(FieldViolation("tool_choice.function_name", "must name one of the request's tools"))
             choice = ToolChoice(mode="required", function=r.tool_choice.function_name)
         elif which == "mode" and r.tool_choice.mode:
-            choice = ToolChoice(mode={1: "none", 2: "auto", 3: "required"}.get(r.tool_choice.mode, "auto"))
-            if choice.mode == "required" and not tools:
-                violations.append(FieldViolation("tool_choice", "requires tools"))
-    if r.HasField("temperature") and not 0 <= r.temperature <= 2:
-        violations.append(FieldViolation("temperature", "must be between 0 and 2"))
-    if r.HasField("top_p") and not 0 <= r.top_p <= 1:
-        violations.append(FieldViolation("top_p", "must be between 0 and 1"))
-    if r.HasField("max_tokens") and r.max_tokens <= 0:
-        violations.append(FieldViolation("max_tokens", "must be positive"))
-    if len(r.stop) > MAX_STOP or any(not s for s in r.stop):
-        violations.append(FieldViolation("stop", f"up to {MAX_STOP} non-empty sequences"))
+            choice = ToolChoice(mode=decode.enum(_TOOL_CHOICE, r.tool_choice.mode, "tool_choice.mode", "auto"))
     fmt = ResponseFormat()
-    if r.response_format.type == pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
+    kind = decode.enum(_FORMAT, r.response_format.type, "response_format.type", "text")
+    if kind == "json_object":
         fmt = ResponseFormat(type="json_object")
-    elif r.response_format.type == pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+    elif kind == "json_schema":
         js = r.response_format.json_schema
-        if not _NAME.match(js.name) or not js.HasField("schema"):
-            violations.append(FieldViolation("response_format.json_schema", "needs a name and a schema"))
-        fmt = ResponseFormat(type="json_schema", name=js.name, description=js.description,
-                             schema=json_format.MessageToDict(js.schema) if js.HasField("schema") else None,
+        schema = decode.struct(js.schema, "response_format.json_schema.schema") if js.HasField("schema") else None
+        fmt = ResponseFormat(type="json_schema", name=js.name, description=js.description, schema=schema,
                              strict=js.strict)
-    violations += metadata_violations(r.metadata)
-    if r.HasField("max_queue_time") and seconds(r.max_queue_time) < 0:
-        violations.append(FieldViolation("max_queue_time", "must not be negative"))
-    _raise(violations)
+    cache_policy = decode.enum(CachePolicy._value2member_map_, r.cache_policy, "cache_policy", CachePolicy.DEFAULT)
+    priority = decode.enum(Priority._value2member_map_, r.priority, "priority", Priority.NORMAL)
+    decode.done()
     return ChatRequest(
         model=r.model,
         messages=messages,
         fallback_models=tuple(r.fallback_models),
         disable_fallbacks=r.disable_fallbacks,
-        tools=tuple(tools),
+        tools=tools,
         tool_choice=choice,
         parallel_tool_calls=r.parallel_tool_calls if r.HasField("parallel_tool_calls") else None,
         temperature=r.temperature if r.HasField("temperature") else None,
@@ -171,41 +162,70 @@ def chat_request(r: api.GenerateRequest | api.StreamGenerateRequest) -> ChatRequ
         stop=tuple(r.stop),
         seed=r.seed if r.HasField("seed") else None,
         response_format=fmt,
-        cache_policy=CachePolicy(r.cache_policy) if r.cache_policy else CachePolicy.DEFAULT,
-        priority=Priority(r.priority) if r.priority else Priority.NORMAL,
+        cache_policy=cache_policy,
+        priority=priority,
         max_queue_time=seconds(r.max_queue_time) if r.HasField("max_queue_time") else None,
         metadata=dict(r.metadata),
     )
 
 
 def embed_request(r: api.EmbedRequest) -> EmbedRequest:
-    violations: list[FieldViolation] = []
-    if not 1 <= len(r.inputs) <= MAX_EMBED_INPUTS:
-        violations.append(FieldViolation("inputs", f"1 to {MAX_EMBED_INPUTS} texts are required"))
-    for i, text in enumerate(r.inputs):
-        if not text:
-            violations.append(FieldViolation(f"inputs[{i}]", "must not be empty"))
-    if r.HasField("dimensions") and r.dimensions <= 0:
-        violations.append(FieldViolation("dimensions", "must be positive"))
-    violations += metadata_violations(r.metadata)
-    _raise(violations)
+    decode = _Decoder()
+    cache_policy = decode.enum(CachePolicy._value2member_map_, r.cache_policy, "cache_policy", CachePolicy.DEFAULT)
+    priority = decode.enum(Priority._value2member_map_, r.priority, "priority", Priority.NORMAL)
+    decode.done()
     return EmbedRequest(
         model=r.model, inputs=tuple(r.inputs), dimensions=r.dimensions if r.HasField("dimensions") else None,
-        truncate=r.truncate, cache_policy=CachePolicy(r.cache_policy) if r.cache_policy else CachePolicy.DEFAULT,
-        priority=Priority(r.priority) if r.priority else Priority.NORMAL, metadata=dict(r.metadata),
+        truncate=r.truncate, cache_policy=cache_policy, priority=priority, metadata=dict(r.metadata),
     )
 
 
-def messages_only(messages, tools) -> tuple[tuple[Message, ...], tuple[FunctionTool, ...]]:
-    violations: list[FieldViolation] = []
-    converted = tuple(_message(m, f"messages[{i}]", violations) for i, m in enumerate(messages))
-    tool_list = tuple(
-        FunctionTool(t.function.name, t.function.description,
-                     json_format.MessageToDict(t.function.parameters) if t.function.HasField("parameters") else None)
-        for t in tools
+def count_tokens_input(r: api.CountTokensRequest) -> tuple[tuple[Message, ...], tuple[FunctionTool, ...]]:
+    decode = _Decoder()
+    messages = tuple(_message(m, f"messages[{i}]", decode) for i, m in enumerate(r.messages))
+    tools = _tools(r.tools, decode, strict=False)
+    decode.done()
+    return messages, tools
+
+
+def capabilities(values) -> frozenset[Capability]:
+    decode = _Decoder()
+    found = frozenset(decode.enum(Capability._value2member_map_, v, "capabilities") for v in values)
+    decode.done()
+    return found
+
+
+def usage_query(r: api.GetUsageRequest) -> UsageQuery:
+    decode = _Decoder()
+    group_by = []
+    for value in r.group_by:
+        key = decode.enum(_GROUP_KEYS, value, "group_by")
+        if key not in group_by:
+            group_by.append(key)
+    decode.done()
+    return UsageQuery(
+        start=r.start_time if r.HasField("start_time") else None,
+        end=r.end_time if r.HasField("end_time") else None,
+        group_by=tuple(group_by), models=tuple(r.models), target_user_id=r.target_user_id, all_users=r.all_users,
+        page_size=r.page_size, page_token=r.page_token,
     )
-    _raise(violations)
-    return converted, tool_list
+
+
+def limits(values) -> list[Limit]:
+    found, violations = [], []
+    for i, limit in enumerate(values):
+        which = limit.WhichOneof("amount")
+        if which is None:
+            violations.append(FieldViolation(f"limits[{i}]", "set limit_usd or limit_tokens"))
+            continue
+        found.append(Limit(period=limit.period,
+                           limit_usd=limit.limit_usd if which == "limit_usd" else None,
+                           limit_tokens=limit.limit_tokens if which == "limit_tokens" else None))
+    collect(violations)
+    return found
+
+
+# ---- responses --------------------------------------------------------------------------
 
 
 def usage_to_proto(u: Usage) -> pb.Usage:
@@ -243,7 +263,15 @@ def generate_response(result: GenerateResult) -> api.GenerateResponse:
     )
 
 
-def model_to_proto(spec: ModelSpec, *, configured: bool, cooldown_until: float | None) -> pb.Model:
+def embed_response(result: EmbedResult) -> api.EmbedResponse:
+    return api.EmbedResponse(
+        embeddings=[api.Embedding(values=v, cache_hit=hit) for v, hit in zip(result.vectors, result.cache_hits)],
+        model=result.model, usage=usage_to_proto(result.usage), cost_usd=result.cost_usd,
+    )
+
+
+def model_to_proto(view: ModelView) -> pb.Model:
+    spec = view.spec
     price = pricing.pricing_of(spec)
     model = pb.Model(
         id=spec.id, provider=spec.provider, display_name=spec.display_name or spec.vendor_model,
@@ -254,20 +282,52 @@ def model_to_proto(spec: ModelSpec, *, configured: bool, cooldown_until: float |
                                 cached_input_usd_per_million=price.cached_input),
         fallback_models=list(spec.fallbacks),
     )
-    if not configured:
+    if not view.configured:
         model.availability = pb.MODEL_AVAILABILITY_UNCONFIGURED
-    elif cooldown_until is not None:
+    elif view.cooldown_until is not None:
         model.availability = pb.MODEL_AVAILABILITY_COOLDOWN
-        model.cooldown_expire_time.FromSeconds(int(cooldown_until) + 1)
+        model.cooldown_expire_time.FromSeconds(int(view.cooldown_until) + 1)
     else:
         model.availability = pb.MODEL_AVAILABILITY_AVAILABLE
     return model
 
 
-def capabilities(values) -> frozenset[Capability]:
-    found = set()
-    for value in values:
-        if value not in (1, 2, 3, 4, 5, 6):
-            raise InvalidArgument.for_field("capabilities", f"unknown capability {value}")
-        found.add(Capability(value))
-    return frozenset(found)
+def _latency(values: tuple) -> pb.LatencyStats:
+    mean, p50, p95, p99, top = (v / 1000 if v is not None else 0.0 for v in values)
+    return pb.LatencyStats(mean=duration(mean), p50=duration(p50), p95=duration(p95), p99=duration(p99), max=duration(top))
+
+
+def _usage_row(g: UsageGroup) -> pb.UsageRow:
+    row = pb.UsageRow(
+        user_id=g.user_id or "", model=g.model or "", request_count=g.request_count, error_count=g.error_count,
+        cache_hit_count=g.cache_hit_count,
+        usage=pb.Usage(input_tokens=g.input_tokens, output_tokens=g.output_tokens,
+                       cached_input_tokens=g.cached_input_tokens, reasoning_tokens=g.reasoning_tokens,
+                       total_tokens=g.input_tokens + g.output_tokens),
+        cost_usd=g.cost_usd, latency=_latency(g.latency_ms), time_to_first_token=_latency(g.ttft_ms),
+    )
+    if g.day is not None:
+        row.day_start_time.CopyFrom(timestamp(g.day))
+    return row
+
+
+def usage_response(page: UsagePage) -> api.GetUsageResponse:
+    return api.GetUsageResponse(rows=[_usage_row(g) for g in page.rows], total=_usage_row(page.total),
+                                next_page_token=page.next_page_token)
+
+
+def budget_to_proto(view: BudgetView) -> pb.Budget:
+    result = pb.Budget(user_id=view.user_id)
+    if view.update_time is not None:
+        result.update_time.CopyFrom(timestamp(view.update_time))
+    for s in view.statuses:
+        limit = pb.BudgetLimit(period=s.limit.period, spent_usd=s.spent_usd, spent_tokens=s.spent_tokens,
+                               admin_set=s.limit.admin_set)
+        if s.limit.limit_usd is not None:
+            limit.limit_usd = s.limit.limit_usd
+        else:
+            limit.limit_tokens = int(s.limit.limit_tokens or 0)
+        limit.period_start_time.CopyFrom(timestamp(s.start))
+        limit.reset_time.CopyFrom(timestamp(s.reset))
+        result.limits.append(limit)
+    return result

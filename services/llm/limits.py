@@ -17,6 +17,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from services.llm.catalog import Limits
@@ -192,6 +193,10 @@ class DeploymentQueue:
     def depth(self) -> int:
         return sum(1 for w in self._heap if not w.future.done())
 
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and not self._heap
+
     def _kick(self) -> None:
         self._wake.set()
         if self._dispatcher is None or self._dispatcher.done():
@@ -263,12 +268,17 @@ class DeploymentQueue:
 
 
 class Queues:
-    """The deployments' queues; their rate buckets live in Redis when one is given."""
+    """The deployments' queues; their rate buckets live in Redis when one is given.
 
-    def __init__(self, redis=None, prefix: str = "parley:llm:") -> None:
-        self._queues: dict[str, DeploymentQueue] = {}
+    Any "ollama/<name>" (or pass-through vendor model) gets a queue of its own, so at most
+    `max_queues` are kept: the least recently used idle ones are forgotten (a forgotten
+    queue starts again with full buckets, as after a restart)."""
+
+    def __init__(self, redis=None, prefix: str = "parley:llm:", max_queues: int = 1024) -> None:
+        self._queues: OrderedDict[str, DeploymentQueue] = OrderedDict()
         self._redis = redis
         self._prefix = prefix
+        self._max = max_queues
 
     def get(self, key: str, limits: Limits) -> DeploymentQueue | None:
         if limits.unlimited:
@@ -279,7 +289,23 @@ class Queues:
             if self._redis is not None and (limits.rpm or limits.tpm):
                 rates = RedisRates(self._redis, f"{self._prefix}rate:{key}", limits)
             queue = self._queues[key] = DeploymentQueue(limits, rates)
+            self._forget_idle()
+        self._queues.move_to_end(key)
         return queue
+
+    def _forget_idle(self) -> None:
+        excess = len(self._queues) - self._max
+        if excess <= 0:
+            return
+        for key in [k for k, q in self._queues.items() if q.idle][:excess]:
+            del self._queues[key]
+
+    @property
+    def count(self) -> int:
+        return len(self._queues)
+
+    def items(self) -> list[tuple[str, DeploymentQueue]]:
+        return list(self._queues.items())
 
     async def acquire(self, key: str, limits: Limits, tokens: float, priority: int, deadline: float | None) -> Lease:
         queue = self.get(key, limits)
@@ -296,18 +322,26 @@ class Cooldowns:
     """After `threshold` consecutive failures a deployment is skipped for `seconds` (its
     fallbacks answer instead); one success clears its record."""
 
-    def __init__(self, threshold: int, seconds: float, clock=time.time) -> None:
+    def __init__(self, threshold: int, seconds: float, clock=time.time, max_keys: int = 4096) -> None:
         self.threshold = threshold
         self.seconds = seconds
         self._clock = clock
-        self._failures: dict[str, int] = {}
-        self._until: dict[str, float] = {}
+        # Keyed by any model id a caller names, so bounded: the oldest entries are forgotten.
+        self._max = max_keys
+        self._failures: OrderedDict[str, int] = OrderedDict()
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def _bounded_set(self, table: OrderedDict, key: str, value) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > self._max:
+            table.popitem(last=False)
 
     def failed(self, key: str) -> None:
         count = self._failures.get(key, 0) + 1
-        self._failures[key] = count
+        self._bounded_set(self._failures, key, count)
         if self.threshold and count >= self.threshold:
-            self._until[key] = self._clock() + self.seconds
+            self._bounded_set(self._until, key, self._clock() + self.seconds)
             self._failures[key] = 0
 
     def succeeded(self, key: str) -> None:

@@ -22,12 +22,40 @@ _calls = _meter.create_counter("parley.llm.calls", unit="{call}",
                                description="Model calls by status and cache hit (success rate, cache hit rate)")
 
 
+class ModelLabels:
+    """Label values for model ids. Callers choose model ids ("ollama/<anything>", pass-through
+    vendor models) and every distinct value is a time series kept for the life of the
+    process, so beyond the catalog's models only the first `max_extra` ids keep their name;
+    later ones are reported as "other"."""
+
+    OTHER = "other"
+
+    def __init__(self, max_extra: int = 200) -> None:
+        self._known: set[str] = set()
+        self._extra: set[str] = set()
+        self._max_extra = max_extra
+
+    def know(self, model_ids) -> None:
+        self._known.update(model_ids)
+
+    def __call__(self, model: str) -> str:
+        if model in self._known or model in self._extra:
+            return model
+        if len(self._extra) < self._max_extra:
+            self._extra.add(model)
+            return model
+        return self.OTHER
+
+
+model_label = ModelLabels()
+
+
 def observe(record: UsageRecord) -> None:
     """A ledger listener: one record, one set of measurements."""
     attributes = {
         "gen_ai.operation.name": "chat" if record.kind == "chat" else "embeddings",
         "gen_ai.provider.name": record.provider,
-        "gen_ai.request.model": record.model,
+        "gen_ai.request.model": model_label(record.model),
     }
     _calls.add(1, {**attributes, "parley.llm.status": record.status, "parley.llm.cache_hit": record.cache_hit})
     _duration.record(record.latency_ms / 1000, {**attributes, "parley.llm.status": record.status})
@@ -46,8 +74,8 @@ _queue_registries: weakref.WeakSet = weakref.WeakSet()
 
 
 def _depths(options):
-    return [metrics.Observation(queue.depth, {"parley.llm.deployment": key})
-            for queues in list(_queue_registries) for key, queue in list(queues._queues.items())]
+    return [metrics.Observation(queue.depth, {"parley.llm.deployment": model_label(key)})
+            for queues in list(_queue_registries) for key, queue in queues.items()]
 
 
 _meter.create_observable_gauge("parley.llm.queue.depth", callbacks=[_depths], unit="{call}",

@@ -73,7 +73,8 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class Message:
-    role: Role
+    # None: the caller set none (refused by validation before any provider sees it).
+    role: Role | None
     content: tuple[ContentPart, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""

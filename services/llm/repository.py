@@ -12,6 +12,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 
@@ -22,6 +23,7 @@ from services.runtime.identity import USER_ID_PATTERN
 
 SCHEMA = "llm"
 ROLE = "parley_llm"
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -29,8 +31,6 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect_database(settings) -> Database:
-    from services.llm.app import MIGRATIONS
-
     admin_url = settings.admin_url or (None if settings.database_url else admin_database_url())
     if admin_url:
         await migrate(admin_url, schema=SCHEMA, role=ROLE, role_password=settings.role_password, migrations_dir=MIGRATIONS)

@@ -58,6 +58,14 @@ class UsageRecord:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    def set_usage(self, usage, cost_usd: float) -> None:
+        """The call's token counts (a models.Usage) and cost."""
+        self.input_tokens = usage.input_tokens
+        self.output_tokens = usage.output_tokens
+        self.cached_input_tokens = usage.cached_input_tokens
+        self.reasoning_tokens = usage.reasoning_tokens
+        self.cost_usd = cost_usd
+
 
 Writer = Callable[[list[UsageRecord]], Awaitable[None]]
 

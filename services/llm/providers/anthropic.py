@@ -243,5 +243,17 @@ class AnthropicProvider:
                     timeout: float | None) -> EmbeddingBatch:
         raise ProviderError("not_found", "Anthropic offers no embedding models")
 
+    async def list_models(self, *, timeout: float, limit: int = 2000) -> list[str]:
+        """Anthropic's model ids (`GET /v1/models`, paged by the SDK)."""
+        try:
+            found = []
+            async for model in self.client.models.list(limit=1000, timeout=timeout):
+                found.append(model.id)
+                if len(found) >= limit:
+                    break
+            return found
+        except Exception as exc:  # noqa: BLE001 - mapped in one place
+            raise provider_error(exc) from None
+
     async def aclose(self) -> None:
         await self.client.close()

@@ -114,10 +114,6 @@ class MiniLM:
         async with self._encode_lock:
             return await asyncio.to_thread(self._encode, texts, truncate)
 
-    async def count_tokens(self, text: str) -> int:
-        model = await asyncio.to_thread(self._load)
-        return self._token_lengths(model, [text])[0]
-
 
 class LocalProvider:
     name = "local"

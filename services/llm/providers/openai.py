@@ -152,6 +152,18 @@ class OpenAIProvider:
         self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
                                          http_client=_http_client(transport))
 
+    async def list_models(self, *, timeout: float, limit: int = 2000) -> list[str]:
+        """The server's own model ids (`GET /models`)."""
+        try:
+            found = []
+            async for model in self.client.models.list(timeout=timeout):
+                found.append(model.id)
+                if len(found) >= limit:
+                    break
+            return found
+        except Exception as exc:  # noqa: BLE001 - mapped in one place
+            raise provider_error(exc) from None
+
     async def stream(self, model: str, request: ChatRequest, *, max_tokens: int, timeout: float | None) -> AsyncIterator[StreamEvent]:
         """The SDK sends the request and maps HTTP errors; the SSE body is read as raw lines
         and decoded with json.loads here. The SDK's typed chunk models cost about 0.5 ms of
