@@ -11,7 +11,7 @@ default streamed answer. A step is a dict:
 - `{"text": "...", "endless": True}` — stream deltas every 20 ms until the client hangs up
 - `{"text": "...", "fail_midway": True}` — (OpenAI) stream the text, then an in-stream error
 
-Every request body is kept in `fake.requests`, and every client hang-up seen in
+`GET /v1/models` lists `fake.models`. Every request body is kept in `fake.requests`, and every client hang-up seen in
 `fake.disconnects` (as the model name), so tests can check what the SDKs sent and that a
 cancelled call closed the vendor connection.
 """
@@ -42,6 +42,9 @@ class FakeVendor:
         self.disconnects: list[str] = []
         self.disconnected = asyncio.Event()
         self._scripts: dict[str, deque] = defaultdict(deque)
+        # What `GET /v1/models` lists (OpenAI and Anthropic flavours), and how often it was asked.
+        self.models: list[str] = []
+        self.model_list_requests = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -59,6 +62,7 @@ class FakeVendor:
 
     async def start(self) -> FakeVendor:
         app = web.Application()
+        app.router.add_get("/v1/models", self._models)
         if self.flavor == "anthropic":
             app.router.add_post("/v1/messages", self._chat)
         else:
@@ -123,6 +127,23 @@ class FakeVendor:
         if self.flavor == "mistral":
             reply["id"] = "emb-1"
         return web.json_response(reply)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """The vendor's model list in its own shape (Anthropic's is paged with after_id)."""
+        self.model_list_requests += 1
+        if self.flavor == "anthropic":
+            after = request.query.get("after_id")
+            limit = int(request.query.get("limit", "20"))
+            ids = self.models[self.models.index(after) + 1:] if after in self.models else list(self.models)
+            page = ids[:limit]
+            return web.json_response({
+                "data": [{"type": "model", "id": i, "display_name": i, "created_at": "2024-02-29T00:00:00Z"}
+                         for i in page],
+                "has_more": len(ids) > limit, "first_id": page[0] if page else None,
+                "last_id": page[-1] if page else None,
+            })
+        return web.json_response({"object": "list", "data": [
+            {"id": i, "object": "model", "created": 1700000000, "owned_by": "fake"} for i in self.models]})
 
     def _error(self, step: dict) -> web.Response:
         status = step["status"]
