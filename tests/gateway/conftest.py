@@ -25,7 +25,8 @@ from services.sessions.app import SessionsSettings
 from services.sessions.app import build_app as build_sessions_app
 from tests.conftest import serve_app
 
-# Every secret and sample of PII a test sends; test_zz_logs.py checks none reached a log.
+# Every secret and sample of PII a test sends; none may reach a log (test_logs.py, and the
+# check at the end of the session in `capture_logs`).
 SENSITIVE: set[str] = set()
 LOG_BUFFER = io.StringIO()
 # Log files of gateway and backend processes started by tests.
@@ -47,6 +48,27 @@ def capture_logs():
     yield
     root.removeHandler(handler)
     root.setLevel(previous)
+    # Whatever ran after test_logs.py is checked too, so no test order is special.
+    leaked = leaked_secrets()
+    assert not leaked, f"secrets or PII in logs: {leaked}"
+
+
+def captured_logs() -> str:
+    """Every line logged so far by this process and by the processes tests started."""
+    chunks = [LOG_BUFFER.getvalue()]
+    for path in PROCESS_LOGS:
+        if path.exists():
+            chunks.append(path.read_text(errors="replace"))
+    return "\n".join(chunks)
+
+
+def leaked_secrets(extra=()) -> list[str]:
+    """The secrets and PII samples (shortened) that appear in a captured log line. The secret
+    part of an API key counts even without its prefix."""
+    logs = captured_logs()
+    leaked = [s[:16] + "…" for s in SENSITIVE | set(extra) if s in logs]
+    leaked += [s[:12] + "…" for s in SENSITIVE if s.startswith("pk_live_") and s[8:] in logs]
+    return leaked
 
 
 def sensitive(value: str) -> str:

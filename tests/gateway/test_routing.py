@@ -48,6 +48,30 @@ async def test_internal_services_are_not_routed(gw_channel, make_key):
         await expect_error(call, grpc.StatusCode.UNIMPLEMENTED)
 
 
+async def test_the_sandbox_is_not_routed_either(gw_channel, make_key):
+    secret = await make_key("route-admin", ["admin"])
+    for path in ("/parley.sandbox.v1.SandboxService/Execute", "/parley.sandbox.v1.SandboxService/CreateSession"):
+        await expect_error(gw_channel.unary_unary(path)(b"", metadata=bearer(secret)), grpc.StatusCode.UNIMPLEMENTED)
+
+
+def test_routes_cover_the_public_services_only_and_assistants_go_to_their_engine(monkeypatch):
+    from services.gateway.app import GatewaySettings
+    from services.gateway.routes import build_routes
+
+    routes = build_routes()
+    assert {r.service for r in routes.values()} == {
+        "parley.llm.v1.LLMService", "parley.sessions.v1.SessionService", "parley.files.v1.FileService",
+        "parley.assistants.v1.AssistantService"}
+    assert all(r.backend == "assistants" for r in routes.values() if r.service.startswith("parley.assistants."))
+    assert "/parley.assistants.v1.AssistantService/StreamRun" in routes
+    assert not any(path.startswith(("/parley.runstore.", "/parley.sandbox.")) for path in routes)
+    monkeypatch.setenv("PARLEY_IDENTITY_PRIVATE_KEY", "unused")
+    monkeypatch.delenv("PARLEY_ASSISTANTS_TARGET", raising=False)
+    assert GatewaySettings.from_env().targets["assistants"] == "127.0.0.1:50056"
+    monkeypatch.setenv("PARLEY_ASSISTANTS_TARGET", "10.0.0.7:7000")
+    assert GatewaySettings.from_env().targets["assistants"] == "10.0.0.7:7000"
+
+
 async def test_direct_backend_call_without_gateway_identity_is_refused(sessions_backend, make_key):
     secret = await make_key("route-user", ["sessions"])
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sessions_backend.port}") as channel:

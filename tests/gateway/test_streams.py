@@ -260,3 +260,16 @@ async def test_backend_calls_get_the_maximum_deadline(capped_gateway, make_key, 
             assert reply.usage.output_tokens > 0
     finally:
         vendor.delay = 0.0
+
+
+def test_the_maximum_deadline_is_configurable(monkeypatch):
+    from services.gateway.app import GatewaySettings
+    from services.runtime.config import ConfigError
+
+    monkeypatch.setenv("PARLEY_IDENTITY_PRIVATE_KEY", "unused")
+    assert GatewaySettings.from_env().max_deadline_seconds == 3600
+    monkeypatch.setenv("PARLEY_GATEWAY_MAX_DEADLINE_SECONDS", "30")
+    assert GatewaySettings.from_env().max_deadline_seconds == 30
+    monkeypatch.setenv("PARLEY_GATEWAY_MAX_DEADLINE_SECONDS", "0")
+    with pytest.raises(ConfigError):
+        GatewaySettings.from_env()
