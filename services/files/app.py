@@ -11,9 +11,10 @@ import asyncpg
 import grpc
 
 from parley.files.v1 import files_service_pb2, files_service_pb2_grpc
-from services.files.embeddings import Embedder, LLMEmbedder
+from services.files.embeddings import Embedder
 from services.files.extract import Limits
 from services.files.files import Files, UploadLimits
+from services.files.llm_embedder import LLMEmbedder
 from services.files.repository import vector_codec
 from services.files.servicer import FileServicer
 from services.files.storage import BlobStore
