@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: install run test protos check-protos lint-protos bench clean
+.PHONY: install run test protos check-protos lint-protos bench clean bubblewrap
 
 # The virtual environment, with Parley and its development tools installed in it.
 $(STAMP): pyproject.toml constraints.txt
@@ -19,7 +19,28 @@ $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(STAMP) $(BUF)
+# The sandbox's own Python (ipykernel, numpy, pandas, matplotlib), mounted read-only in every
+# sandbox. Its interpreter must be readable by the sandboxes' unprivileged uids, so the
+# system's python3 is preferred over one under a home directory (pyenv under /root is not).
+SANDBOX_VENV   := .venv-sandbox
+SANDBOX_STAMP  := $(SANDBOX_VENV)/.installed
+SANDBOX_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo $(PYTHON))
+
+$(SANDBOX_STAMP): services/sandbox/runtime-requirements.txt constraints.txt
+	test -x $(SANDBOX_VENV)/bin/python || $(SANDBOX_PYTHON) -m venv $(SANDBOX_VENV)
+	$(SANDBOX_VENV)/bin/python -m pip install --quiet -c constraints.txt -r services/sandbox/runtime-requirements.txt
+	touch $@
+
+# bubblewrap, the sandbox's walls: installed from Debian's package when we are root and it is
+# missing; anywhere else (or if that fails) the sandbox refuses executions and says why.
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; }; } || \
+	  echo "make: bubblewrap is not installed; the sandbox will refuse code execution (install the 'bubblewrap' package)"
+
+install: $(STAMP) $(BUF) $(SANDBOX_STAMP) bubblewrap
 
 run: $(STAMP)
 	$(PY) -m services
