@@ -8,6 +8,7 @@ change is a single statement or commits as a whole.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -45,6 +46,8 @@ TITLE_MAX_CHARS = 256
 COMMENT_MAX_CHARS = 4096
 REFERENCE_MAX_CHARS = 128
 UPDATABLE_PATHS = ("title", "status", "metadata")
+# Messages an export reads per transaction.
+EXPORT_PAGE_MESSAGES = 200
 _REFERENCE = re.compile(r"^[A-Za-z0-9_.:-]*$")
 _IMAGE_URL = re.compile(r"^(https?://|data:image/)", re.IGNORECASE)
 
@@ -265,8 +268,10 @@ class Sessions:
     # -- export and retention ---------------------------------------------------------------
 
     async def export_session(self, user_id: str, session_id: str, fmt: int) -> tuple[str, str, AsyncIterator[bytes]]:
-        """(media type, file name, the document's bytes in chunks). The whole export reads one
-        consistent snapshot, however long the session."""
+        """(media type, file name, the document's bytes in chunks). Messages are read in pages
+        of EXPORT_PAGE_MESSAGES, each in its own short transaction, so a slow reader holds no
+        pooled connection while it takes its time; a message created during the export may
+        or may not be in it."""
         sid = parse_id(session_id, "session_id")
         errors.collect(_enum_value(fmt, ExportFormat, "format", allow_unspecified=True))
         export_format = ExportFormat(fmt) if fmt else ExportFormat.JSON
@@ -274,17 +279,22 @@ class Sessions:
         media_type, extension = (
             ("application/json", "json") if export_format == ExportFormat.JSON else ("text/markdown", "md")
         )
+        chunks = render_export(export_format, session, self._messages_in_pages(user_id, sid))
+        return media_type, f"session-{session.id}.{extension}", chunks
 
-        async def chunks() -> AsyncIterator[bytes]:
+    async def _messages_in_pages(self, user_id: str, sid: uuid.UUID) -> AsyncIterator[Message]:
+        after_seq = None
+        while True:
             async with self._db.transaction(user_id, readonly=True) as conn:
-                current = await self._repo.get_session(conn, sid)
-                if current is None:  # deleted between the check and the snapshot
-                    raise _session_not_found(sid)
-                messages = self._repo.iterate_messages(conn, sid)
-                async for chunk in render_export(export_format, current, messages):
-                    yield chunk
-
-        return media_type, f"session-{session.id}.{extension}", chunks()
+                visible, rows = await self._repo.list_messages(conn, sid, order=SortOrder.ASCENDING,
+                                                               after_seq=after_seq, run_id="", limit=EXPORT_PAGE_MESSAGES)
+            if not visible:  # deleted while it was being exported
+                raise _session_not_found(sid)
+            for _, message in rows:
+                yield message
+            if len(rows) < EXPORT_PAGE_MESSAGES:
+                return
+            after_seq = rows[-1][0]
 
     async def purge_idle_sessions(self, idle_for: timedelta, *, batch: int = 1000) -> int:
         """Deletes every session (of any user) idle for longer than `idle_for`. Maintenance,

@@ -5,7 +5,6 @@ no query here filters on user_id itself, and none needs to."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import asyncpg
@@ -234,15 +233,6 @@ class SessionRepository:
 
     async def touch_session(self, conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
         await conn.execute("UPDATE sessions SET update_time = now() WHERE id = $1", session_id)
-
-    async def iterate_messages(self, conn: asyncpg.Connection, session_id: uuid.UUID) -> AsyncIterator[Message]:
-        """Every message of a session, oldest first, through a server-side cursor."""
-        query = (
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN message_feedback f ON f.message_id = m.id "
-            "WHERE m.session_id = $1 ORDER BY m.seq"
-        )
-        async for row in conn.cursor(query, session_id, prefetch=500):
-            yield _message(row)
 
     async def purge_idle_sessions(self, conn: asyncpg.Connection, idle_before: datetime, max_rows: int) -> int:
         return await conn.fetchval("SELECT purge_idle_sessions($1, $2)", idle_before, max_rows)

@@ -9,6 +9,7 @@ import pytest
 
 from parley.sessions.v1 import sessions_pb2 as pb
 from parley.sessions.v1 import sessions_service_pb2 as api
+from parley.sessions.v1 import sessions_service_pb2_grpc as api_grpc
 from tests.conftest import expect_error
 
 
@@ -157,3 +158,40 @@ async def test_export_of_a_large_session_streams_in_chunks(sessions_stub, as_use
     assert len(chunks) >= 5 and all(len(c.data) <= 64 * 1024 for c in chunks)
     assert chunks[1].media_type == ""  # metadata only on the first chunk
     assert [m["content"][0]["text"] for m in json.loads(body)["messages"]] == [paragraph] * 6
+
+
+async def test_a_slow_export_reader_holds_no_database_connection(admin_url, identity_public_key, as_user, monkeypatch):
+    """An export reads its messages page by page, each page in its own transaction: while the
+    reader pauses, every pooled connection is free, and the document is still whole."""
+    import services.sessions.domain as domain
+    from services.sessions.app import build_app
+    from tests.conftest import channel_to, serve_app
+    from tests.sessions.conftest import sessions_settings
+
+    monkeypatch.setattr(domain, "EXPORT_PAGE_MESSAGES", 2)
+    app = await build_app(sessions_settings(admin_url, pool_size=2))
+    running = await serve_app(app, "sessions", identity_public_key)
+    channel = channel_to(running)
+    try:
+        stub = api_grpc.SessionServiceStub(channel)
+        me, user_id = as_user("msg-slow-reader"), "msg-slow-reader"
+        session = await stub.CreateSession(api.CreateSessionRequest(title="slow"), metadata=me)
+        paragraph = "Lorem ipsum dolor sit amet. " * 2000  # ~56 KB: a 64 KiB chunk fills after two
+        for i in range(5):
+            await stub.CreateMessage(api.CreateMessageRequest(session_id=session.id, role=pb.ROLE_USER,
+                                                              content=[pb.ContentPart(text=f"{i} {paragraph}")]),
+                                     metadata=me)
+        _, _, chunks = await app.sessions.export_session(user_id, session.id, api.EXPORT_FORMAT_JSON)
+        body = bytearray(await chunks.__anext__())
+        pool = app.db.pool
+        assert pool.get_idle_size() == pool.get_size(), "a paused export keeps a connection"
+        # Meanwhile the service answers other calls, even with a pool of two.
+        assert (await stub.GetSession(api.GetSessionRequest(session_id=session.id), metadata=me)).id == session.id
+        async for chunk in chunks:
+            body += chunk
+            assert pool.get_idle_size() == pool.get_size()
+        texts = [m["content"][0]["text"] for m in json.loads(bytes(body))["messages"]]
+        assert texts == [f"{i} {paragraph}" for i in range(5)]
+    finally:
+        await channel.close()
+        await running.stop(0)
