@@ -20,11 +20,14 @@ from services.llm.limits import Queues
 from services.llm.listing import ModelListing
 from services.llm.providers.base import LLMProvider
 from services.llm.providers.local import LocalProvider
+from services.llm.budgets import Budgets
 from services.llm.reports import Reports
+from services.llm.repository import MIGRATIONS, ROLE, SCHEMA, UsageRepository
 from services.llm.servicer import LLMServicer
 from services.llm.tokens import TokenCounter
 from services.llm.usage import Ledger
 from services.runtime.config import ConfigError, env_bool, env_float, env_int, env_str, state_dir
+from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, open_service_database, statement_timeout_from_env
 
 log = logging.getLogger("parley.llm")
 
@@ -61,6 +64,8 @@ class LLMSettings:
     # ListModels also lists the configured vendors' own models (cached for the TTL).
     vendor_models: bool = False
     vendor_models_ttl: float = 600.0
+    # Longest a ledger statement may run (PostgreSQL statement_timeout); 0: no limit.
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS
     # Test hook: providers to use instead of building them from the catalog.
     providers: dict[str, LLMProvider] | None = field(default=None, compare=False)
 
@@ -88,6 +93,7 @@ class LLMSettings:
             cache_max_bytes=env_int("PARLEY_LLM_CACHE_MAX_BYTES", 256 * 1024 * 1024, minimum=1024),
             vendor_models=env_bool("PARLEY_LLM_VENDOR_MODELS", False),
             vendor_models_ttl=env_float("PARLEY_LLM_VENDOR_MODELS_TTL_SECONDS", 600.0, minimum=1),
+            statement_timeout=statement_timeout_from_env("llm"),
             warm_embeddings=env_bool("PARLEY_LLM_WARM_EMBEDDINGS", True),
             http_transport=transport,
             admin_url=env_str("PARLEY_DATABASE_URL"),
@@ -193,10 +199,11 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
     db = budgets = usage = None
     writer = None
     if settings.use_database:
-        from services.llm.repository import UsageRepository, connect_database
-        from services.llm.budgets import Budgets
-
-        db = await connect_database(settings)
+        db = await open_service_database(
+            schema=SCHEMA, role=ROLE, migrations_dir=MIGRATIONS, admin_url=settings.admin_url,
+            database_url=settings.database_url, role_password=settings.role_password, pool_size=settings.pool_size,
+            statement_timeout=settings.statement_timeout,
+        )
         usage = UsageRepository(db)
         writer = usage.write_batch
     ledger = Ledger(writer, flush_interval=settings.usage_flush_seconds, batch_size=settings.usage_batch_size,

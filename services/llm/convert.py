@@ -1,6 +1,7 @@
 """Protobuf ⇄ domain conversion for the llm service. Nothing here decides what a request may
-ask for (that is `validation` and `capabilities`); it only refuses what cannot be converted:
-an enum number the contract does not define, a Struct holding NaN or Infinity."""
+ask for (that is `validation` and `capabilities`). Enum numbers the contract does not define
+and non-finite numbers inside Structs never get here: the shared request check
+(`services.runtime.request_check`) refuses them for every RPC before the servicer runs."""
 
 from __future__ import annotations
 
@@ -47,31 +48,6 @@ _FORMAT = {pb.RESPONSE_FORMAT_TYPE_UNSPECIFIED: "text", pb.RESPONSE_FORMAT_TYPE_
 _GROUP_KEYS = {pb.USAGE_GROUP_BY_USER: "user_id", pb.USAGE_GROUP_BY_MODEL: "model", pb.USAGE_GROUP_BY_DAY: "day"}
 
 
-class _Decoder:
-    """Collects what cannot be converted, so one INVALID_ARGUMENT lists it all."""
-
-    def __init__(self) -> None:
-        self.violations: list[FieldViolation] = []
-
-    def enum(self, table: dict, value: int, field: str, default=None):
-        if value == 0 and default is not None:
-            return default
-        if value not in table:
-            self.violations.append(FieldViolation(field, f"unknown value {value}"))
-            return default if default is not None else next(iter(table.values()))
-        return table[value]
-
-    def struct(self, message, field: str) -> dict | None:
-        try:
-            return json_format.MessageToDict(message)
-        except ValueError:
-            self.violations.append(FieldViolation(field, "numbers must be finite (no NaN or Infinity)"))
-            return None
-
-    def done(self) -> None:
-        collect(self.violations)
-
-
 def seconds(d: duration_pb2.Duration) -> float:
     return d.seconds + d.nanos / 1e9
 
@@ -90,70 +66,67 @@ def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
 # ---- requests ---------------------------------------------------------------------------
 
 
-def _message(m: pb.ChatMessage, path: str, decode: _Decoder) -> Message:
-    role = None
-    if m.role:
-        role = Role(m.role) if m.role in Role._value2member_map_ else None
-        if role is None:
-            decode.violations.append(FieldViolation(f"{path}.role", f"unknown value {m.role}"))
+def _message(m: pb.ChatMessage, path: str, violations: list[FieldViolation]) -> Message:
     parts = []
     for j, part in enumerate(m.content):
         which = part.WhichOneof("part")
-        where = f"{path}.content[{j}]"
         if which == "text":
             parts.append(TextPart(part.text))
         elif which == "image_url":
-            detail = decode.enum(_DETAIL, part.image_url.detail, f"{where}.image_url.detail", "auto")
-            parts.append(ImagePart(url=part.image_url.url, detail=detail))
+            parts.append(ImagePart(url=part.image_url.url, detail=_DETAIL[part.image_url.detail]))
         elif which == "image_data":
             data = part.image_data
-            detail = decode.enum(_DETAIL, data.detail, f"{where}.image_data.detail", "auto")
-            parts.append(ImagePart(data=data.data, media_type=data.media_type, detail=detail))
+            parts.append(ImagePart(data=data.data, media_type=data.media_type, detail=_DETAIL[data.detail]))
         else:
-            decode.violations.append(FieldViolation(where, "is empty"))
+            violations.append(FieldViolation(f"{path}.content[{j}]", "is empty"))
     calls = tuple(ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in m.tool_calls)
-    return Message(role=role, content=tuple(parts), tool_calls=calls, tool_call_id=m.tool_call_id, name=m.name)
+    return Message(role=Role(m.role) if m.role else None, content=tuple(parts), tool_calls=calls,
+                   tool_call_id=m.tool_call_id, name=m.name)
 
 
-def _tools(tools, decode: _Decoder, *, strict: bool = True) -> tuple[FunctionTool, ...]:
-    found = []
-    for i, tool in enumerate(tools):
-        fn = tool.function
-        parameters = decode.struct(fn.parameters, f"tools[{i}].function.parameters") if fn.HasField("parameters") else None
-        found.append(FunctionTool(name=fn.name, description=fn.description, parameters=parameters,
-                                  strict=fn.strict if strict else False))
-    return tuple(found)
+def _messages(messages) -> tuple[Message, ...]:
+    violations: list[FieldViolation] = []
+    converted = tuple(_message(m, f"messages[{i}]", violations) for i, m in enumerate(messages))
+    collect(violations)
+    return converted
+
+
+def _struct(message) -> dict:
+    return json_format.MessageToDict(message)
+
+
+def _tools(tools, *, strict: bool = True) -> tuple[FunctionTool, ...]:
+    return tuple(
+        FunctionTool(name=t.function.name, description=t.function.description,
+                     parameters=_struct(t.function.parameters) if t.function.HasField("parameters") else None,
+                     strict=t.function.strict if strict else False)
+        for t in tools
+    )
 
 
 def chat_request(r: api.GenerateRequest | api.StreamGenerateRequest) -> ChatRequest:
-    decode = _Decoder()
-    messages = tuple(_message(m, f"messages[{i}]", decode) for i, m in enumerate(r.messages))
-    tools = _tools(r.tools, decode)
+    messages = _messages(r.messages)
     choice = None
     if r.HasField("tool_choice"):
         which = r.tool_choice.WhichOneof("choice")
         if which == "function_name":
             choice = ToolChoice(mode="required", function=r.tool_choice.function_name)
         elif which == "mode" and r.tool_choice.mode:
-            choice = ToolChoice(mode=decode.enum(_TOOL_CHOICE, r.tool_choice.mode, "tool_choice.mode", "auto"))
+            choice = ToolChoice(mode=_TOOL_CHOICE[r.tool_choice.mode])
     fmt = ResponseFormat()
-    kind = decode.enum(_FORMAT, r.response_format.type, "response_format.type", "text")
+    kind = _FORMAT[r.response_format.type]
     if kind == "json_object":
         fmt = ResponseFormat(type="json_object")
     elif kind == "json_schema":
         js = r.response_format.json_schema
-        schema = decode.struct(js.schema, "response_format.json_schema.schema") if js.HasField("schema") else None
-        fmt = ResponseFormat(type="json_schema", name=js.name, description=js.description, schema=schema,
-                             strict=js.strict)
-    cache_policy = decode.enum(CachePolicy._value2member_map_, r.cache_policy, "cache_policy", CachePolicy.DEFAULT)
-    priority = decode.enum(Priority._value2member_map_, r.priority, "priority", Priority.NORMAL)
-    decode.done()
+        fmt = ResponseFormat(type="json_schema", name=js.name, description=js.description,
+                             schema=_struct(js.schema) if js.HasField("schema") else None, strict=js.strict)
     return ChatRequest(
         model=r.model,
         messages=messages,
         fallback_models=tuple(r.fallback_models),
         disable_fallbacks=r.disable_fallbacks,
-        tools=tools,
+        tools=_tools(r.tools),
         tool_choice=choice,
         parallel_tool_calls=r.parallel_tool_calls if r.HasField("parallel_tool_calls") else None,
         temperature=r.temperature if r.HasField("temperature") else None,
@@ -162,47 +135,34 @@ def chat_request(r: api.GenerateRequest | api.StreamGenerateRequest) -> ChatRequ
         stop=tuple(r.stop),
         seed=r.seed if r.HasField("seed") else None,
         response_format=fmt,
-        cache_policy=cache_policy,
-        priority=priority,
+        cache_policy=CachePolicy(r.cache_policy) if r.cache_policy else CachePolicy.DEFAULT,
+        priority=Priority(r.priority) if r.priority else Priority.NORMAL,
         max_queue_time=seconds(r.max_queue_time) if r.HasField("max_queue_time") else None,
         metadata=dict(r.metadata),
     )
 
 
 def embed_request(r: api.EmbedRequest) -> EmbedRequest:
-    decode = _Decoder()
-    cache_policy = decode.enum(CachePolicy._value2member_map_, r.cache_policy, "cache_policy", CachePolicy.DEFAULT)
-    priority = decode.enum(Priority._value2member_map_, r.priority, "priority", Priority.NORMAL)
-    decode.done()
     return EmbedRequest(
         model=r.model, inputs=tuple(r.inputs), dimensions=r.dimensions if r.HasField("dimensions") else None,
-        truncate=r.truncate, cache_policy=cache_policy, priority=priority, metadata=dict(r.metadata),
+        truncate=r.truncate, cache_policy=CachePolicy(r.cache_policy) if r.cache_policy else CachePolicy.DEFAULT,
+        priority=Priority(r.priority) if r.priority else Priority.NORMAL, metadata=dict(r.metadata),
     )
 
 
 def count_tokens_input(r: api.CountTokensRequest) -> tuple[tuple[Message, ...], tuple[FunctionTool, ...]]:
-    decode = _Decoder()
-    messages = tuple(_message(m, f"messages[{i}]", decode) for i, m in enumerate(r.messages))
-    tools = _tools(r.tools, decode, strict=False)
-    decode.done()
-    return messages, tools
+    return _messages(r.messages), _tools(r.tools, strict=False)
 
 
 def capabilities(values) -> frozenset[Capability]:
-    decode = _Decoder()
-    found = frozenset(decode.enum(Capability._value2member_map_, v, "capabilities") for v in values)
-    decode.done()
-    return found
+    return frozenset(Capability(v) for v in values)
 
 
 def usage_query(r: api.GetUsageRequest) -> UsageQuery:
-    decode = _Decoder()
-    group_by = []
+    group_by: list[str] = []
     for value in r.group_by:
-        key = decode.enum(_GROUP_KEYS, value, "group_by")
-        if key not in group_by:
-            group_by.append(key)
-    decode.done()
+        if _GROUP_KEYS[value] not in group_by:
+            group_by.append(_GROUP_KEYS[value])
     return UsageQuery(
         start=r.start_time if r.HasField("start_time") else None,
         end=r.end_time if r.HasField("end_time") else None,

@@ -8,7 +8,6 @@ the caller's admin scope was checked.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,24 +17,12 @@ import asyncpg
 
 from services.llm.usage import UsageRecord
 from services.runtime import errors
-from services.runtime.db import Database, admin_database_url, migrate, quote_literal, with_credentials
+from services.runtime.db import Database, quote_literal
 from services.runtime.identity import USER_ID_PATTERN
 
 SCHEMA = "llm"
 ROLE = "parley_llm"
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-async def init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def connect_database(settings) -> Database:
-    admin_url = settings.admin_url or (None if settings.database_url else admin_database_url())
-    if admin_url:
-        await migrate(admin_url, schema=SCHEMA, role=ROLE, role_password=settings.role_password, migrations_dir=MIGRATIONS)
-    url = settings.database_url or with_credentials(admin_url, ROLE, settings.role_password)
-    return await Database.connect(url, schema=SCHEMA, init=init_connection, max_size=settings.pool_size)
 
 
 _INSERT = """
