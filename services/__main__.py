@@ -9,13 +9,13 @@ stops the suite), leaving no orphans: children also get SIGTERM if this process 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -25,25 +25,71 @@ from services.runtime.config import DEFAULT_PORTS, env_str, state_dir
 from services.runtime.db import start_embedded_postgres
 from services.runtime.identity import generate_private_key_pem, public_key_pem
 
-# Start order: dependencies first. Each service issue adds its own entry.
-SUITE = ["llm", "sessions", "files", "sandbox", "assistants", "gateway"]
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # runs as `python -m services.<name>`, on PARLEY_<NAME>_PORT
+    # Other services reach it through PARLEY_<NAME>_TARGET, which the suite sets.
+    is_backend: bool = True
+
+
+# Start order: dependencies first. A new service adds one row.
+SERVICES = (
+    Service("llm"),
+    Service("sessions"),
+    Service("files"),
+    Service("sandbox"),
+    Service("assistants"),
+    Service("gateway", is_backend=False),
+)
+SUITE = [service.name for service in SERVICES]
 STARTUP_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
-_PR_SET_PDEATHSIG = 1
+
+# Runs in each child before it becomes the service: Linux sends it SIGTERM when the launcher
+# dies (PR_SET_PDEATHSIG survives exec), and a launcher already gone stops it at once. This
+# replaces a preexec_fn, which is unsafe once the launcher has threads (gRPC, pgserver).
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except OSError:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, "-m", sys.argv[2]])
+"""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM us if the launcher dies."""
+def _spawn(service: Service, env: dict[str, str]) -> subprocess.Popen:
+    # Its own process group: a Ctrl-C in the terminal reaches the launcher only, which then
+    # stops the services in order.
+    return subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), f"services.{service.name}"],
+                            env=env, process_group=0)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Writes a secret file that is never readable by others, not even for a moment, and never
+    seen half-written: created 0600 under a temporary name, then renamed into place."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _ensure_identity_keys(directory: Path) -> tuple[Path, Path]:
     private, public = directory / "identity-ed25519.pem", directory / "identity-ed25519.pub.pem"
     if not private.exists():
-        private.write_bytes(generate_private_key_pem())
+        _write_private(private, generate_private_key_pem())
+    elif private.stat().st_mode & 0o077:
         private.chmod(0o600)
     public.write_bytes(public_key_pem(private.read_bytes()))
     return private, public
@@ -131,19 +177,18 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    # The gateway reaches each backend of the suite on the port the suite gives it.
-    for service in SUITE:
-        if service in ("llm", "sessions", "files", "sandbox", "assistants"):
-            env.setdefault(f"PARLEY_{service.upper()}_TARGET", f"127.0.0.1:{_port(service)}")
+    # The gateway (and the engine) reach each backend on the port the suite gives it.
+    for service in SERVICES:
+        if service.is_backend:
+            env.setdefault(f"PARLEY_{service.name.upper()}_TARGET", f"127.0.0.1:{_port(service.name)}")
 
     children: dict[str, subprocess.Popen] = {}
     try:
-        for service in SUITE:
-            _ensure_port_free(service, _port(service))
-            children[service] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{service}"], env=env, preexec_fn=_die_with_parent
-            )
-            _wait_healthy(service, _port(service), children[service], time.monotonic() + STARTUP_TIMEOUT_SECONDS)
+        for service in SERVICES:
+            port = _port(service.name)
+            _ensure_port_free(service.name, port)
+            children[service.name] = _spawn(service, env)
+            _wait_healthy(service.name, port, children[service.name], time.monotonic() + STARTUP_TIMEOUT_SECONDS)
             if stopping:
                 return 130
         key_file = directory / "dev-api-key"

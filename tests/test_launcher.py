@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.__main__ import SUITE
+from services.__main__ import SERVICES, SUITE, _ensure_identity_keys, _write_private
 from tests.conftest import private_temp_dir
 from tests.runtime.test_server import free_port
 
@@ -119,7 +120,8 @@ def test_ctrl_c_stops_every_service_and_the_database(tmp_path, launched, suite_d
     processes = suite_descendants(process.pid) + [_postmaster(tmp_path)]
     assert len(processes) >= len(SUITE) + 1
     assert all(_alive(pid) for pid in processes)
-    assert (tmp_path / "state" / "identity-ed25519.pem").exists()
+    private_key = tmp_path / "state" / "identity-ed25519.pem"
+    assert stat.S_IMODE(private_key.stat().st_mode) == 0o600
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
     for pid in processes:
@@ -135,6 +137,8 @@ def test_killing_the_launcher_takes_its_services_down(tmp_path, launched):
     commands = {f"-m\0services.{name}\0" for name in SUITE}
     services = [pid for pid in _children_of(process.pid) if any(c in _cmdline(pid) for c in commands)]
     assert len(services) == len(SUITE)
+    # Each in its own process group: a terminal's Ctrl-C goes to the launcher, which stops them in order.
+    assert all(os.getpgid(pid) == pid for pid in services)
     postmaster = _postmaster(tmp_path)
     process.kill()
     process.wait()
@@ -164,3 +168,35 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
     assert result.returncode == 1
     assert f"port {taken} for {SUITE[0]} is taken" in result.stderr
     assert "Parley is running" not in result.stdout
+
+
+def test_the_identity_key_is_created_private_whatever_the_umask(tmp_path):
+    previous = os.umask(0)
+    try:
+        private, public = _ensure_identity_keys(tmp_path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert public.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    # A key left readable by others (an older launcher, a copy) is tightened, and kept.
+    before = private.read_bytes()
+    private.chmod(0o644)
+    _ensure_identity_keys(tmp_path)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_bytes() == before
+
+
+def test_a_failed_write_leaves_the_private_file_as_it_was(tmp_path):
+    target = tmp_path / "secret.pem"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        _write_private(target, "not bytes")  # fails in the middle of writing
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.pem"]
+
+
+def test_the_suite_is_one_table_with_the_gateway_last():
+    assert SUITE[-1] == "gateway" and len(set(SUITE)) == len(SUITE)
+    assert {"llm", "sessions", "files", "sandbox", "assistants"} <= set(SUITE)
+    assert [s.name for s in SERVICES if not s.is_backend] == ["gateway"]
