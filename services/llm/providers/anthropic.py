@@ -29,7 +29,13 @@ from services.llm.models import (
     ToolCallDelta,
     Usage,
 )
-from services.llm.providers.base import EmbeddingBatch, ProviderError, kind_for_status, parse_retry_after
+from services.llm.providers.base import (
+    EmbeddingBatch,
+    ProviderError,
+    first_model_ids,
+    kind_for_status,
+    parse_retry_after,
+)
 from services.llm.providers.openai import safe_message
 
 STOP_REASONS = {
@@ -246,12 +252,7 @@ class AnthropicProvider:
     async def list_models(self, *, timeout: float, limit: int = 2000) -> list[str]:
         """Anthropic's model ids (`GET /v1/models`, paged by the SDK)."""
         try:
-            found = []
-            async for model in self.client.models.list(limit=1000, timeout=timeout):
-                found.append(model.id)
-                if len(found) >= limit:
-                    break
-            return found
+            return await first_model_ids(self.client.models.list(limit=1000, timeout=timeout), limit)
         except Exception as exc:  # noqa: BLE001 - mapped in one place
             raise provider_error(exc) from None
 

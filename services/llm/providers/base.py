@@ -60,6 +60,16 @@ class LLMProvider(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def first_model_ids(pages, limit: int) -> list[str]:
+    """The ids of the first `limit` models of an SDK's (auto-paging) model list."""
+    found: list[str] = []
+    async for model in pages:
+        found.append(model.id)
+        if len(found) >= limit:
+            break
+    return found
+
+
 def parse_retry_after(headers) -> float | None:
     """Seconds from Retry-After (seconds or HTTP date) or retry-after-ms, if present."""
     if headers is None:

@@ -28,7 +28,13 @@ from services.llm.models import (
     ToolCallDelta,
     Usage,
 )
-from services.llm.providers.base import EmbeddingBatch, ProviderError, kind_for_status, parse_retry_after
+from services.llm.providers.base import (
+    EmbeddingBatch,
+    ProviderError,
+    first_model_ids,
+    kind_for_status,
+    parse_retry_after,
+)
 from services.llm.tokens import estimate_text
 from services.runtime.logs import mask_secrets
 
@@ -155,12 +161,7 @@ class OpenAIProvider:
     async def list_models(self, *, timeout: float, limit: int = 2000) -> list[str]:
         """The server's own model ids (`GET /models`)."""
         try:
-            found = []
-            async for model in self.client.models.list(timeout=timeout):
-                found.append(model.id)
-                if len(found) >= limit:
-                    break
-            return found
+            return await first_model_ids(self.client.models.list(timeout=timeout), limit)
         except Exception as exc:  # noqa: BLE001 - mapped in one place
             raise provider_error(exc) from None
 
