@@ -3,6 +3,7 @@ download. Every operation acts as one user; the metadata row commits only with t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -121,7 +122,9 @@ class Files:
                     metadata={"sha256": pending.sha256},
                 )
             await pending.flush()
-            media_type = sniff.detect_media_type(pending.head, pending.path, filename, metadata.declared_media_type)
+            # Sniffing may open the file as a zip (docx) and read its directory: off the loop.
+            media_type = await asyncio.to_thread(sniff.detect_media_type, pending.head, pending.path, filename,
+                                                 metadata.declared_media_type)
             if metadata.purpose == FilePurpose.VISION and media_type not in sniff.IMAGE_TYPES:
                 raise errors.InvalidArgument.for_field(
                     "metadata.purpose", f"VISION needs a PNG, JPEG, GIF or WEBP image; the content is {sniff.describe(media_type)}",
@@ -142,9 +145,10 @@ class Files:
                 committed_key = key
             committed_key = None
         except BaseException:
-            pending.discard()
+            # Unlinks run in a thread; cancelled while awaiting, the thread still finishes.
+            await asyncio.to_thread(pending.discard)
             if committed_key is not None:
-                self._storage.delete(committed_key)
+                await asyncio.to_thread(self._storage.delete, committed_key)
             raise
         self._on_uploaded()
         return created
@@ -177,12 +181,12 @@ class Files:
         if key is None:
             raise file_not_found(fid)
         try:
-            self._storage.delete(key)
+            await asyncio.to_thread(self._storage.delete, key)
         except OSError:  # the row is gone; the start-up sweep removes orphaned bytes
             log.warning("could not delete the bytes of file %s", fid, exc_info=True)
 
     async def download(self, user_id: str, file_id: str) -> tuple[File, AsyncIterator[bytes]]:
         found = await self.get(user_id, file_id)
-        if not self._storage.path_of(found.storage_key).exists():
+        if not await asyncio.to_thread(self._storage.path_of(found.storage_key).exists):
             raise errors.DataLoss(f"the bytes of file {found.id} are missing from storage", reason="FILE_BYTES_MISSING")
         return found, self._storage.iter_bytes(found.storage_key)

@@ -132,8 +132,12 @@ class Processor:
                 log.warning("renewing leases failed", exc_info=True)
 
     async def _maintain_forever(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self.sweep_storage()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the next start sweeps again; serving goes on
+            log.exception("start-up storage sweep failed")
         while True:
             try:
                 async with self._db.pool.acquire() as conn:
@@ -156,10 +160,9 @@ class Processor:
             batch = keys[begin:begin + 1000]
             async with self._db.pool.acquire() as conn:
                 known = {r[0] for r in await conn.fetch("SELECT known_storage_keys($1::text[])", batch)}
-            for key in batch:
-                if key not in known:
-                    self._storage.delete(key)
-                    removed += 1
+            orphans = [key for key in batch if key not in known]
+            await asyncio.to_thread(lambda: [self._storage.delete(key) for key in orphans])
+            removed += len(orphans)
         if removed:
             log.info("storage sweep removed %d orphaned files", removed)
 
