@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: install run test protos check-protos lint-protos bench clean bubblewrap
+.PHONY: install run test protos check-protos lint-protos bench clean bubblewrap system-tools
 
 # The virtual environment, with Parley and its development tools installed in it.
 $(STAMP): pyproject.toml constraints.txt
@@ -40,7 +40,17 @@ bubblewrap:
 	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; }; } || \
 	  echo "make: bubblewrap is not installed; the sandbox will refuse code execution (install the 'bubblewrap' package)"
 
-install: $(STAMP) $(BUF) $(SANDBOX_STAMP) bubblewrap
+# Debian's docker-compose (`config` checks of docker-compose.yml) and prometheus (promtool and a
+# real server for the alert rules and scrape tests), where root can install them; elsewhere
+# (or if that fails) nothing happens and those checks need them installed by hand.
+system-tools:
+	@{ command -v docker-compose && command -v promtool && command -v prometheus; } >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -qq docker-compose prometheus >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose prometheus >/dev/null 2>&1; }; }; } || \
+	  echo "make: docker-compose/prometheus are not installed; the deploy and alert-rule checks need them"
+
+install: $(STAMP) $(BUF) $(SANDBOX_STAMP) bubblewrap system-tools
 
 run: $(STAMP)
 	$(PY) -m services
