@@ -46,8 +46,8 @@ async def two_users(gw_channel, make_key):
 def _message(session_id: str, *, attachments=(), images=()) -> sapi.CreateMessageRequest:
     content = [spb.ContentPart(text="look at this")]
     content += [spb.ContentPart(image_file=spb.ImageFile(file_id=i)) for i in images]
-    return sapi.CreateMessageRequest(session_id=session_id, role=spb.ROLE_USER, content=content,
-                                     attachments=[spb.Attachment(file_id=a, tools=["file_search"]) for a in attachments])
+    attached = [spb.Attachment(file_id=a, tools=["file_search"]) for a in attachments]
+    return sapi.CreateMessageRequest(session_id=session_id, role=spb.ROLE_USER, content=content, attachments=attached)
 
 
 async def _stored(channel, secret, session_id) -> list:
