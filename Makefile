@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: install run test protos check-protos lint-protos bench clean bubblewrap system-tools
+.PHONY: install run test protos check-protos lint-protos bench clean bubblewrap system-tools redis-server
 
 # The virtual environment, with Parley and its development tools installed in it.
 $(STAMP): pyproject.toml constraints.txt
@@ -50,7 +50,18 @@ system-tools:
 	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose prometheus >/dev/null 2>&1; }; }; } || \
 	  echo "make: docker-compose/prometheus are not installed; the deploy and alert-rule checks need them"
 
-install: $(STAMP) $(BUF) $(SANDBOX_STAMP) bubblewrap system-tools
+# redis-server, for the tests of the shared rate limits and caches (tests/conftest.py starts
+# its own on a free port): Debian's package when we are root and it is missing. `make run`
+# does not need it (in-memory limits and caches unless PARLEY_REDIS_URL is set).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; }; }; } || \
+	  command -v redis-server >/dev/null 2>&1 || \
+	  echo "make: redis-server is not installed; the Redis tests need it (Debian's 'redis-server' package) or PARLEY_TEST_REDIS_URL"
+
+install: $(STAMP) $(BUF) $(SANDBOX_STAMP) bubblewrap system-tools redis-server
 
 run: $(STAMP)
 	$(PY) -m services

@@ -1,8 +1,11 @@
-"""Fixtures every test package shares: a real PostgreSQL, identity keys, and helpers that run
-real gRPC servers on real ports.
+"""Fixtures every test package shares: a real PostgreSQL, a real Redis, identity keys, and
+helpers that run real gRPC servers on real ports.
 
 The database is an embedded PostgreSQL (pgserver) in a temporary directory, or the server at
 `PARLEY_TEST_DATABASE_URL` (an admin URL) when that is set; each run gets a fresh database.
+Redis (shared rate limits and caches) is `PARLEY_TEST_REDIS_URL` when set, otherwise a
+`redis-server` the test run starts itself on a free loopback port (`make install` installs
+Debian's package where it can).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
+import subprocess
+import time
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +59,80 @@ def private_temp_dir(prefix: str) -> Path:
     directory = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     return directory
+
+
+_redis: dict[str, str] = {}
+
+
+def _redis_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_redis(binary: str) -> str:
+    directory = private_temp_dir("parley-test-redis-")
+    for _ in range(3):  # another process may take the free port first
+        port = _free_port()
+        log = open(directory / f"redis-{port}.log", "wb")  # noqa: SIM115 - kept for the process's life
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(directory), "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            if process.poll() is not None:
+                break
+            if _redis_answers("127.0.0.1", port):
+                def stop(process=process) -> None:
+                    process.terminate()
+                    try:
+                        process.wait(10)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+
+                atexit.register(stop)
+                return f"redis://127.0.0.1:{port}/0"
+            time.sleep(0.05)
+        process.kill()
+        process.wait()
+    raise RuntimeError(f"redis-server did not start; see the logs in {directory}")
+
+
+def redis_url_for_tests() -> str:
+    """The Redis of this test run: `PARLEY_TEST_REDIS_URL`, or a `redis-server` started on
+    first use on a free port and stopped when the test process exits. Without the binary,
+    a Redis already answering on 127.0.0.1:6379 is used; with neither, the tests that need one
+    fail, saying what to install."""
+    if "url" not in _redis:
+        configured = os.environ.get("PARLEY_TEST_REDIS_URL")
+        binary = shutil.which("redis-server")
+        if configured:
+            _redis["url"] = configured
+        elif binary:
+            _redis["url"] = _start_redis(binary)
+        elif _redis_answers("127.0.0.1", 6379):
+            _redis["url"] = "redis://127.0.0.1:6379/0"
+        else:
+            raise RuntimeError("the shared limit and cache tests need Redis: install redis-server (Debian's "
+                               "package; `make install` does, as root) or set PARLEY_TEST_REDIS_URL")
+    return _redis["url"]
+
+
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return redis_url_for_tests()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ replicas."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -11,12 +10,12 @@ import pytest
 from parley.llm.v1 import llm_pb2 as pb
 from parley.llm.v1 import llm_service_pb2 as api
 from services.llm.app import build_app
-from tests.conftest import channel_to, serve_app
+from tests.conftest import channel_to, redis_url_for_tests, serve_app
 from tests.llm.conftest import llm_settings, vendor_environment
 from tests.llm.helpers import collect, user
 
-# The Redis server this machine kind runs (also in CI); another one by PARLEY_TEST_REDIS_URL.
-REDIS_URL = os.environ.get("PARLEY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# PARLEY_TEST_REDIS_URL, or the test run's own redis-server (tests/conftest.py).
+REDIS_URL = redis_url_for_tests()
 
 
 async def test_response_cache_hit_and_miss(stub, fakes, as_user):
