@@ -17,9 +17,11 @@ from services.gateway.models import RateLimits
 from services.gateway.ratelimit import MemoryLimiter, RedisLimiter, Subject
 from services.runtime import errors
 from services.runtime.status import error_details, from_rpc_error
+from tests.conftest import redis_url_for_tests
 from tests.gateway.conftest import bearer, free_port, gateway_env, spawn, stop, wait_serving
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# PARLEY_TEST_REDIS_URL, or the test run's own redis-server (tests/conftest.py).
+REDIS_URL = redis_url_for_tests()
 
 
 async def call_many(channel, secret: str, count: int) -> tuple[int, list[grpc.aio.AioRpcError]]:
