@@ -219,13 +219,13 @@ class Proxy(grpc.GenericRpcHandler):
                 f"the request is {len(request)} bytes; {route.method} accepts at most {route.max_request_bytes}",
                 reason="REQUEST_TOO_LARGE", metadata={"max_bytes": str(route.max_request_bytes)},
             )
-        if index > 0:  # later messages of a client stream are data chunks
-            return request, None
         try:
             message = route.request_class.FromString(request)
         except DecodeError:
             raise errors.InvalidArgument(f"the request is not a valid {route.request_class.DESCRIPTOR.full_name}",
                                          reason="REQUEST_MALFORMED") from None
+        if index > 0:  # later messages of a client stream are data chunks: decodable is enough
+            return request, None
         violations = control_character_violations(message)
         if violations:
             errors.collect(violations)

@@ -8,6 +8,7 @@ import asyncio
 import collections
 
 import grpc
+import pytest
 
 from parley.files.v1 import files_pb2
 from parley.files.v1 import files_service_pb2 as fapi
@@ -81,3 +82,22 @@ async def test_an_upload_the_gateway_refuses_reports_its_status_every_time(gatew
                 code, reason, _ = rich_error(error)
                 outcomes[(code.name, reason)] += 1
     assert outcomes == {("INVALID_ARGUMENT", "REQUEST_TOO_LARGE"): TRIES}, outcomes
+
+
+async def test_malformed_bytes_later_in_an_upload_are_invalid_argument(gateway, make_key):
+    """Only the first message of a stream is inspected in full, but every one must at least be
+    a message of the method's type: the backend would answer UNKNOWN for undecodable bytes."""
+    secret = await make_key("upload-garbage", ["files"])
+    metadata = fapi.UploadFileRequest(metadata=fapi.UploadFileMetadata(
+        filename="g.txt", purpose=files_pb2.FILE_PURPOSE_ASSISTANTS)).SerializeToString()
+
+    async def requests():
+        yield metadata
+        yield fapi.UploadFileRequest(chunk=b"fine").SerializeToString()
+        yield b"\x12\xff\xff\xff"
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.stream_unary("/parley.files.v1.FileService/UploadFile")(requests(), metadata=bearer(secret))
+    code, reason, _ = rich_error(caught.value)
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED"), caught.value.details()
