@@ -16,6 +16,7 @@ bytes fields (the bulk of a prompt or an upload) are never read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -88,8 +89,38 @@ def request_violations(message) -> list[FieldViolation]:
     return found[:MAX_VIOLATIONS]
 
 
+class MalformedRequest:
+    """What `tolerant_deserializer` hands on for bytes that are no message of the method's
+    request type; `check_request` refuses it as INVALID_ARGUMENT."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def tolerant_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, except that bytes it cannot parse become a MalformedRequest instead of
+    an exception (which grpc answers as UNKNOWN, naming the exception's class)."""
+    if deserializer is None:
+        return None
+    type_name = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    type_name = type_name.full_name if type_name is not None else "request"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - DecodeError, or whatever a parser raises on garbage
+            return MalformedRequest(type_name)
+
+    return deserialize
+
+
 def check_request(message) -> None:
     """Raises one InvalidArgument naming every bad field of `message`, if it has any."""
+    if type(message) is MalformedRequest:
+        raise errors.InvalidArgument(f"the request is not a valid {message.type_name} message",
+                                     reason="MALFORMED_REQUEST")
     if _plan(message.DESCRIPTOR) is None or _clean(message):
         return
     found = request_violations(message)
