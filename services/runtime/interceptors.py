@@ -16,6 +16,7 @@ from grpc.aio import AbortError
 
 from services.runtime import errors
 from services.runtime.identity import METADATA_KEY, Identity, IdentityVerifier
+from services.runtime.metrics import note_caller
 from services.runtime.request_check import check_request
 from services.runtime.status import to_grpc_status
 
@@ -147,6 +148,7 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
             async def handle(request, context):
                 if failure is not None:
                     await _abort(context, failure)
+                note_caller(identity.user_id)  # the call's log line (services/runtime/metrics.py)
                 reset = _current_identity.set(identity)
                 try:
                     return await behavior(request, context)
@@ -159,6 +161,7 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
             async def handle(request, context):
                 if failure is not None:
                     await _abort(context, failure)
+                note_caller(identity.user_id)
                 _current_identity.set(identity)
                 async for response in behavior(request, context):
                     yield response

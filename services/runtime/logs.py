@@ -1,9 +1,9 @@
 """Structured logs: one JSON object per line, with trace ids, and secrets masked.
 
-The level comes from `PARLEY_LOG_LEVEL` (default INFO). Whatever a log line carries passes
-through `mask_secrets` first, so a bearer token, API key, email address, phone or card
-number pasted into an error message never reaches the log. Message content is never
-logged by Parley's own code.
+The level comes from `PARLEY_<SERVICE>_LOG_LEVEL`, else `PARLEY_LOG_LEVEL` (default INFO).
+Whatever a log line carries passes through `mask_secrets` first, so a bearer token, API key,
+email address, phone or card number pasted into an error message never reaches the log.
+Message content is never logged by Parley's own code.
 """
 
 from __future__ import annotations
@@ -56,8 +56,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": mask_secrets(record.getMessage()),
         }
+        # Structured fields of the line (the per-call line of services/runtime/metrics.py).
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update({k: mask_secrets(v) if isinstance(v, str) else v for k, v in fields.items()})
         span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
+        if span_context.is_valid and "trace_id" not in entry:
             entry["trace_id"] = format(span_context.trace_id, "032x")
             entry["span_id"] = format(span_context.span_id, "016x")
         if record.exc_info:
@@ -72,4 +76,5 @@ def setup_logging(service: str, level: str | None = None) -> None:
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or env_str("PARLEY_LOG_LEVEL", "INFO")).upper())
+    # PARLEY_<SERVICE>_LOG_LEVEL over PARLEY_LOG_LEVEL.
+    root.setLevel((level or env_str(f"PARLEY_{service.upper()}_LOG_LEVEL") or env_str("PARLEY_LOG_LEVEL", "INFO")).upper())

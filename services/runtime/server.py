@@ -26,6 +26,7 @@ from services.runtime.config import ConfigError, ServerSettings
 from services.runtime.identity import IdentityVerifier
 from services.runtime.interceptors import ErrorInterceptor, IdentityInterceptor, RequestCheckInterceptor
 from services.runtime.logs import setup_logging
+from services.runtime.metrics import CallInterceptor, setup_metrics
 from services.runtime.pagination import page_token_secret
 from services.runtime.telemetry import server_interceptor, setup_telemetry
 
@@ -87,7 +88,7 @@ async def start_server(
     # forwarding handlers): the shared interceptors leave those alone.
     own = tuple(getattr(app, "self_managed_prefixes", ()))
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        server_interceptor(own), ErrorInterceptor(own), *extra_interceptors
+        server_interceptor(own), CallInterceptor(own), ErrorInterceptor(own), *extra_interceptors
     ]
     if verifier is not None:
         interceptors.append(IdentityInterceptor(verifier))
@@ -126,6 +127,7 @@ def identity_verifier(settings: ServerSettings) -> IdentityVerifier:
 async def serve(service: str, build_app: Callable[[], Awaitable[ServiceApp]], *, guarded: bool = True) -> None:
     """Runs one service until SIGTERM or SIGINT, then shuts it down gracefully."""
     settings = ServerSettings.from_env(service)
+    setup_metrics(service)  # /metrics on PARLEY_<SERVICE>_METRICS_PORT (services/runtime/metrics.py)
     page_token_secret()  # a bad or unreadable secret fails start-up, not the first listing
     verifier = identity_verifier(settings) if guarded else None
     app = await build_app()

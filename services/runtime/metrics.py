@@ -1,0 +1,239 @@
+"""Metrics for every process: one OpenTelemetry MeterProvider, exposed for Prometheus on the
+service's metrics port and, when asked, pushed over OTLP; and one server interceptor that
+measures every call and writes its one structured log line.
+
+- Metrics port: `PARLEY_<SERVICE>_METRICS_PORT`, default the gRPC port + 1000 (gateway 51051,
+  llm 51052, …), `off` to expose nothing; on the service's listen address. `GET /metrics`.
+- OTLP: with `OTEL_METRICS_EXPORTER=otlp` the same metrics also go to the OTLP endpoint of the
+  standard `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT` variables (Jaeger takes only traces, so
+  this is off unless asked).
+- Per call (`CallInterceptor`): `rpc.server.call.duration` (seconds, by `rpc.service`,
+  `rpc.method` and `rpc.response.status_code`, the status name) and one `parley.rpc` log line
+  with the method, status, duration, user id and trace and span ids. Never a message's content.
+
+Instruments are created on the global meter API, so code may record before (or without)
+`setup_metrics`: until a MeterProvider is installed they are no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry import metrics, trace
+
+from services.runtime.config import DEFAULT_PORTS, ConfigError, env_int, env_str
+
+log = logging.getLogger("parley.metrics")
+call_log = logging.getLogger("parley.rpc.calls")
+
+# Health checks and reflection are polled constantly: they would drown the calls that matter.
+_INFRASTRUCTURE = ("/grpc.health.", "/grpc.reflection.")
+METRICS_PORT_OFFSET = 1000
+
+# Bucket bounds in seconds, from a cache hit to a long generation.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# The GenAI semantic conventions' token buckets.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+
+_meter = metrics.get_meter("parley.rpc")
+_call_duration = _meter.create_histogram(
+    "rpc.server.call.duration", unit="s", description="Duration of gRPC calls served, by method and status")
+
+
+def metrics_port(service: str) -> int | None:
+    """Where this service exposes /metrics, or None when it exposes nothing."""
+    name = f"PARLEY_{service.upper()}_METRICS_PORT"
+    raw = env_str(name)
+    if raw is not None and raw.lower() in ("off", "none", "false", "no"):
+        return None
+    grpc_port = env_int(f"PARLEY_{service.upper()}_PORT", DEFAULT_PORTS.get(service, 0), minimum=0)
+    default = grpc_port + METRICS_PORT_OFFSET if grpc_port else 0
+    port = env_int(name, default, minimum=0)
+    if port > 65535:
+        raise ConfigError(f"{name} must be a TCP port, got {port}")
+    return port or None
+
+
+def metrics_host(service: str) -> str:
+    return env_str(f"PARLEY_{service.upper()}_HOST", env_str("PARLEY_HOST", "127.0.0.1"))
+
+
+def _views():
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    seconds = ExplicitBucketHistogramAggregation(LATENCY_BUCKETS)
+    tokens = ExplicitBucketHistogramAggregation(TOKEN_BUCKETS)
+    return [
+        View(instrument_unit="s", aggregation=seconds),
+        View(instrument_unit="{token}", aggregation=tokens),
+    ]
+
+
+_provider = None
+
+
+def setup_metrics(service: str, *, port: int | None | str = "env") -> int | None:
+    """Installs the process's MeterProvider and starts the /metrics endpoint. Returns the port
+    it listens on (None: not exposed). A port that cannot be bound is logged, not fatal: the
+    service still serves."""
+    global _provider
+    if _provider is not None:
+        return None
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+
+    readers = [PrometheusMetricReader()]
+    exporters = {e.strip() for e in (env_str("OTEL_METRICS_EXPORTER", "") or "").split(",")}
+    if "otlp" in exporters:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"parley-{service}")})
+    _provider = MeterProvider(resource=resource, metric_readers=readers, views=_views())
+    metrics.set_meter_provider(_provider)
+    chosen = metrics_port(service) if port == "env" else port
+    if chosen is None:
+        return None
+    from prometheus_client import start_http_server
+
+    host = metrics_host(service)
+    try:
+        server, _ = start_http_server(chosen, addr=host)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s:%d (%s); set PARLEY_%s_METRICS_PORT", host, chosen, exc.strerror,
+                  service.upper())
+        return None
+    bound = server.server_address[1]
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return bound
+
+
+# --- per call -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    """What the call's log line needs that only inner layers know (who the caller is)."""
+
+    user_id: str | None = None
+    # Set when the handler raised past every error mapping (gRPC then answers UNKNOWN).
+    failed: bool = False
+
+
+_current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("parley_call", default=None)
+
+
+def note_caller(user_id: str) -> None:
+    """Called by whatever authenticates a call (the identity interceptor, the gateway): the
+    user id goes into the call's log line."""
+    call = _current_call.get()
+    if call is not None:
+        call.user_id = user_id
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Duration and outcome of every call, and its log line, measured from when the handler
+    starts until gRPC reports the call done (the last message sent, or the call cancelled).
+
+    It adds no work per streamed message: the outcome comes from a done-callback. For methods
+    the tracing interceptor wraps (everything but `own_prefixes`), a streaming handler is
+    passed through as it is, since that wrapper (an async generator) is what gRPC iterates;
+    methods under `own_prefixes` (handlers that trace themselves, like the gateway's
+    forwarding) get an async generator of their own."""
+
+    def __init__(self, own_prefixes: tuple[str, ...] = ()) -> None:
+        self._skip = _INFRASTRUCTURE
+        self._own = own_prefixes
+        self._labels: dict[str, tuple[str, str]] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(self._skip):
+            return handler
+        service, name = self._labels.get(method) or self._labels.setdefault(method, _split(method))
+        begin = self._begin(method, service, name)
+        if handler.unary_unary or handler.stream_unary:
+            behavior = handler.unary_unary or handler.stream_unary
+
+            async def unary(request, context):
+                call = begin(context)
+                try:
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    call.failed = True
+                    raise
+
+            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return make(unary, handler.request_deserializer, handler.response_serializer)
+        behavior = handler.unary_stream or handler.stream_stream
+        if method.startswith(self._own):
+            async def streaming(request, context):
+                begin(context)
+                async for response in behavior(request, context):
+                    yield response
+        else:
+            def streaming(request, context):
+                begin(context)
+                return behavior(request, context)
+        make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return make(streaming, handler.request_deserializer, handler.response_serializer)
+
+    @staticmethod
+    def _begin(method: str, service: str, name: str):
+        def begin(context) -> None:
+            started = time.perf_counter()
+            call = _Call()
+            _current_call.set(call)
+            span = trace.get_current_span().get_span_context()
+            # gRPC runs done-callbacks before it records a cancellation on the context; the
+            # call's task knows it was cancelled (the client left, or its deadline passed).
+            task = asyncio.current_task()
+
+            def done(finished) -> None:
+                duration = time.perf_counter() - started
+                status = _status_of(finished, task, call)
+                _call_duration.record(duration, {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name,
+                                                 "rpc.response.status_code": status})
+                if call_log.isEnabledFor(logging.INFO):
+                    fields = {"rpc.method": method, "rpc.status": status, "duration_ms": round(duration * 1000, 3)}
+                    if call.user_id is not None:
+                        fields["user_id"] = call.user_id
+                    if span.is_valid:
+                        fields["trace_id"] = format(span.trace_id, "032x")
+                        fields["span_id"] = format(span.span_id, "016x")
+                    call_log.info("%s %s %.1fms", method, status, duration * 1000, extra={"fields": fields})
+
+            context.add_done_callback(done)
+            return call
+
+        return begin
+
+
+_BY_NUMBER = {status.value[0]: status.name for status in grpc.StatusCode}
+
+
+def _status_of(context, task: asyncio.Task | None, call: _Call) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        return _BY_NUMBER.get(code, "UNKNOWN")
+    if (task is not None and task.cancelling()) or context.cancelled():
+        return "CANCELLED"
+    return "UNKNOWN" if call.failed else "OK"
