@@ -17,7 +17,7 @@ from grpc.aio import AbortError
 from services.runtime import errors
 from services.runtime.identity import METADATA_KEY, Identity, IdentityVerifier
 from services.runtime.metrics import note_caller
-from services.runtime.request_check import check_request
+from services.runtime.request_check import check_request, tolerant_deserializer
 from services.runtime.status import to_grpc_status
 
 log = logging.getLogger("parley.rpc")
@@ -183,17 +183,20 @@ class RequestCheckInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(self._skip):
             return handler
+        # Undecodable bytes reach the check as a MalformedRequest (INVALID_ARGUMENT), not as
+        # grpc's UNKNOWN naming DecodeError; the interceptors outside copy this deserializer.
+        deserializer = tolerant_deserializer(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _checked_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+                _checked_unary(handler.unary_unary), deserializer, handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _checked_unary_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+                _checked_unary_stream(handler.unary_stream), deserializer, handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _checked_stream_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+                _checked_stream_unary(handler.stream_unary), deserializer, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
-            _checked_stream_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+            _checked_stream_stream(handler.stream_stream), deserializer, handler.response_serializer)
 
 
 def _checked_unary(behavior):

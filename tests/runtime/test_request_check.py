@@ -119,13 +119,13 @@ async def served(identity_public_key):
     app = CheckedApp()
     running = await serve_app(app, "checked", identity_public_key)
     channel = channel_to(running)
-    yield app, llm_grpc.LLMServiceStub(channel), files_grpc.FileServiceStub(channel)
+    yield app, llm_grpc.LLMServiceStub(channel), files_grpc.FileServiceStub(channel), running.port
     await channel.close()
     await running.stop(0)
 
 
 async def test_unary_and_server_streaming_calls_are_checked_before_the_servicer(served, as_user):
-    app, llm, _ = served
+    app, llm, _, _ = served
     me = as_user("carol")
     bad = llm_api.GenerateRequest(model="m", messages=[_user()], cache_policy=99)
     reason, fields = await expect_error(llm.Generate(bad, metadata=me), grpc.StatusCode.INVALID_ARGUMENT)
@@ -142,13 +142,13 @@ async def test_unary_and_server_streaming_calls_are_checked_before_the_servicer(
 
 
 async def test_unauthenticated_calls_are_refused_as_such_first(served):
-    _, llm, _ = served
+    _, llm, _, _ = served
     bad = llm_api.GenerateRequest(model="m", cache_policy=99)
     await expect_error(llm.Generate(bad), grpc.StatusCode.UNAUTHENTICATED)
 
 
 async def test_each_message_of_a_client_stream_is_checked(served, as_user):
-    app, _, files = served
+    app, _, files, _ = served
 
     def upload(purpose: int):
         yield files_api.UploadFileRequest(metadata=files_api.UploadFileMetadata(filename="a.txt"))
@@ -164,3 +164,24 @@ async def test_each_message_of_a_client_stream_is_checked(served, as_user):
     # (docs/files.md); what matters here is that the servicer never read the bad message.
     assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL)
     assert app.files.chunks == 2
+
+
+
+async def test_bytes_that_are_no_request_message_are_invalid_argument(served, as_user):
+    """Defect 6, for every service: undecodable request bytes answered UNKNOWN, naming the
+    exception class. Now INVALID_ARGUMENT, and the servicer never runs."""
+    app, _, _, port = served
+    calls_before = list(app.llm.calls)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as raw:
+        generate = raw.unary_unary("/parley.llm.v1.LLMService/Generate")
+        reason, _ = await expect_error(generate(b"\xff\xff\xff\xff", metadata=as_user("carol")),
+                                       grpc.StatusCode.INVALID_ARGUMENT)
+        assert reason == "MALFORMED_REQUEST"
+        stream = raw.unary_stream("/parley.llm.v1.LLMService/StreamGenerate")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stream(b"\x0a\xff", metadata=as_user("carol")):
+                pass
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "DecodeError" not in (caught.value.details() or "")
+        assert "parley.llm.v1.StreamGenerateRequest" in caught.value.details()
+    assert app.llm.calls == calls_before
