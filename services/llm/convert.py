@@ -154,11 +154,18 @@ def count_tokens_input(r: api.CountTokensRequest) -> tuple[tuple[Message, ...], 
     return _messages(r.messages), _tools(r.tools, strict=False)
 
 
+def _unspecified(field: str, values) -> list[FieldViolation]:
+    """The _UNSPECIFIED (zero) entries of a repeated enum, which name nothing."""
+    return [FieldViolation(f"{field}[{i}]", "must not be unspecified") for i, v in enumerate(values) if v == 0]
+
+
 def capabilities(values) -> frozenset[Capability]:
+    collect(_unspecified("capabilities", values))
     return frozenset(Capability(v) for v in values)
 
 
 def usage_query(r: api.GetUsageRequest) -> UsageQuery:
+    collect(_unspecified("group_by", r.group_by))
     group_by: list[str] = []
     for value in r.group_by:
         if _GROUP_KEYS[value] not in group_by:

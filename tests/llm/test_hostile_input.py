@@ -94,8 +94,11 @@ async def test_unknown_enum_numbers_in_embed(stub, as_user, field):
 
 async def test_unknown_enum_numbers_elsewhere(stub, as_user):
     me = as_user("ivan")
-    await _refused(lambda: stub.ListModels(api.ListModelsRequest(capabilities=[UNKNOWN]), metadata=me))
-    await _refused(lambda: stub.GetUsage(api.GetUsageRequest(group_by=[UNKNOWN]), metadata=me))
+    for value in (UNKNOWN, 0):  # 0 is each enum's _UNSPECIFIED: known, but it names nothing
+        await _refused(lambda: stub.ListModels(api.ListModelsRequest(capabilities=[1, value]), metadata=me))
+        await _refused(lambda: stub.GetUsage(api.GetUsageRequest(group_by=[value, 1]), metadata=me))
+        await _refused(lambda: stub.SetBudget(
+            api.SetBudgetRequest(limits=[pb.BudgetLimit(period=value, limit_usd=1)]), metadata=me))
     await _refused(lambda: stub.SetBudget(
         api.SetBudgetRequest(limits=[pb.BudgetLimit(period=UNKNOWN, limit_usd=1)]), metadata=me))
     bad_role = pb.ChatMessage(role=UNKNOWN, content=[pb.ContentPart(text="x")])
