@@ -1,6 +1,7 @@
 """OpenTelemetry for every process: one tracer provider, W3C propagation, gRPC and asyncpg
 spans. Spans are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the
-exporter reads the standard `OTEL_*` variables itself).
+exporter reads the standard `OTEL_*` variables itself) and neither `OTEL_SDK_DISABLED=true`
+nor `OTEL_TRACES_EXPORTER=none` turns export off.
 
 Without an exporter the SDK is not installed: the instrumentation then makes non-recording
 spans, which still carry the W3C trace context from hop to hop but cost next to nothing on
@@ -27,6 +28,9 @@ def setup_telemetry(service: str, extra_processor: SpanProcessor | None = None) 
             trace.get_tracer_provider().add_span_processor(extra_processor)  # type: ignore[attr-defined]
         return
     exporting = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    # The standard switches turn export off even with an endpoint set.
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or os.environ.get("OTEL_TRACES_EXPORTER") == "none":
+        exporting = False
     if exporting or extra_processor is not None:
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"parley-{service}")})
         provider = TracerProvider(resource=resource)

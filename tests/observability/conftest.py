@@ -1,0 +1,39 @@
+"""The observability suites: every Parley service as its own process, exporting its spans to
+an OTLP receiver started here and exposing /metrics on its own port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conftest import fresh_database, private_temp_dir
+from tests.observability.otlp_receiver import OtlpReceiver
+from tests.observability.processes import Suite
+
+
+@pytest.fixture(scope="session")
+def otlp_receiver() -> OtlpReceiver:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+async def traced_suite(vector_server_url, otlp_receiver) -> AsyncIterator[Suite]:
+    """The whole suite, exporting spans to `otlp_receiver` (batches every 100 ms)."""
+    async with fresh_database(vector_server_url, "parley_observability") as database_url:
+        suite = Suite(private_temp_dir("parley-test-observability-"), database_url, extra_env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        })
+        await asyncio.to_thread(suite.start)
+        try:
+            yield suite
+        finally:
+            await asyncio.to_thread(suite.stop)
+
+
+@pytest.fixture(scope="session")
+async def gateway_key(traced_suite) -> str:
+    return await asyncio.to_thread(traced_suite.admin_key)

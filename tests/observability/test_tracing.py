@@ -1,0 +1,168 @@
+"""One trace through the real processes: a composite call through the gateway (an upload
+that is processed into a vector store and searched, a session with a message, a streamed
+chat) arrives at the OTLP receiver as spans of one trace id from every service involved,
+each parented inside the trace, the model call carrying the GenAI attributes, and no
+message content anywhere. With export switched off, nothing is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from opentelemetry import trace
+
+from parley.files.v1 import files_pb2, files_service_pb2, files_service_pb2_grpc
+from parley.llm.v1 import llm_pb2, llm_service_pb2, llm_service_pb2_grpc
+from parley.sessions.v1 import sessions_pb2, sessions_service_pb2, sessions_service_pb2_grpc
+from services.runtime.identity import IdentityMinter
+from services.runtime.telemetry import client_interceptors
+from tests.conftest import fresh_database, private_temp_dir, span_exporter
+from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.observability.processes import Suite
+
+# Content that must never reach a span: what the user uploads, writes and asks.
+FILE_TEXT = "Zanzibar-7 quarterly notes: the heron project ships in March. " * 20
+MESSAGE_TEXT = "Kumquat-42 is my private message"
+PROMPT_TEXT = "Tell me about Marmalade-99 please"
+SECRETS = ("Zanzibar-7", "Kumquat-42", "Marmalade-99")
+
+tracer = trace.get_tracer("tests.observability")
+
+
+def traced_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, interceptors=client_interceptors())
+
+
+async def _composite(suite: Suite, key: str) -> tuple[str, str, str]:
+    """Runs the composite call under one root span; returns (trace id, root span id, vector store id)."""
+    auth = (("authorization", f"Bearer {key}"),)
+    async with traced_channel(suite.target("gateway")) as channel:
+        files = files_service_pb2_grpc.FileServiceStub(channel)
+        sessions = sessions_service_pb2_grpc.SessionServiceStub(channel)
+        llm = llm_service_pb2_grpc.LLMServiceStub(channel)
+        with tracer.start_as_current_span("composite") as root:
+            async def upload():
+                yield files_service_pb2.UploadFileRequest(metadata=files_service_pb2.UploadFileMetadata(
+                    filename="notes.txt", media_type="text/plain", purpose=files_pb2.FILE_PURPOSE_ASSISTANTS,
+                    size_bytes=len(FILE_TEXT.encode())))
+                yield files_service_pb2.UploadFileRequest(chunk=FILE_TEXT.encode())
+
+            uploaded = await files.UploadFile(upload(), metadata=auth, timeout=60)
+            store = await files.CreateVectorStore(files_service_pb2.CreateVectorStoreRequest(
+                name="notes", file_ids=[uploaded.id]), metadata=auth, timeout=60)
+            deadline = time.monotonic() + 180
+            while True:
+                entry = await files.GetVectorStoreFile(files_service_pb2.GetVectorStoreFileRequest(
+                    vector_store_id=store.id, file_id=uploaded.id), metadata=auth, timeout=30)
+                if entry.status == files_pb2.VECTOR_STORE_FILE_STATUS_COMPLETED:
+                    break
+                assert entry.status == files_pb2.VECTOR_STORE_FILE_STATUS_IN_PROGRESS, entry
+                assert time.monotonic() < deadline, "the file was never processed"
+                await asyncio.sleep(0.2)
+            found = await files.SearchVectorStore(files_service_pb2.SearchVectorStoreRequest(
+                vector_store_ids=[store.id], query="when does the heron project ship"), metadata=auth, timeout=60)
+            assert found.results, "the processed file is searchable"
+            session = await sessions.CreateSession(sessions_service_pb2.CreateSessionRequest(title="traced"),
+                                                   metadata=auth, timeout=30)
+            await sessions.CreateMessage(sessions_service_pb2.CreateMessageRequest(
+                session_id=session.id, role=sessions_pb2.ROLE_USER, content=[sessions_pb2.ContentPart(text=MESSAGE_TEXT)]),
+                metadata=auth, timeout=30)
+            chat = llm.StreamGenerate(llm_service_pb2.StreamGenerateRequest(
+                model="local/echo",
+                messages=[llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text=PROMPT_TEXT)])],
+            ), metadata=auth, timeout=60)
+            events = [event async for event in chat]
+            assert events, "the chat streamed"
+            context = root.get_span_context()
+    return format(context.trace_id, "032x"), format(context.span_id, "016x"), store.id
+
+
+def _in_trace(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.trace_id == trace_id]
+
+
+async def test_one_request_is_one_trace_through_every_service(traced_suite, gateway_key, otlp_receiver):
+    trace_id, root_id, _ = await _composite(traced_suite, gateway_key)
+    services = {"parley-gateway", "parley-files", "parley-llm", "parley-sessions"}
+
+    def complete(spans):
+        mine = _in_trace(spans, trace_id)
+        return services <= {s.service for s in mine} and any(
+            s.attributes().get("gen_ai.operation.name") == "chat" for s in mine)
+
+    spans = _in_trace(await asyncio.to_thread(otlp_receiver.wait_for, complete, 60), trace_id)
+    assert services <= {s.service for s in spans}, sorted({s.service for s in spans})
+
+    # Correctly parented: every span's parent is another span of the trace, from the services or
+    # from this test process (its root span and its gRPC client spans).
+    local = [s for s in span_exporter.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
+    local_ids = {format(s.context.span_id, "016x") for s in local}
+    assert root_id in local_ids
+    ids = {s.span_id for s in spans} | local_ids
+    orphans = [(s.service, s.name) for s in spans if s.parent_id not in ids]
+    assert not orphans, orphans
+    by_id = {s.span_id: s for s in spans}
+
+    def server_span(service: str, method: str) -> ReceivedSpan:
+        return next(s for s in spans if s.service == service and s.name == method
+                    and s.span.kind == s.span.SPAN_KIND_SERVER)
+
+    # The gateway's forwarding span is the parent (or the parent's parent) of each backend's server span.
+    for service, method in [("parley-llm", "/parley.llm.v1.LLMService/StreamGenerate"),
+                            ("parley-sessions", "/parley.sessions.v1.SessionService/CreateMessage"),
+                            ("parley-files", "/parley.files.v1.FileService/SearchVectorStore")]:
+        span = server_span(service, method)
+        ancestors = []
+        while span.parent_id in by_id:
+            span = by_id[span.parent_id]
+            ancestors.append(span.service)
+        assert "parley-gateway" in ancestors, (service, method, ancestors)
+    # files → llm: the query's embedding is a child of the files service's search.
+    embed = server_span("parley-llm", "/parley.llm.v1.LLMService/Embed")
+    assert by_id[embed.parent_id].service == "parley-files"
+    # Down to the SQL: asyncpg spans of the sessions service inside the trace.
+    assert any(s.service == "parley-sessions" and s.attributes().get("db.system") == "postgresql" for s in spans)
+
+    # The model call: one span with the GenAI attributes, a child of the llm server span.
+    (model_call,) = [s for s in spans if s.attributes().get("gen_ai.operation.name") == "chat"]
+    attributes = model_call.attributes()
+    assert attributes["gen_ai.provider.name"] == "local"
+    assert attributes["gen_ai.request.model"] == "echo"
+    assert attributes["gen_ai.usage.input_tokens"] > 0 and attributes["gen_ai.usage.output_tokens"] > 0
+    assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert by_id[model_call.parent_id].service == "parley-llm"
+
+    # No content: not the file, the message or the prompt, in any span of any trace.
+    for span in otlp_receiver.spans():
+        serialized = span.span.SerializeToString()
+        for secret in SECRETS:
+            assert secret.encode() not in serialized, (span.service, span.name, secret)
+
+
+async def test_with_export_off_nothing_is_sent(vector_server_url, identity_private_key):
+    """A process with an endpoint but OTEL_TRACES_EXPORTER=none sends nothing; one with the same
+    endpoint and export on (the control) does."""
+    with OtlpReceiver() as receiver:
+        async with fresh_database(vector_server_url, "parley_observability_off") as database_url:
+            results = {}
+            for exporter in ("none", "otlp"):
+                suite = Suite(private_temp_dir(f"parley-test-otel-{exporter}-"), database_url, services=("sessions",),
+                              extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                         "OTEL_TRACES_EXPORTER": exporter, "OTEL_BSP_SCHEDULE_DELAY": "50"})
+                await asyncio.to_thread(suite.start)
+                try:
+                    minter = IdentityMinter((suite.directory / "identity.pem").read_bytes())
+                    async with grpc.aio.insecure_channel(suite.target("sessions")) as channel:
+                        stub = sessions_service_pb2_grpc.SessionServiceStub(channel)
+                        for _ in range(3):
+                            await stub.CreateSession(sessions_service_pb2.CreateSessionRequest(title="x"),
+                                                     metadata=minter.metadata("quiet"), timeout=30)
+                finally:
+                    # SIGTERM flushes the batch processor: whatever would be sent is sent by now.
+                    await asyncio.to_thread(suite.stop)
+                results[exporter] = len(receiver.spans())
+                receiver.clear()
+            assert results["otlp"] > 0, "the control process exported its spans"
+            assert results["none"] == 0
