@@ -12,7 +12,16 @@ from dataclasses import dataclass
 import grpc
 
 from parley.assistants.v1 import assistants_service_pb2, assistants_service_pb2_grpc
+from services.assistants.assistants import Assistants
+from services.assistants.clients import FilesClient, LLMClient, RunStoreClient, SessionsClient
+from services.assistants.identity import MintedIdentities
+from services.assistants.runs import Runs
+from services.assistants.servicer import AssistantServicer
+from services.assistants.settings import EngineSettings
+from services.assistants.tools import load_executors
+from services.assistants.tools.base import StoredFile, ToolDeps
 from services.runtime.config import ConfigError, env_float, env_int, env_secret, env_str
+from services.runtime.identity import IdentityMinter
 
 log = logging.getLogger("parley.assistants")
 
@@ -77,16 +86,59 @@ class AssistantsApp:
 
     def __init__(self, settings: AssistantsSettings) -> None:
         self.settings = settings
+        try:
+            minter = IdentityMinter(settings.identity_private_key, ttl_seconds=settings.identity_ttl_seconds)
+        except ValueError as exc:
+            raise ConfigError(f"PARLEY_IDENTITY_PRIVATE_KEY: {exc}") from None
+        self.identities = MintedIdentities(minter, settings.identity_ttl_seconds)
+        self.store = RunStoreClient(settings.sessions_target, self.identities)
+        self.sessions = SessionsClient(settings.sessions_target)
+        self.llm = LLMClient(settings.llm_target)
+        self.files = FilesClient(settings.files_target)
+        deps = ToolDeps(identities=self.identities, files=FilesAsTools(self.files), components={
+            "search": self.files.search, "file_search_token_budget": settings.file_search_token_budget,
+            "sandbox_target": settings.sandbox_target,
+        })
+        self.executors = load_executors(deps)
+        self.runs = Runs(self.store, self.sessions, self.llm, self.files, self.identities, self.executors,
+                         EngineSettings(
+                             replica_id=settings.replica_id, lease_seconds=settings.lease_seconds,
+                             claim_interval_seconds=settings.claim_interval_seconds,
+                             action_timeout_seconds=settings.action_timeout_seconds,
+                             event_flush_seconds=settings.event_flush_seconds,
+                             max_concurrent_runs=settings.max_concurrent_runs,
+                             file_search_token_budget=settings.file_search_token_budget))
+        self.assistants = Assistants(self.store, self.llm, self.files, self.executors)
 
     def register(self, server: grpc.aio.Server) -> None:
         assistants_service_pb2_grpc.add_AssistantServiceServicer_to_server(
-            assistants_service_pb2_grpc.AssistantServiceServicer(), server
-        )
+            AssistantServicer(self.assistants, self.runs, self.identities), server)
+        self.runs.start()
 
     async def aclose(self) -> None:
-        pass
+        await self.runs.aclose()
+        for executor in self.executors.values():
+            await executor.aclose()
+        for client in (self.store, self.sessions, self.llm, self.files):
+            await client.close()
+
+
+class FilesAsTools:
+    """The files client as tools see it (`tools.base.FilesPort`)."""
+
+    def __init__(self, files: FilesClient) -> None:
+        self._files = files
+
+    async def read(self, identity, file_id: str) -> StoredFile:
+        filename, data = await self._files.download(identity, file_id)
+        return StoredFile(file_id=file_id, filename=filename, data=data)
+
+    async def write(self, identity, filename: str, data: bytes, *, media_type: str = "") -> str:
+        return await self._files.upload(identity, filename, data, media_type)
 
 
 async def build_app(settings: AssistantsSettings | None = None) -> AssistantsApp:
     settings = settings or AssistantsSettings.from_env()
-    return AssistantsApp(settings)
+    app = AssistantsApp(settings)
+    log.info("tool executors: %s", ", ".join(sorted(app.executors)) or "none")
+    return app

@@ -1,0 +1,57 @@
+"""The run loop against the real engine process, sessions, llm (with fake vendors) and files:
+events in Assistants v2 order with gap-free sequence numbers, the message written whole to
+the session, steps with usage, the run's usage, and the options the model call carries."""
+
+from __future__ import annotations
+
+from parley.assistants.v1 import assistants_pb2 as apb
+from parley.assistants.v1 import assistants_service_pb2 as api
+from parley.sessions.v1 import sessions_pb2 as spb
+from parley.sessions.v1 import sessions_service_pb2 as sapi
+from tests.assistants.helpers import assert_numbered, kinds, new_assistant, statuses, stream_run, text_of, user_message
+
+
+async def test_a_run_streams_its_answer_and_writes_it_to_the_session(stack, engine_channel, backends, user):
+    me = user()
+    md = stack.direct(me)
+    stub = stack.engine.stub(engine_channel)
+    model = stack.model("openai")
+    stack.fakes["openai"].script(model.split("/")[1], {"text": "The weather in Paris is sunny.", "usage": (40, 9, 0)})
+    assistant = await new_assistant(stub, md, model, name="Weather", instructions="You are terse.")
+    events = await stream_run(stub, md, assistant_id=assistant.id,
+                              session=api.NewSession(title="t", messages=[user_message("Weather in Paris?")]),
+                              temperature=0.2, metadata={"k": "v"})
+    assert_numbered(events)
+    assert statuses(events) == [apb.RUN_STATUS_QUEUED, apb.RUN_STATUS_IN_PROGRESS, apb.RUN_STATUS_COMPLETED]
+    order = kinds(events)
+    assert order[:3] == ["run_status_changed", "run_status_changed", "step_created"]
+    assert order[-3:] == ["step_updated", "run_status_changed", "done"]
+    assert order.index("message_created") > max(i for i, k in enumerate(order) if k == "message_delta")
+    assert text_of(events) == "The weather in Paris is sunny."
+    run = events[-2].run_status_changed
+    assert run.usage.prompt_tokens == 40 and run.usage.completion_tokens == 9 and run.usage.total_tokens == 49
+    assert events[-1].done.status == apb.RUN_STATUS_COMPLETED and events[-1].done.usage.total_tokens == 49
+
+    # What the vendor got: the instructions as the system prompt, the user's message, the options.
+    sent = stack.fakes["openai"].requests_for(model.split("/")[1])[-1]
+    assert sent["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert sent["messages"][-1]["content"] in ("Weather in Paris?", [{"type": "text", "text": "Weather in Paris?"}])
+    assert sent["temperature"] == 0.2
+
+    sessions, _ = backends
+    messages = await sessions.ListMessages(sapi.ListMessagesRequest(session_id=run.session_id), metadata=md)
+    assert [m.role for m in messages.messages] == [spb.ROLE_USER, spb.ROLE_ASSISTANT]
+    answer = messages.messages[1]
+    assert answer.content[0].text == "The weather in Paris is sunny." and answer.run_id == run.id
+    steps = await stub.ListRunSteps(api.ListRunStepsRequest(run_id=run.id), metadata=md)
+    assert len(steps.run_steps) == 1
+    step = steps.run_steps[0]
+    assert step.type == apb.RUN_STEP_TYPE_MESSAGE_CREATION and step.status == apb.RUN_STEP_STATUS_COMPLETED
+    assert step.message_creation.message_id == answer.id and step.usage.total_tokens == 49
+    stored = await stub.GetRun(api.GetRunRequest(run_id=run.id), metadata=md)
+    assert stored.status == apb.RUN_STATUS_COMPLETED and stored.last_sequence == events[-1].sequence
+    assert dict(stored.metadata) == {"k": "v"} and stored.instructions == "You are terse."
+
+    # WatchRun replays the same log, event for event.
+    replay = [r.event async for r in stub.WatchRun(api.WatchRunRequest(run_id=run.id), metadata=md)]
+    assert replay == events
