@@ -74,8 +74,12 @@ _queue_registries: weakref.WeakSet = weakref.WeakSet()
 
 
 def _depths(options):
-    return [metrics.Observation(queue.depth, {"parley.llm.deployment": model_label(key)})
-            for queues in list(_queue_registries) for key, queue in queues.items()]
+    depths: dict[str, int] = {}
+    for queues in list(_queue_registries):
+        for key, queue in queues.items():
+            label = model_label(key)
+            depths[label] = depths.get(label, 0) + queue.depth  # "other" sums its deployments
+    return [metrics.Observation(depth, {"parley.llm.deployment": label}) for label, depth in depths.items()]
 
 
 _meter.create_observable_gauge("parley.llm.queue.depth", callbacks=[_depths], unit="{call}",
