@@ -3,6 +3,8 @@ column. Values always travel as bind parameters; only operators come from a fixe
 
 from __future__ import annotations
 
+import math
+
 from services.files.models import Comparison, Compound, Filter
 from services.runtime.errors import FieldViolation
 
@@ -10,6 +12,15 @@ MAX_DEPTH = 5
 MAX_FILTERS = 20
 MAX_VALUES = 100
 _ORDER_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+# Attributes hold only finite numbers (and JSON, hence jsonb, has no others): a NaN or an
+# infinity can match nothing, and PostgreSQL would refuse it as a jsonb literal.
+_NOT_FINITE = "numbers must be finite"
+
+
+def _non_finite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _type_of(value) -> str:
@@ -42,11 +53,14 @@ def filter_violations(node: Filter | None, field: str = "filters", depth: int = 
         if node.op in ("in", "nin"):
             if not 1 <= len(node.values) <= MAX_VALUES:
                 found.append(FieldViolation(f"{where}.values", f"must have 1 to {MAX_VALUES} values for IN and NIN"))
+            found += [FieldViolation(f"{where}.values[{i}]", _NOT_FINITE) for i, v in enumerate(node.values) if _non_finite(v)]
         elif node.op in ("eq", "ne", *_ORDER_OPS):
             if node.value is None:
                 found.append(FieldViolation(f"{where}.value", "is required"))
             elif node.op in _ORDER_OPS and isinstance(node.value, bool):
                 found.append(FieldViolation(f"{where}.value", "GT, GTE, LT and LTE compare numbers or strings, not bools"))
+            elif _non_finite(node.value):
+                found.append(FieldViolation(f"{where}.value", _NOT_FINITE))
         else:
             found.append(FieldViolation(f"{where}.op", "must be one of EQ, NE, GT, GTE, LT, LTE, IN, NIN"))
         return found

@@ -150,6 +150,16 @@ async def test_filters_thresholds_and_several_stores(stub, as_user):
     _, fields = await expect_error(search(stub, me, both, "revenue", filters=cmp("public", pb.COMPARISON_OPERATOR_GT, value=B(True))),
                                    grpc.StatusCode.INVALID_ARGUMENT)
     assert fields == ["filters.comparison.value"]
+    # NaN and infinities match nothing and are no jsonb literal (they answered INTERNAL).
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for op, kwargs, field in [
+            (pb.COMPARISON_OPERATOR_EQ, {"value": N(bad)}, "filters.comparison.value"),
+            (pb.COMPARISON_OPERATOR_GT, {"value": N(bad)}, "filters.comparison.value"),
+            (pb.COMPARISON_OPERATOR_NIN, {"values": [N(1), N(bad)]}, "filters.comparison.values[1]"),
+        ]:
+            _, fields = await expect_error(search(stub, me, both, "revenue", filters=cmp("year", op, **kwargs)),
+                                           grpc.StatusCode.INVALID_ARGUMENT)
+            assert fields == [field]
 
     everything = await search(stub, me, both, "quarterly revenue by region")
     cut = everything.results[1].score
