@@ -2,11 +2,13 @@
 
 Streams chat completions as fast as it can, in OpenAI's wire format (chunks, then a usage
 chunk from `stream_options.include_usage`, then `[DONE]`). The model name says how many
-tokens to stream: "fake-200" streams 200 one-word deltas.
+tokens to stream: "fake-200" streams 200 one-word deltas; "fake-200-p5" waits 5 ms between
+them (a paced model, for measuring live tails).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -23,9 +25,15 @@ def _chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
 _cache: dict[str, list[bytes]] = {}
 
 
+def _pace(model: str) -> float:
+    last = model.rsplit("-", 1)[-1]
+    return int(last[1:]) / 1000 if last.startswith("p") and last[1:].isdigit() else 0.0
+
+
 def _stream(model: str) -> list[bytes]:
     if model not in _cache:
-        tokens = int(model.rsplit("-", 1)[-1])
+        name = model.rsplit("-", 1)[0] if _pace(model) else model
+        tokens = int(name.rsplit("-", 1)[-1])
         parts = [_chunk(model, {"role": "assistant", "content": ""})]
         parts += [_chunk(model, {"content": f"tok{i} "}) for i in range(tokens)]
         parts.append(_chunk(model, {}, "stop"))
@@ -41,8 +49,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
+    pace = _pace(body["model"])
     for part in _stream(body["model"]):
         await response.write(part)
+        if pace:
+            await asyncio.sleep(pace)
     await response.write_eof()
     return response
 
