@@ -32,6 +32,7 @@ from services.files.models import (
     VectorStore,
     VectorStoreFile,
 )
+from services.runtime.telemetry import current_trace_parent
 
 COSINE = "OPERATOR(public.<=>)"
 _FILE_COLUMNS = (
@@ -137,8 +138,10 @@ class FileRepository:
                           storage_key: str) -> File:
         row = await conn.fetchrow(
             f"INSERT INTO files (id, filename, size_bytes, media_type, declared_media_type, purpose, sha256, status, "
-            f"attributes, storage_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_FILE_COLUMNS}",
+            f"attributes, storage_key, trace_parent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+            f"RETURNING {_FILE_COLUMNS}",
             file_id, filename, size, media_type, declared, purpose, sha256, int(status), attributes, storage_key,
+            current_trace_parent(),  # the processing continues the upload's trace
         )
         return _file(row)
 
@@ -274,11 +277,12 @@ class FileRepository:
         """Adds files to a store; the number actually added (existing ones are left alone)."""
         result = await conn.fetch(
             "INSERT INTO vector_store_files (vector_store_id, file_id, status, chunking_type, chunk_max_tokens, "
-            "chunk_overlap_tokens, attributes) "
-            "SELECT $1, f, 1, $2, $3, $4, a FROM unnest($5::uuid[], $6::jsonb[]) AS t(f, a) "
+            "chunk_overlap_tokens, attributes, trace_parent) "
+            "SELECT $1, f, 1, $2, $3, $4, a, $7 FROM unnest($5::uuid[], $6::jsonb[]) AS t(f, a) "
             "ON CONFLICT (vector_store_id, file_id) DO NOTHING RETURNING entry_id",
             store_id, int(chunking.type), chunking.max_tokens, chunking.overlap_tokens,
             [f for f, _ in entries], [a for _, a in entries],
+            current_trace_parent(),  # chunking and embedding continue the adding call's trace
         )
         await conn.execute("UPDATE vector_stores SET last_active_time = now(), update_time = now() WHERE id = $1", store_id)
         return len(result)

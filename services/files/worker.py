@@ -27,10 +27,14 @@ from services.files.extract import Extracted, ExtractionError, Limits, extract
 from services.files.models import EntryStatus, ErrorCode, FileStatus
 from services.files.repository import FileRepository
 from services.files.storage import BlobStore
-from services.runtime import errors
+from opentelemetry import trace
+
+from services.runtime import errors, metrics
 from services.runtime.db import Database
+from services.runtime.telemetry import context_of
 
 log = logging.getLogger("parley.files.worker")
+tracer = trace.get_tracer("parley.files")
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ class Processor:
                 self._worker_id, self._settings.lease_seconds, free, self._settings.max_attempts,
             )
         for job in jobs:
-            task = asyncio.create_task(self._run_job(job["job_kind"], job["job_user"], job["job_file"], job["job_store"]))
+            task = asyncio.create_task(self._run_job(job["job_kind"], job["job_user"], job["job_file"], job["job_store"],
+                                                     job["job_trace"]))
             self._tasks.add(task)
             task.add_done_callback(self._job_done)
 
@@ -168,28 +173,37 @@ class Processor:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    async def _run_job(self, kind: str, user_id: str, file_id: uuid.UUID, store_id: uuid.UUID | None) -> None:
+    async def _run_job(self, kind: str, user_id: str, file_id: uuid.UUID, store_id: uuid.UUID | None,
+                       trace_parent: str = "") -> None:
         async with self._slots:
-            try:
-                if kind == "file":
-                    await self.process_file(user_id, file_id)
-                else:
-                    await self.process_entry(user_id, store_id, file_id)
-            except asyncio.CancelledError:
-                raise
-            except errors.ParleyError as exc:
-                # Transient (llm or database unavailable): the lease runs out and the item is
-                # tried again, up to max_attempts.
-                log.warning("%s %s of user %s will be retried: %s", kind, file_id, user_id, exc)
-            except Exception:  # noqa: BLE001
-                log.exception("%s %s of user %s failed unexpectedly; it will be retried", kind, file_id, user_id)
+            # A child of the call that asked for the work (the upload, the add to a store).
+            with tracer.start_as_current_span(f"files.process_{kind}", context=context_of(trace_parent),
+                                              attributes={"parley.files.file_id": str(file_id)}):
+                started, outcome = time.perf_counter(), "retried"
+                try:
+                    if kind == "file":
+                        outcome = await self.process_file(user_id, file_id)
+                    else:
+                        outcome = await self.process_entry(user_id, store_id, file_id)
+                except asyncio.CancelledError:
+                    raise
+                except errors.ParleyError as exc:
+                    # Transient (llm or database unavailable): the lease runs out and the item is
+                    # tried again, up to max_attempts.
+                    log.warning("%s %s of user %s will be retried: %s", kind, file_id, user_id, exc)
+                except Exception:  # noqa: BLE001
+                    log.exception("%s %s of user %s failed unexpectedly; it will be retried", kind, file_id, user_id)
+                finally:
+                    if outcome != "skipped":
+                        metrics.file_processed(kind, outcome, time.perf_counter() - started)
 
-    async def process_file(self, user_id: str, file_id: uuid.UUID) -> None:
+    async def process_file(self, user_id: str, file_id: uuid.UUID) -> str:
+        """Extracts the file's text; "processed", "failed" (stored as failed) or "skipped"."""
         timing = JobTiming("file", file_id)
         async with self._db.transaction(user_id) as conn:
             file = await self._repo.start_processing(conn, file_id)
         if file is None:
-            return  # deleted, or finished meanwhile
+            return "skipped"  # deleted, or finished meanwhile
         started = time.perf_counter()
         result: Extracted | None = None
         failure: tuple[ErrorCode, str] | None = None
@@ -214,18 +228,21 @@ class Processor:
         self.timings.append(timing)
         log.info("file %s %s in %.2fs", file_id, "failed" if failure else "processed", sum(timing.seconds.values()))
         self.wake()
+        return "failed" if failure else "processed"
 
-    async def process_entry(self, user_id: str, store_id: uuid.UUID, file_id: uuid.UUID) -> None:
+    async def process_entry(self, user_id: str, store_id: uuid.UUID, file_id: uuid.UUID) -> str:
+        """Chunks and embeds the entry; "processed", "failed" (stored as failed) or "skipped"."""
         timing = JobTiming("entry", file_id)
         async with self._db.transaction(user_id, readonly=True) as conn:
             work = await self._repo.entry_work(conn, store_id, file_id)
             text = await self._repo.get_file_text(conn, file_id) if work is not None else None
         if work is None or work["status"] != EntryStatus.IN_PROGRESS:
-            return
+            return "skipped"
 
-        async def fail(code: ErrorCode, message: str) -> None:
+        async def fail(code: ErrorCode, message: str) -> str:
             async with self._db.transaction(user_id) as conn:
                 await self._repo.fail_entry(conn, work["entry_id"], code, message)
+            return "failed"
 
         if work["is_expired"]:
             return await fail(ErrorCode.SERVER_ERROR, "The vector store expired before the file was added.")
@@ -258,3 +275,4 @@ class Processor:
         timing.chunks = len(chunks)
         self.timings.append(timing)
         log.info("file %s in store %s: %d chunks %s", file_id, store_id, len(chunks), "indexed" if done else "dropped (removed meanwhile)")
+        return "processed" if done else "skipped"

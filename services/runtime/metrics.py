@@ -237,3 +237,16 @@ def _status_of(context, task: asyncio.Task | None, call: _Call) -> str:
     if (task is not None and task.cancelling()) or context.cancelled():
         return "CANCELLED"
     return "UNKNOWN" if call.failed else "OK"
+
+
+# --- domain metrics: one instrument each, recorded by a one-line call where the work happens --
+
+_parley = metrics.get_meter("parley")
+_file_processing = _parley.create_histogram(
+    "parley.files.processing.duration", unit="s",
+    description="Background processing of a file (kind=file: extraction) or a store entry (kind=entry: chunking "
+                "and embedding), by outcome: processed, failed (the item is marked failed) or retried")
+
+
+def file_processed(kind: str, outcome: str, seconds: float) -> None:
+    _file_processing.record(seconds, {"kind": kind, "outcome": outcome})

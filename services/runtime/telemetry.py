@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -71,3 +71,17 @@ def server_interceptor(skip_prefixes: tuple[str, ...] = ()):
 def client_interceptors():
     """For channels from one Parley service to another: carries the trace context along."""
     return aio_client_interceptors(filter_=_not_infrastructure())
+
+
+def current_trace_parent() -> str:
+    """The W3C `traceparent` of the current span, or "": stored with background work (a file
+    to process) so that the work continues the trace of the call that asked for it."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def context_of(trace_parent: str):
+    """The OpenTelemetry context that continues `trace_parent` (None for ""): pass it as the
+    `context` of background work's first span."""
+    return propagate.extract({"traceparent": trace_parent}) if trace_parent else None

@@ -90,7 +90,8 @@ async def test_one_request_is_one_trace_through_every_service(traced_suite, gate
     def complete(spans):
         mine = _in_trace(spans, trace_id)
         return services <= {s.service for s in mine} and any(
-            s.attributes().get("gen_ai.operation.name") == "chat" for s in mine)
+            s.attributes().get("gen_ai.operation.name") == "chat" for s in mine) and any(
+            s.name == "files.process_entry" for s in mine)
 
     spans = _in_trace(await asyncio.to_thread(otlp_receiver.wait_for, complete, 60), trace_id)
     assert services <= {s.service for s in spans}, sorted({s.service for s in spans})
@@ -133,6 +134,18 @@ async def test_one_request_is_one_trace_through_every_service(traced_suite, gate
     assert attributes["gen_ai.usage.input_tokens"] > 0 and attributes["gen_ai.usage.output_tokens"] > 0
     assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert by_id[model_call.parent_id].service == "parley-llm"
+
+    # Background work continues the trace that asked for it: the file's extraction is a child
+    # of the upload, its chunking and embedding (with the worker's own call to llm) a child of
+    # the call that added it to the store.
+    upload = server_span("parley-files", "/parley.files.v1.FileService/UploadFile")
+    create_store = server_span("parley-files", "/parley.files.v1.FileService/CreateVectorStore")
+    (extraction,) = [s for s in spans if s.name == "files.process_file"]
+    (indexing,) = [s for s in spans if s.name == "files.process_entry"]
+    assert extraction.parent_id == upload.span_id and indexing.parent_id == create_store.span_id
+    worker_embeds = [s for s in spans if s.name == "/parley.llm.v1.LLMService/Embed" and s.service == "parley-llm"
+                     and by_id[by_id[s.parent_id].parent_id].name == "files.process_entry"]
+    assert worker_embeds, "the worker's Embed call belongs to the trace"
 
     # No content: not the file, the message or the prompt, in any span of any trace.
     for span in otlp_receiver.spans():
