@@ -93,6 +93,9 @@ class ProviderSpec:
     # Accept any "provider/<model>" id, not only listed ones (local servers run anything).
     dynamic_models: bool = False
     limits: Limits = Limits()
+    # Vendors (openai, anthropic, mistral): send models the catalog does not list to the
+    # vendor with conservative defaults, instead of answering NOT_FOUND.
+    pass_through: bool = True
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,7 @@ class Catalog:
                 capabilities=FULL_CHAT_CAPS - {C.JSON_SCHEMA}, context_window=32768, max_output_tokens=4096,
                 pricing=Pricing(), limits=provider.limits,
             )
-        if provider.type in VENDOR_TYPES and provider.configured:
+        if provider.type in VENDOR_TYPES and provider.configured and provider.pass_through:
             self._announce(model_id)
             return pass_through_spec(provider, vendor)
         return None
@@ -374,8 +377,10 @@ def _model(raw: Any, existing: dict[str, ModelSpec], providers: dict[str, Provid
 
 def _provider(name: str, raw: Any, existing: ProviderSpec | None) -> ProviderSpec:
     where = f"providers[{name}]"
-    if not isinstance(raw, dict) or set(raw) - {"type", "base_url", "api_key_env", "limits", "dynamic_models"}:
-        raise ConfigError(f"models file: {where} takes type, base_url, api_key_env, limits and dynamic_models")
+    keys = {"type", "base_url", "api_key_env", "limits", "dynamic_models", "pass_through"}
+    if not isinstance(raw, dict) or set(raw) - keys:
+        raise ConfigError(f"models file: {where} takes type, base_url, api_key_env, limits, dynamic_models and "
+                          "pass_through")
     kind = raw.get("type", existing.type if existing else "openai_compatible")
     if kind not in PROVIDER_TYPES:
         raise ConfigError(f"models file: {where}.type must be one of {', '.join(PROVIDER_TYPES)}")
@@ -393,6 +398,7 @@ def _provider(name: str, raw: Any, existing: ProviderSpec | None) -> ProviderSpe
         name=name, type=kind, base_url=base_url, api_key=api_key, configured=configured,
         dynamic_models=bool(raw.get("dynamic_models", kind == "openai_compatible")),
         limits=_limits(raw.get("limits"), where),
+        pass_through=bool(raw.get("pass_through", existing.pass_through if existing else True)),
     )
 
 

@@ -236,3 +236,20 @@ async def test_malformed_target_users_and_budget_amounts(stub, as_user):
         await _refused(lambda: stub.SetBudget(
             api.SetBudgetRequest(limits=[pb.BudgetLimit(period=pb.BUDGET_PERIOD_DAY, limit_usd=amount)]), metadata=me))
     assert not (await stub.GetBudget(api.GetBudgetRequest(), metadata=me)).limits  # nothing was stored
+
+
+async def test_usage_page_positions_at_and_past_the_int64_edge(stub, as_user):
+    """Signed tokens of this very listing (as a replica with the secret would issue them)."""
+    from services.runtime import pagination
+
+    me = as_user("ivan-pages")
+    listing = "ivan-pages|False|||['model']|[]"
+    edge = pagination.encode_token(listing, [2**63 - 1, "2026-01-01T00:00:00+00:00"])
+    reply = await stub.GetUsage(api.GetUsageRequest(group_by=[pb.USAGE_GROUP_BY_MODEL], page_token=edge),
+                                metadata=me)
+    assert not reply.rows and not reply.next_page_token
+    for position in ([2**63, "2026-01-01T00:00:00+00:00"], [-1, "2026-01-01T00:00:00+00:00"],
+                     [0, "0001-01-01T00:00:00+00:00"], [0, "9999-12-31T00:00:00+00:00"], [0, "yesterday"], [0]):
+        token = pagination.encode_token(listing, position)
+        await _refused(lambda: stub.GetUsage(
+            api.GetUsageRequest(group_by=[pb.USAGE_GROUP_BY_MODEL], page_token=token), metadata=me))

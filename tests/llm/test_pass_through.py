@@ -169,3 +169,21 @@ def test_pass_through_costs_follow_genai_prices():
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
     assert pricing.cost_usd(spec, usage) == pytest.approx(pricing._genai_price("openai", "gpt-3.5-turbo",
                                                                                1_000_000, 1_000_000, 0))
+
+
+def test_pass_through_can_be_turned_off_per_vendor(tmp_path, monkeypatch):
+    from services.llm.catalog import load_catalog
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0123456789")
+    path = tmp_path / "models.yaml"
+    path.write_text("providers:\n  openai:\n    pass_through: false\n")
+    catalog = load_catalog(str(path))
+    assert catalog.resolve("openai/gpt-3.5-turbo") is None
+    assert catalog.resolve("openai/gpt-4o-mini") is not None  # the catalog's own models still are
+    assert catalog.resolve("anthropic/claude-3-opus-20240229").context_window == 200000
+    path.write_text("providers:\n  openai:\n    pass_through: maybe\n    bogus: 1\n")
+    from services.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_catalog(str(path))
