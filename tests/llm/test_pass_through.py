@@ -54,6 +54,15 @@ async def test_the_seed_models_stream_through_their_vendor(stub, fakes, as_user,
     assert spec.availability == pb.MODEL_AVAILABILITY_AVAILABLE
 
 
+async def test_an_unlisted_mistral_model_streams_in_mistrals_wire_format(stub, fakes, as_user):
+    fakes["mistral"].script("codestral-latest", {"text": "Mistral passed through.", "usage": (300, 20)})
+    text, _, finish, _ = await collect(stub.StreamGenerate(
+        api.StreamGenerateRequest(model="mistral/codestral-latest", messages=[user("hi")]), metadata=as_user("pia")))
+    assert text == "Mistral passed through." and finish.model == "mistral/codestral-latest"
+    assert finish.cost_usd == pytest.approx(pricing._genai_price("mistral", "codestral-latest", 300, 20, 0))
+    assert fakes["mistral"].requests_for("codestral-latest")[-1]["stream"] is True
+
+
 async def test_seed_model_generate_and_tools(stub, fakes, as_user):
     fakes["openai"].script("gpt-3.5-turbo", {"tool_calls": [("c1", "get_time", '{"tz": "UTC"}')]})
     from tests.llm.helpers import weather_tool
