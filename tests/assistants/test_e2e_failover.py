@@ -1,11 +1,11 @@
 """An engine replica killed with SIGKILL mid-run, end to end: its run fails with a reason once
 its lease lapses, and the run queued behind it on the same session completes on the other
-replica. Its own stack (the stack of test_e2e_runs.py), since engine A does not survive it."""
+replica. Both replicas are engines of their own on the shared stack, each behind a gateway,
+since A does not survive the test."""
 
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from parley.client import RunDone, RunStatus, TextDelta
 from tests.assistants.test_e2e_runs import WAIT, e2e, wait_for  # noqa: F401 - e2e: this module's stack
@@ -14,7 +14,8 @@ from tests.assistants.test_e2e_runs import WAIT, e2e, wait_for  # noqa: F401 - e
 async def test_a_killed_engine_fails_its_run_and_the_queued_run_completes_on_the_other(e2e):  # noqa: F811
     fake = e2e.fakes["openai"]
     fake.script("e2e-failover", {"endless": True}, {"text": "Finished on replica B."})
-    on_a = await e2e.client("frank")
+    engine_a, port_a = await e2e.replica("a")
+    on_a = await e2e.client("frank", port=port_a)
     on_b = await e2e.client_b("frank")
     assistant = await on_a.assistants.create("failover", model="openai/e2e-failover")
     doomed = on_a.assistants.stream_run(assistant.id, "Work forever")
@@ -25,9 +26,7 @@ async def test_a_killed_engine_fails_its_run_and_the_queued_run_completes_on_the
                                               busy_session="queue")
     assert queued.status == RunStatus.QUEUED
 
-    engine_a = e2e.engines[0]
-    engine_a.send_signal(signal.SIGKILL)
-    await asyncio.to_thread(engine_a.wait, 30)
+    await asyncio.to_thread(engine_a.kill)  # SIGKILL: no shutdown, no lease released
     doomed.cancel()
 
     # B tells the rest of the story: the killed run ends FAILED with a reason, within the
@@ -37,7 +36,8 @@ async def test_a_killed_engine_fails_its_run_and_the_queued_run_completes_on_the
     assert failed.status == RunStatus.FAILED
     run = await on_b.assistants.get_run(doomed.run_id)
     assert run.status == RunStatus.FAILED and run.last_error.message and run.fail_time.seconds
-    # ... and the session is free again: the queued run is claimed and completed by B.
+    # ... and the session is free again: the queued run is claimed by a surviving replica (B or
+    # the stack's own engine) and completes.
     events = [event async for event in on_b.assistants.watch_run(queued.id)]
     assert isinstance(events[-1], RunDone) and events[-1].status == RunStatus.COMPLETED
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Finished on replica B."

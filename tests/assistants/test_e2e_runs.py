@@ -1,7 +1,8 @@
-"""End to end through the real gateway: the real engine processes (two replicas, A behind the
-gateway and B behind a second gateway), the real llm, sessions and files services, and the
-fake vendor servers speaking OpenAI's, Anthropic's and Mistral's wire formats, driven by the
-public client (`parley.client`). One stack for the whole module.
+"""End to end through the real gateway: the real engine processes (replica A behind the
+stack's gateway; B, when a test needs another replica, behind a gateway of its own), the real
+llm, sessions and files services, and the fake vendor servers speaking OpenAI's, Anthropic's
+and Mistral's wire formats, driven by the public client (`parley.client`). The stack is the
+assistants tests' shared one (tests/assistants/conftest.py), started once per session.
 
 Each test scripts its own vendor model name (`openai/e2e-<test>`), so the fakes' per-model
 scripts never meet.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import grpc
 import pytest
@@ -30,7 +32,6 @@ from parley.client import (
 )
 from parley.client import ParleyClient
 from tests.files.documents import pdf
-from tests.gateway.conftest import free_port
 
 WAIT = 60.0  # bounded waits: generous for a loaded two-core machine, never a timing assertion
 
@@ -371,7 +372,8 @@ async def test_busy_session_cancel_active_interrupts_then_starts(e2e):
 
 async def test_an_unanswered_action_expires(e2e):
     e2e.fakes["openai"].script("e2e-expire", {"tool_calls": [("call_late", "get_weather", '{"city": "Rome"}')]})
-    parley = await e2e.client("alice")
+    _, port = await e2e.replica("expiry", PARLEY_ASSISTANTS_ACTION_TIMEOUT_SECONDS=2)
+    parley = await e2e.client("alice", port=port)  # a replica that waits 2 s for tool outputs
     assistant = await parley.assistants.create("expire", model="openai/e2e-expire", tools=[get_weather])
     stream = parley.assistants.stream_run(assistant.id, "Rome?")
     await stream.result()
@@ -569,37 +571,52 @@ async def test_typed_events_come_in_the_order_assistants_clients_expect(e2e):
 # ---- the stack -------------------------------------------------------------------------------
 
 
-class Stack:
-    """Handles on the running stack: the fakes, a client per user through gateway A (engine A)
-    or gateway B (engine B), and the engine processes."""
+class E2E:
+    """The end-to-end view of the shared assistants stack (tests/assistants/conftest.py): its
+    fakes, a public client per user through its gateway (engine A), and more engine replicas,
+    each behind a gateway of its own, for the tests that need another replica."""
 
-    def __init__(self, fakes, gateway_a, gateway_b, keys, engines) -> None:
-        self.fakes = fakes
-        self.gateway_a, self.gateway_b = gateway_a, gateway_b
-        self._keys = keys
-        self.engines = engines
-        self._secrets: dict[str, str] = {}
+    def __init__(self, stack, start_engine, admin_url: str, identity_private_key: bytes) -> None:
+        self.stack = stack
+        self.fakes = stack.fakes
+        self.gateway_port = stack.gateway_port
+        self._start_engine = start_engine
+        self._admin_url = admin_url
+        self._private_key = identity_private_key
+        self._gateways: list = []
         self._clients: list[ParleyClient] = []
+        self._replica_b: int | None = None
 
     async def secret(self, user: str) -> str:
-        if user not in self._secrets:
-            from services.gateway.models import NewApiKey, Principal, RateLimits
+        """An API key of `user` (suffixed per test run, so nothing stored by another run meets it)."""
+        name = f"{user}-{RUN}"
+        if name not in SECRETS:
+            SECRETS[name] = await self.stack.api_key(name)
+        return SECRETS[name]
 
-            _, secret = await self._keys.create(Principal(user, frozenset({"admin"}), "test"),
-                                                NewApiKey("e2e", ("admin",), None, RateLimits(), False))
-            self._secrets[user] = secret
-        return self._secrets[user]
-
-    async def _client(self, user: str, port: int) -> ParleyClient:
-        client = ParleyClient(f"127.0.0.1:{port}", await self.secret(user), timeout=WAIT)
+    async def client(self, user: str, *, port: int | None = None) -> ParleyClient:
+        client = ParleyClient(f"127.0.0.1:{port or self.gateway_port}", await self.secret(user), timeout=WAIT)
         self._clients.append(client)
         return client
 
-    async def client(self, user: str) -> ParleyClient:
-        return await self._client(user, self.gateway_a.port)
+    async def replica(self, name: str, **env):
+        """Another engine process on the same backends, and the port of a gateway in front of it."""
+        from services.gateway.jwt_auth import JwtSettings
+        from tests.gateway.conftest import gateway_settings, start_gateway
+
+        engine = await self._start_engine(name, **env)
+        stack = self.stack
+        gateway = await start_gateway(gateway_settings(self._admin_url, self._private_key, targets={
+            "llm": f"127.0.0.1:{stack.llm_port}", "sessions": f"127.0.0.1:{stack.sessions_port}",
+            "files": f"127.0.0.1:{stack.files_port}", "assistants": engine.target}, jwt=JwtSettings()))
+        self._gateways.append(gateway)
+        return engine, gateway.port
 
     async def client_b(self, user: str) -> ParleyClient:
-        return await self._client(user, self.gateway_b.port)
+        """A client whose assistants calls reach replica B (started on first use)."""
+        if self._replica_b is None:
+            _, self._replica_b = await self.replica("b")
+        return await self.client(user, port=self._replica_b)
 
     async def vector_store(self, parley: ParleyClient, name: str, file_ids: list[str]) -> str:
         """A vector store holding `file_ids`, once every one of them is searchable."""
@@ -627,71 +644,16 @@ class Stack:
     async def close(self) -> None:
         for client in self._clients:
             await client.close()
+        for gateway in self._gateways:
+            await gateway.stop(0.5)
 
 
-@pytest.fixture(scope="module")
-async def e2e(vector_server_url, identity_private_key, identity_public_key, tmp_path_factory):
-    from services.files.app import FilesSettings
-    from services.files.app import build_app as build_files_app
-    from services.sessions.app import SessionsSettings
-    from services.sessions.app import build_app as build_sessions_app
-    from tests.conftest import fresh_database, serve_app
-    from tests.gateway.conftest import gateway_settings, spawn, start_gateway, stop, wait_serving
-    from tests.llm.conftest import llm_settings, start_llm, vendor_environment
-    from tests.llm.fakes import FakeVendor
+RUN = uuid.uuid4().hex[:8]
+SECRETS: dict[str, str] = {}
 
-    fakes = {name: await FakeVendor(name).start() for name in ("openai", "anthropic", "mistral")}
-    directory = tmp_path_factory.mktemp("e2e")
-    private, public = directory / "identity.pem", directory / "identity.pub.pem"
-    private.write_bytes(identity_private_key)
-    public.write_bytes(identity_public_key)
-    engines, servers = [], []
-    async with fresh_database(vector_server_url, "parley_e2e") as admin_url:
-        try:
-            with vendor_environment(fakes):
-                _, llm = await start_llm(llm_settings(admin_url), identity_public_key)
-            servers.append(llm)
-            sessions = await serve_app(await build_sessions_app(SessionsSettings(
-                admin_url=admin_url, database_url=None, role_password=None, pool_size=10,
-                max_message_bytes=1024 * 1024, retention_days=0.0, retention_interval_seconds=3600.0)),
-                "sessions", identity_public_key)
-            servers.append(sessions)
-            files = await serve_app(await build_files_app(FilesSettings(
-                admin_url=admin_url, database_url=None, role_password=None, pool_size=4,
-                storage_dir=directory / "files", llm_target=f"127.0.0.1:{llm.port}",
-                identity_private_key=identity_private_key)), "files", identity_public_key)
-            servers.append(files)
-            targets = {"PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}",
-                       "PARLEY_SESSIONS_TARGET": f"127.0.0.1:{sessions.port}",
-                       "PARLEY_FILES_TARGET": f"127.0.0.1:{files.port}", "PARLEY_SANDBOX_TARGET": "none"}
-            for name in ("a", "b"):
-                port = free_port()
-                env = {**targets, "PARLEY_ASSISTANTS_PORT": str(port), "PARLEY_DATABASE_URL": admin_url,
-                       "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(private),
-                       "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(public), "PARLEY_STATE_DIR": str(directory),
-                       "PARLEY_ASSISTANTS_REPLICA_ID": f"engine-{name}", "PARLEY_ASSISTANTS_LEASE_SECONDS": "3",
-                       "PARLEY_ASSISTANTS_CLAIM_INTERVAL_SECONDS": "0.2",
-                       "PARLEY_ASSISTANTS_ACTION_TIMEOUT_SECONDS": "4", "PARLEY_SHUTDOWN_GRACE_SECONDS": "1",
-                       "PARLEY_LOG_LEVEL": "INFO"}
-                process = spawn("services.assistants", env, directory, f"engine-{name}")
-                process.port = port
-                engines.append(process)
-            for process in engines:
-                await wait_serving(process.port, process)
-            gateways = []
-            for process in engines:
-                gateways.append(await start_gateway(gateway_settings(
-                    admin_url, identity_private_key,
-                    targets={"llm": f"127.0.0.1:{llm.port}", "sessions": f"127.0.0.1:{sessions.port}",
-                             "files": f"127.0.0.1:{files.port}", "assistants": f"127.0.0.1:{process.port}"})))
-            servers.extend(gateways)
-            stack = Stack(fakes, gateways[0], gateways[1], gateways[0].app.gate.keys, engines)
-            yield stack
-            await stack.close()
-        finally:
-            for running in reversed(servers):
-                await running.stop(0.5)
-            for process in engines:
-                await asyncio.to_thread(stop, process)
-            for fake in fakes.values():
-                await fake.stop()
+
+@pytest.fixture
+async def e2e(stack, start_engine, admin_url, identity_private_key):
+    view = E2E(stack, start_engine, admin_url, identity_private_key)
+    yield view
+    await view.close()
