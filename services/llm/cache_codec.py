@@ -86,6 +86,16 @@ def embedding_key(model_id: str, dimensions: int, truncate: bool, text: str) -> 
     return f"emb:{model_id}:{dimensions}:{int(truncate)}:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
+async def embedding_keys(model_id: str, dimensions: int, truncate: bool, texts) -> list[str]:
+    """The keys of a batch, hashed in a worker thread when the batch is large."""
+    def keys() -> list[str]:
+        return [embedding_key(model_id, dimensions, truncate, text) for text in texts]
+
+    if sum(len(t) for t in texts) > OFF_LOOP_CHARS:
+        return await asyncio.to_thread(keys)
+    return keys()
+
+
 def encode_vector(vector: list[float]) -> bytes:
     return array("f", vector).tobytes()
 

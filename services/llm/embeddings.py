@@ -54,7 +54,7 @@ class Embeddings:
             if self._budgets is not None:
                 await self._budgets.check(user_id)
             use_cache = request.cache_policy != CachePolicy.BYPASS
-            keys = [cache_codec.embedding_key(spec.id, dims, request.truncate, text) for text in request.inputs]
+            keys = await cache_codec.embedding_keys(spec.id, dims, request.truncate, request.inputs)
             vectors: list[list[float] | None] = [None] * len(keys)
             if use_cache:
                 for i, blob in enumerate(await self._cache.get_many(keys)):

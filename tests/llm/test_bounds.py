@@ -86,3 +86,21 @@ async def test_a_large_prompt_is_counted_through_the_service(local_stub, as_user
     large = await local_stub.CountTokens(api.CountTokensRequest(model="local/echo", text=text), metadata=as_user("bo"))
     expected, _ = TokenCounter().count_text(load_catalog(None).resolve("local/echo"), text)
     assert len(text) > OFF_LOOP_CHARS and large.token_count == expected
+
+
+async def test_large_embedding_batches_are_hashed_off_the_event_loop(monkeypatch):
+    from services.llm import cache_codec
+
+    threads: list[str] = []
+    original = cache_codec.embedding_key
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(cache_codec, "embedding_key", recording)
+    small = await cache_codec.embedding_keys("local/m", 384, False, ["a", "b"])
+    large = await cache_codec.embedding_keys("local/m", 384, False, ["x" * (OFF_LOOP_CHARS // 2)] * 3)
+    assert small[0] != small[1] and len(set(large)) == 1
+    main = threading.current_thread().name
+    assert threads[:2] == [main, main] and all(t != main for t in threads[2:])
