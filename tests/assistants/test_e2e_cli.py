@@ -1,5 +1,5 @@
-"""The `parley` CLI's assistants commands against the running stack (the stack of
-test_e2e_runs.py: the real gateway, two engine processes, the fake vendors)."""
+"""The `parley` CLI's assistants commands as subprocesses against the running stack (the
+shared assistants stack: the real gateway, the engine process, the fake vendors)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.files.documents import pdf
 
 
 async def cli(e2e, *args: str, user: str = "dana", stdin: str | None = None) -> subprocess.CompletedProcess:  # noqa: F811
-    env = {**os.environ, "PARLEY_TARGET": f"127.0.0.1:{e2e.gateway_a.port}", "PARLEY_API_KEY": await e2e.secret(user)}
+    env = {**os.environ, "PARLEY_TARGET": f"127.0.0.1:{e2e.gateway_port}", "PARLEY_API_KEY": await e2e.secret(user)}
     return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "parley.cli", *args], env=env, input=stdin,
                                    capture_output=True, text=True, timeout=120)
 
