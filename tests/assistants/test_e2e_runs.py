@@ -480,6 +480,57 @@ async def test_bad_tool_outputs_are_refused_and_change_nothing(e2e):
     assert error_details(caught.value).reason == "RUN_NOT_REQUIRES_ACTION"
 
 
+# ---- bad run requests ------------------------------------------------------------------------
+
+
+BAD_RUNS = {
+    "max_prompt_tokens below 256": (dict(max_prompt_tokens=100), grpc.StatusCode.INVALID_ARGUMENT, "max_prompt_tokens"),
+    "max_completion_tokens below 16": (dict(max_completion_tokens=8), grpc.StatusCode.INVALID_ARGUMENT,
+                                       "max_completion_tokens"),
+    "no messages kept": (dict(last_messages=0), grpc.StatusCode.INVALID_ARGUMENT, "truncation_strategy"),
+    "tool_choice names no tool": (dict(tool_choice="not_a_tool"), grpc.StatusCode.INVALID_ARGUMENT, "tool_choice"),
+    "an unknown model": (dict(model="openai/" + "x" * 300), grpc.StatusCode.INVALID_ARGUMENT, "model"),
+    "another user's vector store": (dict(vector_store_ids=["01a2b3c4-0000-7000-8000-000000000000"]),
+                                    None, "vector_store"),
+    "a session that does not exist": (dict(session_id="01a2b3c4-0000-7000-8000-000000000000"),
+                                      grpc.StatusCode.NOT_FOUND, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUNS))
+async def test_bad_run_requests_get_their_documented_status(e2e, case):
+    options, code, field = BAD_RUNS[case]
+    parley = await e2e.client("alice")
+    assistant = await parley.assistants.create("bad-runs", model="openai/e2e-bad-runs", tools=[get_weather])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await parley.assistants.create_run(assistant.id, "hi", **options)
+    details = error_details(caught.value)
+    assert details.code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), details
+    if code is not None:
+        assert details.code == code, details
+    else:
+        assert details.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), details
+    if field and details.code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert any(field in name for name in details.field_violations), details
+
+
+async def test_watch_and_submit_of_unknown_runs_and_bad_sequences(e2e):
+    parley = await e2e.client("alice")
+    unknown = "01a2b3c4-0000-7000-8000-000000000000"
+    for call in (parley.assistants.watch_run(unknown).result(), parley.assistants.get_run(unknown),
+                 parley.assistants.cancel_run(unknown), parley.assistants.list_steps(unknown),
+                 parley.assistants.submit_tool_outputs(unknown, {"call": "x"}).result()):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+    run = await _ended_run(parley, e2e)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await parley.assistants.watch_run(run.id, after_sequence=-1).result()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    tail = await parley.assistants.watch_run(run.id, after_sequence=run.last_sequence).result()
+    assert tail.status == RunStatus.UNSPECIFIED and tail.text == ""  # nothing after the last event
+
+
 # ---- isolation -------------------------------------------------------------------------------
 
 
