@@ -22,10 +22,15 @@ def otlp_receiver() -> OtlpReceiver:
 @pytest.fixture(scope="session")
 async def traced_suite(vector_server_url, otlp_receiver) -> AsyncIterator[Suite]:
     """The whole suite, exporting spans to `otlp_receiver` (batches every 100 ms)."""
+    directory = private_temp_dir("parley-test-observability-")
+    # local/echo with a price, so that the cost series has something to count.
+    models_file = directory / "models.yml"
+    models_file.write_text("models:\n  - id: local/echo\n    pricing: {input: 1000, output: 2000}\n")
     async with fresh_database(vector_server_url, "parley_observability") as database_url:
-        suite = Suite(private_temp_dir("parley-test-observability-"), database_url, extra_env={
+        suite = Suite(directory, database_url, extra_env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "PARLEY_MODELS_FILE": str(models_file),
         })
         await asyncio.to_thread(suite.start)
         try:
