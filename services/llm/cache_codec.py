@@ -13,10 +13,7 @@ import json
 from array import array
 from dataclasses import asdict, fields, is_dataclass
 
-from services.llm.models import ChatRequest, Completion, FinishReason, ToolCall, Usage
-
-# Requests with more text than this are keyed in a worker thread, not on the event loop.
-OFF_LOOP_CHARS = 256 * 1024
+from services.llm.models import OFF_LOOP_CHARS, ChatRequest, Completion, FinishReason, ToolCall, Usage
 _IGNORED = ("metadata", "priority", "cache_policy", "max_queue_time", "model")
 
 

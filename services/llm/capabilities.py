@@ -7,12 +7,9 @@ from __future__ import annotations
 import asyncio
 
 from services.llm.catalog import Catalog, ModelSpec
-from services.llm.models import Capability, ChatRequest, EmbedRequest
+from services.llm.models import OFF_LOOP_CHARS, Capability, ChatRequest, EmbedRequest
 from services.llm.tokens import TokenCounter
 from services.runtime import errors
-
-# Prompts with more text than this are counted in a worker thread, not on the event loop.
-OFF_LOOP_CHARS = 256 * 1024
 
 
 def require_configured(catalog: Catalog, providers, spec: ModelSpec) -> None:

@@ -26,6 +26,7 @@ from services.llm.catalog import Catalog, ModelSpec
 from services.llm.embeddings import Embeddings
 from services.llm.limits import Cooldowns, Queues
 from services.llm.models import (
+    OFF_LOOP_CHARS,
     CachePolicy,
     ChatRequest,
     CompletionBuilder,
@@ -294,7 +295,7 @@ class LLM:
         check_messages(tuple(messages))
         spec = self.resolve(model)
         size = len(text) + sum(len(m.text) for m in messages)
-        if size > cache_codec.OFF_LOOP_CHARS:
+        if size > OFF_LOOP_CHARS:
             count, exact = await asyncio.to_thread(self._count, spec, messages, tools, text)
         else:
             count, exact = self._count(spec, messages, tools, text)

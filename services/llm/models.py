@@ -9,6 +9,12 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 
+# Requests with more content than this (characters and bytes) do their CPU-heavy per-request
+# work — token counting, cache-key hashing — in a worker thread instead of on the event loop;
+# below it a thread hop costs more than the work.
+OFF_LOOP_CHARS = 256 * 1024
+
+
 class Role(IntEnum):
     SYSTEM = 1
     USER = 2

@@ -9,10 +9,10 @@ import threading
 from parley.llm.v1 import llm_service_pb2 as api
 from services.llm import metrics
 from services.llm.cache import MemoryCache
-from services.llm.capabilities import OFF_LOOP_CHARS, check_prompt_size
+from services.llm.capabilities import check_prompt_size
 from services.llm.catalog import Limits, load_catalog
 from services.llm.limits import Cooldowns, Queues
-from services.llm.models import ChatRequest, Message, Role, TextPart
+from services.llm.models import OFF_LOOP_CHARS, ChatRequest, Message, Role, TextPart
 from services.llm.tokens import TokenCounter
 
 
