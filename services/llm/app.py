@@ -13,6 +13,7 @@ import grpc
 
 from parley.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
 from services.llm import metrics as llm_metrics
+from services.llm.budgets import Budgets
 from services.llm.cache import Cache, make_cache
 from services.llm.catalog import Catalog, ProviderSpec, load_catalog
 from services.llm.engine import LLM, EngineSettings
@@ -20,7 +21,6 @@ from services.llm.limits import Queues
 from services.llm.listing import ModelListing
 from services.llm.providers.base import LLMProvider
 from services.llm.providers.local import LocalProvider
-from services.llm.budgets import Budgets
 from services.llm.reports import Reports
 from services.llm.repository import MIGRATIONS, ROLE, SCHEMA, UsageRepository
 from services.llm.servicer import LLMServicer
