@@ -30,7 +30,7 @@ MAX_VIOLATIONS = 20
 _KEY_CHARS = 64
 
 _ENUM, _TIMESTAMP, _DURATION, _STRUCT, _VALUE, _LIST_VALUE, _MESSAGE = range(7)
-_SINGLE, _PRESENT, _REPEATED, _MAP = range(4)
+_SINGLE, _PRESENT, _REPEATED, _MAP, _ONEOF = range(5)
 _WELL_KNOWN = {
     "google.protobuf.Timestamp": _TIMESTAMP,
     "google.protobuf.Duration": _DURATION,
@@ -78,8 +78,29 @@ def _plan(descriptor: Descriptor) -> tuple[tuple[str, int, int, Any], ...] | Non
                 shape = _SINGLE
         if entry is not None:
             plan.append((fd.name, entry[0], shape, entry[1]))
-    _plans[descriptor] = tuple(plan) or None
+    _plans[descriptor] = _group_oneofs(descriptor, plan) or None
     return _plans[descriptor]
+
+
+def _group_oneofs(descriptor: Descriptor, plan: list[tuple[str, int, int, Any]]) -> tuple:
+    """One WhichOneof per oneof with several checkable members (a ContentPart's image_url and
+    image_data) instead of a HasField per member."""
+    members: dict[str, dict[str, tuple[int, Any]]] = {}
+    for name, kind, shape, data in plan:
+        oneof = descriptor.fields_by_name[name].containing_oneof
+        if oneof is not None and not oneof.name.startswith("_") and shape in (_SINGLE, _PRESENT):
+            members.setdefault(oneof.name, {})[name] = (kind, data)
+    grouped = {oneof: entries for oneof, entries in members.items() if len(entries) > 1}
+    result, done = [], set()
+    for name, kind, shape, data in plan:
+        oneof = descriptor.fields_by_name[name].containing_oneof
+        if oneof is not None and oneof.name in grouped:
+            if oneof.name not in done:
+                done.add(oneof.name)
+                result.append((oneof.name, 0, _ONEOF, grouped[oneof.name]))
+            continue
+        result.append((name, kind, shape, data))
+    return tuple(result)
 
 
 def request_violations(message) -> list[FieldViolation]:
@@ -145,6 +166,11 @@ def _clean(message) -> bool:
         elif shape == _PRESENT:
             if message.HasField(name) and not _value_clean(kind, data, getattr(message, name)):
                 return False
+        elif shape == _ONEOF:
+            which = message.WhichOneof(name)
+            member = data.get(which) if which else None
+            if member is not None and not _value_clean(member[0], member[1], getattr(message, which)):
+                return False
         else:
             values = getattr(message, name)
             if values:
@@ -202,6 +228,11 @@ def _walk(message, path: str, found: list[FieldViolation]) -> None:
         elif shape == _PRESENT:
             if message.HasField(name):
                 _check(kind, data, getattr(message, name), f"{path}.{name}" if path else name, found)
+        elif shape == _ONEOF:
+            which = message.WhichOneof(name)
+            member = data.get(which) if which else None
+            if member is not None:
+                _check(member[0], member[1], getattr(message, which), f"{path}.{which}" if path else which, found)
         elif shape == _REPEATED:
             values = getattr(message, name)
             if values:

@@ -38,6 +38,13 @@ def test_a_well_formed_request_has_no_violations():
     assert request_violations(request) == []
 
 
+def test_members_of_a_oneof_are_named_by_the_member_set():
+    part = llm_pb2.ContentPart(image_url=llm_pb2.ImageUrl(url="https://x/y.png", detail=99))
+    request = llm_api.GenerateRequest(model="m", messages=[llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[
+        llm_pb2.ContentPart(text="look"), part])])
+    assert _fields(request) == ["messages[0].content[1].image_url.detail"]
+
+
 def test_unknown_enum_numbers_are_named_by_path():
     request = llm_api.GenerateRequest(model="m", messages=[_user(), _user()], cache_policy=99, priority=7)
     request.messages[1].role = 42
