@@ -123,7 +123,7 @@ async def test_a_variable_lives_on_in_the_sessions_sandbox_and_a_chart_comes_bac
     first = await run(stub, md, assistant_id=assistant.id,
                       session=api.NewSession(title="ci", messages=[user_message("Remember 41.")]))
     assert first[-1].done.status == apb.RUN_STATUS_COMPLETED, first[-2]
-    session_id = first[0].run_status_changed.run.session_id
+    session_id = first[0].run_status_changed.session_id
     # The code's output streamed as code_logs of the call, and went back to the model.
     logs = "".join(e.tool_call_delta.code_logs for e in first if e.HasField("tool_call_delta"))
     assert logs == "defined\n"
@@ -137,7 +137,7 @@ async def test_a_variable_lives_on_in_the_sessions_sandbox_and_a_chart_comes_bac
     third = await run(stub, md, assistant_id=assistant.id, session_id=session_id,
                       additional_messages=[user_message("Draw it.")])
     assert third[-1].done.status == apb.RUN_STATUS_COMPLETED
-    run_id = third[0].run_status_changed.run.id
+    run_id = third[0].run_id
     steps = (await stub.ListRunSteps(api.ListRunStepsRequest(run_id=run_id), metadata=md)).run_steps
     [detail] = code_details(steps)
     assert "plt.bar" in detail.input
