@@ -25,6 +25,12 @@ def discovered_services() -> list[str]:
     return sorted(path.parent.name for path in (ROOT / "services").glob("*/__main__.py"))
 
 
+def on_the_bootstrap(service: str) -> bool:
+    """A gRPC service on the shared bootstrap (health, metrics port, identity); the others
+    (the REST edge) are HTTP servers of their own."""
+    return "services.runtime.server import run" in (ROOT / "services" / service / "__main__.py").read_text()
+
+
 def settings_class(service: str):
     """The service's own settings dataclass (the one with `from_env`), or None."""
     for module_name in (f"services.{service}.app", f"services.{service}.settings"):
@@ -55,8 +61,16 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Loaded:
-    server: ServerSettings
+    server: ServerSettings | None  # None for a service off the bootstrap
     settings: object | None
+
+    @property
+    def host(self) -> str:
+        return self.server.host if self.server is not None else self.settings.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port if self.server is not None else self.settings.port
 
     def targets(self) -> dict[str, str]:
         """Callee service → "host:port" this service is configured to call."""
@@ -76,13 +90,18 @@ def load_settings(service: str, env: dict[str, str]) -> Loaded:
     """Loads every setting `python -m services.<service>` loads at start-up, from `env` alone:
     a missing or bad variable raises ConfigError naming it, as the process would."""
     with environment(env):
-        server = ServerSettings.from_env(service)
-        page_token_secret()
-        if service not in UNGUARDED:
-            identity_verifier(server)
+        server = None
+        if on_the_bootstrap(service):
+            server = ServerSettings.from_env(service)
+            page_token_secret()
+            if service not in UNGUARDED:
+                identity_verifier(server)
         cls = settings_class(service)
         return Loaded(server=server, settings=cls.from_env() if cls is not None else None)
 
 
 def default_port(service: str) -> int:
-    return DEFAULT_PORTS[service]
+    if service in DEFAULT_PORTS:
+        return DEFAULT_PORTS[service]
+    cls = settings_class(service)
+    return cls.port  # the dataclass default

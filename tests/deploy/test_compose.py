@@ -17,13 +17,13 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.runtime.config import ConfigError
-from tests.deploy._suite import ROOT, discovered_services, load_settings
+from tests.deploy._suite import ROOT, discovered_services, load_settings, on_the_bootstrap
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 EXAMPLE_ENV = ROOT / "deploy" / "compose" / "example.env"
 INFRASTRUCTURE = {"postgres", "redis", "jaeger", "prometheus", "grafana", "secrets-init"}
 # What may be reachable from the host, and on which interface.
-PUBLISHED = {"gateway": ["50051:50051"], "jaeger": ["127.0.0.1:16686:16686"], "prometheus": ["127.0.0.1:9090:9090"],
+PUBLISHED = {"gateway": ["50051:50051"], "rest": ["8080:8080"], "jaeger": ["127.0.0.1:16686:16686"], "prometheus": ["127.0.0.1:9090:9090"],
              "grafana": ["127.0.0.1:3000:3000"]}
 
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
@@ -141,7 +141,7 @@ def test_each_service_starts_with_the_environment_compose_gives_it(compose, parl
     for name, spec in parley_services.items():
         env = _env_with_local_secrets(compose, name, spec, secrets_dir)
         loaded = load_settings(name, env)  # raises ConfigError naming a missing or bad variable
-        assert loaded.server.host == "0.0.0.0", name
+        assert loaded.host == "0.0.0.0", name
         settings = loaded.settings
         if settings is not None and hasattr(settings, "admin_url"):
             # Never the embedded server inside a container: the compose PostgreSQL, with a role password.
@@ -169,10 +169,12 @@ def test_every_call_goes_to_a_healthy_dependency(compose, parley_services, secre
         for callee, target in loaded.targets().items():
             host, _, port = target.rpartition(":")
             assert host == callee and host in parley_services, f"{name} calls {callee} at {target}"
-            callee_port = int(container_env(parley_services[callee])[f"PARLEY_{callee.upper()}_PORT"])
+            callee_port = load_settings(callee, _env_with_local_secrets(
+                compose, callee, parley_services[callee], secrets_dir)).port
             assert int(port) == callee_port, f"{name} calls {callee} on {port}, it listens on {callee_port}"
             assert spec["depends_on"][callee] == {"condition": "service_healthy"}, f"{name} must wait for {callee}"
-        assert spec["depends_on"]["secrets-init"] == {"condition": "service_completed_successfully"}, name
+        if any(volume == secrets_volume(compose)[0] for volume, _, _ in mounts(spec)):
+            assert spec["depends_on"]["secrets-init"] == {"condition": "service_completed_successfully"}, name
         for dependency, condition in spec["depends_on"].items():
             assert dependency in compose["services"], f"{name} depends on unknown {dependency}"
             if dependency not in ("secrets-init", "jaeger"):
@@ -183,6 +185,9 @@ def test_every_call_goes_to_a_healthy_dependency(compose, parley_services, secre
 def test_healthchecks_ask_grpc_health_on_the_service_port(parley_services):
     for name, spec in parley_services.items():
         port = container_env(spec)[f"PARLEY_{name.upper()}_PORT"]
+        if not on_the_bootstrap(name):  # an HTTP edge: its /healthz
+            assert spec["healthcheck"]["test"] == ["CMD", "grpc-health", f"http://127.0.0.1:{port}/healthz"], name
+            continue
         assert spec["healthcheck"]["test"] == ["CMD", "grpc-health", f"127.0.0.1:{port}"], name
         assert str(int(port) + 1000) in spec["expose"] and port in spec["expose"] + [p.split(":")[-1] for p in spec.get("ports", [])]
 
@@ -211,6 +216,32 @@ def test_the_healthcheck_command_tells_serving_from_not(health_server):
     assert serving.returncode == 0 and "SERVING" in serving.stdout
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     assert _probe(port).returncode == 1
+
+
+def test_the_healthcheck_asks_an_http_edge_for_its_healthz():
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        ok = subprocess.run([sys.executable, str(ROOT / "deploy" / "healthcheck.py"), f"{base}/healthz"],
+                            capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0 and "HTTP 200" in ok.stdout
+        failing = subprocess.run([sys.executable, str(ROOT / "deploy" / "healthcheck.py"), f"{base}/other"],
+                                 capture_output=True, text=True, timeout=30)
+        assert failing.returncode == 1
+    finally:
+        server.shutdown()
 
 
 def test_the_healthcheck_fails_when_nothing_listens(health_server):
@@ -284,3 +315,30 @@ def test_docker_compose_itself_accepts_the_file(compose, tmp_path):
                              capture_output=True, text=True, cwd=ROOT, timeout=120,
                              env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
     assert refused.returncode != 0 and "PARLEY_POSTGRES_PASSWORD" in refused.stderr
+
+
+def test_prometheus_scrapes_each_service_on_the_metrics_port_it_opens(compose, parley_services):
+    from services.runtime.metrics import metrics_port
+    from tests.deploy._suite import environment
+
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    scraped = {entry["labels"]["service"]: entry["targets"] for entry in job["static_configs"]}
+    bootstrapped = {name: spec for name, spec in parley_services.items() if on_the_bootstrap(name)}
+    assert set(scraped) == set(bootstrapped)
+    for name, spec in bootstrapped.items():
+        with environment(container_env(spec)):
+            port = metrics_port(name)
+        assert scraped[name] == [f"{name}:{port}"], name
+        assert str(port) in spec["expose"], name
+    prometheus = compose["services"]["prometheus"]
+    mounted = {str(target): source for source, target, _ in mounts(prometheus)}
+    assert mounted["/etc/prometheus/rules"] == "./deploy/prometheus/rules"
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (make install)")
+def test_promtool_accepts_the_compose_prometheus_config():
+    result = subprocess.run(["promtool", "check", "config", str(ROOT / "deploy" / "prometheus" / "prometheus.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -10,11 +10,13 @@ import pytest
 import yaml
 
 from services.runtime.identity import generate_private_key_pem, public_key_pem
-from tests.deploy._suite import ROOT, default_port, discovered_services, load_settings
+from tests.deploy._suite import ROOT, default_port, discovered_services, load_settings, on_the_bootstrap
 
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 # Holds per-session kernels in memory: scaled by hand behind session affinity, not by an HPA.
 STATEFUL = {"sandbox"}
+# The doors: reachable from outside the namespace (their load balancers).
+PUBLIC = {"gateway", "rest"}
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +63,24 @@ def test_each_service_has_a_deployment_with_probes_resources_and_no_root(objects
         main = container(objects, service)
         assert main["command"] == ["python", "-m", f"services.{service}"]
         port = default_port(service)
-        assert {"name": "grpc", "containerPort": port} in main["ports"]
-        assert {"name": "metrics", "containerPort": port + 1000} in main["ports"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert main[probe]["grpc"] == {"port": port}, (service, probe)
+        if on_the_bootstrap(service):
+            assert {"name": "grpc", "containerPort": port} in main["ports"]
+            assert {"name": "metrics", "containerPort": port + 1000} in main["ports"]
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert main[probe]["grpc"] == {"port": port}, (service, probe)
+        else:
+            assert main["ports"] == [{"name": "http", "containerPort": port}]
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert main[probe]["httpGet"] == {"path": "/healthz", "port": port}, (service, probe)
         for bound in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(main["resources"][bound]), (service, bound)
         assert main["securityContext"]["allowPrivilegeEscalation"] is False
         service_object = objects[("Service", service)]
         assert service_object["spec"]["selector"] == spec["selector"]["matchLabels"]
-        assert {"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"} in service_object["spec"]["ports"]
-    assert objects[("Service", "gateway")]["spec"]["type"] == "LoadBalancer"
-    assert all(s["spec"]["type"] == "ClusterIP" for n, s in of_kind(objects, "Service").items() if n != "gateway")
+        protocol = "grpc" if on_the_bootstrap(service) else "http"
+        assert {"name": protocol, "port": port, "targetPort": protocol, "appProtocol": protocol} in \
+            service_object["spec"]["ports"]
+        assert service_object["spec"]["type"] == ("LoadBalancer" if service in PUBLIC else "ClusterIP"), service
 
 
 def test_stateless_services_autoscale_and_keep_a_replica_through_disruptions(objects):
@@ -139,7 +147,7 @@ def _call_graph(objects, tmp_path) -> dict[str, set[str]]:
     graph = {}
     for service in discovered_services():
         loaded = load_settings(service, _environment(objects, service, tmp_path))
-        assert loaded.server.host == "0.0.0.0"
+        assert loaded.host == "0.0.0.0"
         callees = set()
         for callee, target in loaded.targets().items():
             assert target == f"{callee}:{default_port(callee)}", (service, callee, target)
@@ -179,7 +187,7 @@ def test_network_policies_allow_exactly_the_call_graph(objects, tmp_path):
                 assert all("namespaceSelector" in peer for peer in rule["from"])
                 continue
             if "from" not in rule:
-                assert target == "gateway", f"only the gateway may take calls from anywhere, not {target}"
+                assert target in PUBLIC, f"only the doors may take calls from anywhere, not {target}"
                 continue
             for peer in rule["from"]:
                 assert set(peer) == {"podSelector"}, f"{name}: callers are pods of this namespace"
@@ -193,7 +201,7 @@ def test_network_policies_allow_exactly_the_call_graph(objects, tmp_path):
     assert selected == set(services)
     callers = {s: {c for c, callees in graph.items() if s in callees} for s in services}
     for service in services:
-        if service != "gateway":
+        if service not in PUBLIC:
             assert allowed_in[service] == callers[service], f"who may call {service}"
         assert allowed_out[service] == graph[service], f"whom {service} may call"
     # The sandbox runs user code: it may reach nothing.
