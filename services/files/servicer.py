@@ -3,8 +3,6 @@ converts back. Errors and identity are handled by the shared interceptors."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from google.protobuf.empty_pb2 import Empty
 
 from parley.files.v1 import files_service_pb2 as api
@@ -12,30 +10,8 @@ from parley.files.v1 import files_service_pb2_grpc as api_grpc
 from services.files import convert
 from services.files.files import Files
 from services.files.stores import VectorStores
-from services.runtime import errors
 from services.runtime.interceptors import current_identity
-
-
-async def _upload_stream(request_iterator) -> tuple[api.UploadFileMetadata, AsyncIterator[bytes]]:
-    """Splits the client stream into its first message (metadata) and the bytes after it."""
-    iterator = request_iterator.__aiter__()
-    try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        raise errors.InvalidArgument.for_field("metadata", "the first message must carry the metadata",
-                                               reason="METADATA_MISSING") from None
-    if first.WhichOneof("data") != "metadata":
-        raise errors.InvalidArgument.for_field("metadata", "the first message must carry the metadata",
-                                               reason="METADATA_MISSING")
-
-    async def chunks() -> AsyncIterator[bytes]:
-        async for message in iterator:
-            if message.WhichOneof("data") != "chunk":
-                raise errors.InvalidArgument.for_field("metadata", "only the first message may carry metadata",
-                                                       reason="METADATA_REPEATED")
-            yield message.chunk
-
-    return first.metadata, chunks()
+from services.runtime.uploads import metadata_then_chunks
 
 
 class FileServicer(api_grpc.FileServiceServicer):
@@ -45,7 +21,7 @@ class FileServicer(api_grpc.FileServiceServicer):
 
     async def UploadFile(self, request_iterator, context):
         user_id = current_identity().user_id
-        metadata, chunks = await _upload_stream(request_iterator)
+        metadata, chunks = await metadata_then_chunks(request_iterator)
         created = await self._files.upload(user_id, convert.upload_metadata(metadata), chunks)
         return convert.file_to_proto(created)
 
