@@ -31,6 +31,10 @@ class Service:
     name: str  # runs as `python -m services.<name>`, on PARLEY_<NAME>_PORT
     # Other services reach it through PARLEY_<NAME>_TARGET, which the suite sets.
     is_backend: bool = True
+    # An HTTP service: waited on with GET <path> answering 200, instead of gRPC health.
+    http_health: str | None = None
+    # Its port when PARLEY_<NAME>_PORT is unset, for a service outside DEFAULT_PORTS.
+    default_port: int | None = None
 
 
 # Start order: dependencies first. A new service adds one row.
@@ -41,6 +45,7 @@ SERVICES = (
     Service("sandbox"),
     Service("assistants"),
     Service("gateway", is_backend=False),
+    Service("rest", is_backend=False, http_health="/healthz", default_port=8080),
 )
 SUITE = [service.name for service in SERVICES]
 STARTUP_TIMEOUT_SECONDS = 90.0
@@ -96,7 +101,25 @@ def _ensure_identity_keys(directory: Path) -> tuple[Path, Path]:
 
 
 def _port(service: str) -> int:
-    return int(env_str(f"PARLEY_{service.upper()}_PORT", str(DEFAULT_PORTS[service])))
+    default = DEFAULT_PORTS.get(service) or next(s.default_port for s in SERVICES if s.name == service)
+    return int(env_str(f"PARLEY_{service.upper()}_PORT", str(default)))
+
+
+def _wait_http_healthy(service: Service, port: int, process: subprocess.Popen, deadline: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with code {process.returncode} while starting (see its log above)")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{service.http_health}", timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{service.name} did not become healthy within {STARTUP_TIMEOUT_SECONDS:.0f}s")
 
 
 def _wait_healthy(service: str, port: int, process: subprocess.Popen, deadline: float) -> None:
@@ -181,6 +204,8 @@ def main() -> int:
     for service in SERVICES:
         if service.is_backend:
             env.setdefault(f"PARLEY_{service.name.upper()}_TARGET", f"127.0.0.1:{_port(service.name)}")
+    # The REST edge calls the gateway.
+    env.setdefault("PARLEY_GATEWAY_TARGET", f"127.0.0.1:{_port('gateway')}")
 
     children: dict[str, subprocess.Popen] = {}
     try:
@@ -188,7 +213,11 @@ def main() -> int:
             port = _port(service.name)
             _ensure_port_free(service.name, port)
             children[service.name] = _spawn(service, env)
-            _wait_healthy(service.name, port, children[service.name], time.monotonic() + STARTUP_TIMEOUT_SECONDS)
+            deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+            if service.http_health:
+                _wait_http_healthy(service, port, children[service.name], deadline)
+            else:
+                _wait_healthy(service.name, port, children[service.name], deadline)
             if stopping:
                 return 130
         key_file = directory / "dev-api-key"

@@ -1,0 +1,64 @@
+"""The ASGI app: one gRPC channel to the gateway for the process's life, OpenAI-shaped errors
+for everything (bad JSON, unknown paths, gateway statuses), health and the OpenAPI document."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from services.rest.errors import ApiError
+from services.rest.gateway import Gateway
+from services.rest.http import error_response, json_response
+from services.rest.settings import RestSettings
+
+log = logging.getLogger("parley.rest")
+
+
+def build_app(settings: RestSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.gateway = Gateway(settings.gateway_target, settings.max_grpc_message_bytes,
+                                    settings.request_timeout_seconds)
+        log.info("rest edge serving", extra={"gateway": settings.gateway_target})
+        try:
+            yield
+        finally:
+            await app.state.gateway.close()
+
+    app = FastAPI(title="Parley — OpenAI-compatible REST edge", version="1.0",
+                  description="OpenAI's Assistants v2, Chat Completions, Embeddings, Files and Vector stores "
+                              "APIs over Parley. See docs/rest.md for what differs from OpenAI.",
+                  lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app.state.settings = settings
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return error_response(error)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        status = error.status_code
+        message = ("Invalid URL" + f" ({request.method} {request.url.path})") if status == 404 else str(error.detail)
+        return error_response(ApiError(status, message, code="unknown_url" if status == 404 else None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return error_response(ApiError(400, f"Invalid value for '{param}': {first['msg']}.", param=param,
+                                       code="invalid_value"))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return json_response({"status": "SERVING"})
+
+    from services.rest import assistants, chat, files, runs
+
+    for module in (chat, files, assistants, runs):
+        app.include_router(module.router, prefix="/v1")
+    return app
