@@ -155,7 +155,7 @@ async def assistant_fakes():
 
 
 @pytest.fixture(scope="session")
-async def stack(admin_url, vector_server_url, identity_private_key, identity_public_key, minter, assistant_fakes,
+async def stack(postgres_server_url, vector_server_url, identity_private_key, identity_public_key, minter, assistant_fakes,
                 tmp_path_factory):
     from services.files.app import FilesSettings
     from services.files.app import build_app as build_files_app
@@ -174,11 +174,15 @@ async def stack(admin_url, vector_server_url, identity_private_key, identity_pub
     public.write_bytes(identity_public_key)
     private.chmod(0o600)
 
-    sessions = await serve_app(await build_sessions_app(sessions_settings(admin_url)), "sessions", identity_public_key)
-    with vendor_environment(assistant_fakes):
-        llm = await serve_app(await build_llm_app(llm_settings(admin_url, models_file=str(models))), "llm",
-                              identity_public_key)
-    async with fresh_database(vector_server_url, "parley_assistants_files") as files_url:
+    # Databases of its own: the engines claim every queued run they can see, so they must
+    # never meet the runs of the run store's own tests.
+    async with fresh_database(postgres_server_url, "parley_assistants") as admin_url, \
+            fresh_database(vector_server_url, "parley_assistants_files") as files_url:
+        sessions = await serve_app(await build_sessions_app(sessions_settings(admin_url)), "sessions",
+                                   identity_public_key)
+        with vendor_environment(assistant_fakes):
+            llm = await serve_app(await build_llm_app(llm_settings(admin_url, models_file=str(models))), "llm",
+                                  identity_public_key)
         files = await serve_app(await build_files_app(FilesSettings(
             admin_url=files_url, database_url=None, role_password=None, pool_size=4, storage_dir=base / "files",
             llm_target=f"127.0.0.1:{llm.port}", identity_private_key=identity_private_key)), "files",

@@ -32,7 +32,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 ABORTED = grpc.StatusCode.ABORTED
 BUSY = grpc.StatusCode.FAILED_PRECONDITION
-NEW_TABLES = ("assistants", "runs", "run_steps", "run_events")
+NEW_TABLES = ("assistants", "runs", "run_steps", "run_events", "function_results")
 
 
 def user() -> str:
@@ -929,3 +929,185 @@ async def test_rls_hides_and_protects_other_users_run_data(world, service_url, a
             assert body is not None and "hijacked" not in body, table
     finally:
         await admin.close()
+
+
+# -- the queue, leases, the live tail, the function result cache ----------------------------
+
+from google.protobuf.duration_pb2 import Duration  # noqa: E402
+
+from services.sessions.runstore.models import ENGINE_SCOPE  # noqa: E402
+
+PERMISSION = grpc.StatusCode.PERMISSION_DENIED
+
+
+def lease(owner: str, seconds: int = 30) -> rs.RunLease:
+    return rs.RunLease(owner=owner, duration=Duration(seconds=seconds))
+
+
+@pytest.fixture
+def engine_md(as_user):
+    return as_user("parley-assistants-engine", (ENGINE_SCOPE,))
+
+
+async def claim_until(store, engine_md, owner: str, run_id: str, seconds: int = 30, rounds: int = 50):
+    """Claims until `run_id` is among the claims (other tests' queued runs share the table)."""
+    for _ in range(rounds):
+        reply = await store.ClaimRuns(rs.ClaimRunsRequest(lease=lease(owner, seconds), max_runs=100),
+                                      metadata=engine_md)
+        for claim in reply.claims:
+            if claim.run.id == run_id:
+                return claim
+    return None
+
+
+async def queued_with_event(world, session_id=None, **fields) -> apb.Run:
+    run = apb.Run(session_id=session_id or world.session.id, assistant_id=world.assistant.id, model="local/echo",
+                  **fields)
+    return await world.store.CreateRun(rs.CreateRunRequest(run=run, append_created_event=True), metadata=world.md)
+
+
+async def test_create_can_store_the_first_event(world):
+    run = await queued_with_event(world)
+    assert run.last_sequence == 1
+    [first] = await world.events(run.id)
+    assert first.sequence == 1 and first.run_status_changed.id == run.id
+    assert first.run_status_changed.status == apb.RUN_STATUS_QUEUED
+
+
+async def test_claims_need_the_engine_scope(world, run_store_stub):
+    for call in (run_store_stub.ClaimRuns(rs.ClaimRunsRequest(lease=lease("x")), metadata=world.md),
+                 run_store_stub.RenewRunLeases(rs.RenewRunLeasesRequest(lease=lease("x")), metadata=world.md)):
+        reason, _ = await expect_error(call, PERMISSION)
+        assert reason == "ENGINE_SCOPE_REQUIRED"
+    for bad in (rs.RunLease(owner="", duration=Duration(seconds=5)), rs.RunLease(owner="e", duration=Duration())):
+        await expect_error(run_store_stub.ClaimRuns(rs.ClaimRunsRequest(lease=bad), metadata=world.md), PERMISSION)
+
+
+async def test_the_queue_hands_out_session_heads_once(world, run_store_stub, engine_md):
+    session = await world.new_session()
+    first = await queued_with_event(world, session.id)
+    second = await queued_with_event(world, session.id)
+    silent = await world.create_run((await world.new_session()).id)  # no first event: never claimed
+    claim = await claim_until(run_store_stub, engine_md, "engine-a", first.id)
+    assert claim is not None and claim.reason == rs.RUN_CLAIM_REASON_QUEUED and claim.run.user_id == world.user_id
+    # Claimed: no other replica gets it while the lease lasts; the run behind it waits its turn.
+    assert await claim_until(run_store_stub, engine_md, "engine-b", first.id, rounds=2) is None
+    assert await claim_until(run_store_stub, engine_md, "engine-b", second.id, rounds=2) is None
+    assert await claim_until(run_store_stub, engine_md, "engine-b", silent.id, rounds=2) is None
+    await world.update_run(first.id, ["status"], status=apb.RUN_STATUS_COMPLETED)
+    claim = await claim_until(run_store_stub, engine_md, "engine-b", second.id)
+    assert claim is not None and claim.reason == rs.RUN_CLAIM_REASON_QUEUED
+
+
+async def test_concurrent_claimers_never_share_a_run(world, run_store_stub, engine_md):
+    runs = [await queued_with_event(world, (await world.new_session()).id) for _ in range(6)]
+    mine = {r.id for r in runs}
+
+    async def claimer(owner):
+        got = set()
+        for _ in range(20):
+            reply = await run_store_stub.ClaimRuns(rs.ClaimRunsRequest(lease=lease(owner), max_runs=2),
+                                                   metadata=engine_md)
+            got |= {c.run.id for c in reply.claims} & mine
+        return got
+
+    results = await asyncio.gather(*(claimer(f"engine-{i}") for i in range(3)))
+    assert set.union(*results) == mine
+    assert sum(len(r) for r in results) == len(mine)  # each run to exactly one claimer
+
+
+async def test_leases_renew_lapse_and_hand_over(world, run_store_stub, engine_md):
+    run = await queued_with_event(world, (await world.new_session()).id)
+    assert await claim_until(run_store_stub, engine_md, "engine-a", run.id, seconds=1) is not None
+    started = await world.store.UpdateRun(rs.UpdateRunRequest(
+        run=apb.Run(id=run.id, status=apb.RUN_STATUS_IN_PROGRESS), update_mask=FieldMask(paths=["status"]),
+        expected_statuses=[apb.RUN_STATUS_QUEUED], lease=lease("engine-a", 1)), metadata=world.md)
+    assert started.status == apb.RUN_STATUS_IN_PROGRESS
+    held = await run_store_stub.RenewRunLeases(rs.RenewRunLeasesRequest(lease=lease("engine-a", 1), run_ids=[run.id]),
+                                               metadata=engine_md)
+    assert list(held.run_ids) == [run.id]
+    other = await run_store_stub.RenewRunLeases(rs.RenewRunLeasesRequest(lease=lease("engine-b"), run_ids=[run.id]),
+                                                metadata=engine_md)
+    assert list(other.run_ids) == []  # only the holder renews
+    await asyncio.sleep(1.5)
+    claim = await claim_until(run_store_stub, engine_md, "engine-b", run.id)
+    assert claim is not None and claim.reason == rs.RUN_CLAIM_REASON_LEASE_LAPSED
+    lost = await run_store_stub.RenewRunLeases(rs.RenewRunLeasesRequest(lease=lease("engine-a"), run_ids=[run.id]),
+                                               metadata=engine_md)
+    assert list(lost.run_ids) == []  # engine-a learns it lost the run
+
+
+async def test_an_expired_action_is_claimed_for_expiry(world, run_store_stub, engine_md):
+    run = await queued_with_event(world, (await world.new_session()).id)
+    past = stamp(datetime.now(timezone.utc) - timedelta(seconds=5))
+    await world.store.UpdateRun(rs.UpdateRunRequest(
+        run=apb.Run(id=run.id, status=apb.RUN_STATUS_REQUIRES_ACTION, expire_time=past),
+        update_mask=FieldMask(paths=["status", "expire_time"]), lease=rs.RunLease()), metadata=world.md)
+    claim = await claim_until(run_store_stub, engine_md, "engine-a", run.id)
+    assert claim is not None and claim.reason == rs.RUN_CLAIM_REASON_ACTION_EXPIRED
+
+
+async def test_watch_replays_then_follows_live_until_the_run_ends(world, run_store_stub):
+    run = await queued_with_event(world)
+    await world.append(run.id, delta(2, "a"), delta(3, "b"))
+    received: list[apb.RunEvent] = []
+    statuses_seen = []
+
+    async def watch():
+        async for change in run_store_stub.WatchRunEvents(rs.WatchRunEventsRequest(run_id=run.id, after_sequence=1),
+                                                          metadata=world.md):
+            received.extend(change.events)
+            statuses_seen.append(change.status)
+
+    watching = asyncio.ensure_future(watch())
+    for _ in range(100):
+        if len(received) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [e.sequence for e in received] == [2, 3]
+    await world.append(run.id, delta(4, "c"))
+    await world.update_run(run.id, ["status"], events=[delta(5, "d")], status=apb.RUN_STATUS_COMPLETED)
+    await asyncio.wait_for(watching, 10)  # ends by itself once the run has ended
+    assert [e.sequence for e in received] == [2, 3, 4, 5]
+    assert statuses_seen[-1] == apb.RUN_STATUS_COMPLETED
+
+    status_only = [c async for c in run_store_stub.WatchRunEvents(
+        rs.WatchRunEventsRequest(run_id=run.id, status_only=True), metadata=world.md)]
+    assert [list(c.events) for c in status_only] == [[]] and status_only[-1].last_sequence == 5
+
+
+async def test_watch_is_isolated_and_checks_its_input(world, run_store_stub, as_user):
+    run = await queued_with_event(world)
+    stranger = as_user(user())
+    call = run_store_stub.WatchRunEvents(rs.WatchRunEventsRequest(run_id=run.id), metadata=stranger)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert rich_error(caught.value)[:2] == (NOT_FOUND, "RUN_NOT_FOUND")
+    call = run_store_stub.WatchRunEvents(rs.WatchRunEventsRequest(run_id=run.id, after_sequence=-1), metadata=world.md)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == INVALID
+
+
+async def test_function_results_are_cached_per_user(world, run_store_stub, as_user):
+    later = stamp(datetime.now(timezone.utc) + timedelta(minutes=5))
+    await run_store_stub.StoreFunctionResults(rs.StoreFunctionResultsRequest(results=[
+        rs.FunctionResult(name="rates", arguments='{"c": "EUR"}', output="1.08", expire_time=later)]),
+        metadata=world.md)
+    keys = [rs.FunctionResult(name="rates", arguments='{"c": "EUR"}'),
+            rs.FunctionResult(name="rates", arguments='{"c":"EUR"}')]  # not byte-for-byte the same
+    found = await run_store_stub.LookupFunctionResults(rs.LookupFunctionResultsRequest(keys=keys), metadata=world.md)
+    assert [(r.name, r.arguments, r.output) for r in found.results] == [("rates", '{"c": "EUR"}', "1.08")]
+    theirs = await run_store_stub.LookupFunctionResults(rs.LookupFunctionResultsRequest(keys=keys),
+                                                        metadata=as_user(user()))
+    assert list(theirs.results) == []
+    for bad, field in (
+        (rs.FunctionResult(name="rates", arguments="{}", output="x"), "results[0].expire_time"),
+        (rs.FunctionResult(name="rates", arguments="{}", output="x",
+                           expire_time=stamp(datetime.now(timezone.utc) + timedelta(days=3))), "results[0].expire_time"),
+        (rs.FunctionResult(name="", arguments="{}", output="x", expire_time=later), "results[0].name"),
+        (rs.FunctionResult(name="f", arguments="{}", output="x\x00", expire_time=later), "results[0].output"),
+    ):
+        _, fields = await expect_error(run_store_stub.StoreFunctionResults(
+            rs.StoreFunctionResultsRequest(results=[bad]), metadata=world.md), INVALID)
+        assert fields[0] == field

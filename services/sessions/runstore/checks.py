@@ -8,6 +8,7 @@ from typing import Any
 
 from services.runtime import errors
 from services.runtime.errors import FieldViolation
+from services.runtime.validation import nul_violations
 
 
 def not_found(kind: str, key: str, value: object) -> errors.NotFound:
@@ -30,24 +31,8 @@ def enum_violations(value: int, enum: type, field: str, *, allow_unspecified: bo
     return []
 
 
-def nul_violations(value: Any, path: str) -> list[FieldViolation]:
-    """PostgreSQL's jsonb and text cannot hold NUL characters: name the first field that has one."""
-    if isinstance(value, str):
-        return [FieldViolation(path, "must not contain NUL characters")] if "\x00" in value else []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = nul_violations(key, path) or nul_violations(item, f"{path}.{key}")
-            if found:
-                return found
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = nul_violations(item, f"{path}[{i}]")
-            if found:
-                return found
-    return []
-
-
 def body_violations(body: dict[str, Any], prefix: str) -> list[FieldViolation]:
+    """NUL characters anywhere in a resource's stored fields (PostgreSQL cannot hold them)."""
     return [v for name, value in body.items() for v in nul_violations(value, f"{prefix}.{name}")]
 
 

@@ -19,13 +19,25 @@ from typing import Any
 from services.runtime import errors
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
-from services.runtime.pagination import decode_time_and_id, decode_token, encode_time_and_id, encode_token, page_size
-from services.runtime.validation import metadata_violations, parse_id, text_violations
+from services.runtime.pagination import (
+    Position,
+    decode_time_and_id,
+    decode_token,
+    encode_time_and_id,
+    encode_token,
+    page_size,
+)
+from services.runtime.validation import (
+    metadata_violations,
+    nul_violations,
+    parse_id,
+    text_violations,
+    update_mask_paths,
+)
 from services.sessions.models import Page, SessionStatus, SortOrder
 from services.sessions.runstore.changes import RunChanges
 from services.sessions.runstore.checks import (
     body_violations,
-    nul_violations,
     enum_violations,
     not_found,
     number_violations,
@@ -68,20 +80,10 @@ RUN_COLUMNS = ("status", "busy_session_strategy", "expire_time")
 RUN_STEP_COLUMNS = ("type", "status")
 
 
-def _invalid_token() -> errors.InvalidArgument:
-    return errors.InvalidArgument.for_field("page_token", "is not a page token issued by this service",
-                                           reason="PAGE_TOKEN_INVALID")
-
-
 def _seq_position(token: str, query_key: str) -> int | None:
-    position = decode_token(token, query_key)
-    if position is None:
-        return None
-    if len(position) != 1 or not isinstance(position[0], int) or isinstance(position[0], bool):
-        raise _invalid_token()
-    if not 0 <= position[0] < 2**63:  # tokens are opaque, not signed: keep forged ones out of SQL
-        raise _invalid_token()
-    return position[0]
+    """A keyset position of one sequence number, from a token this deployment signed."""
+    position = decode_token(token, query_key, kinds=(Position.COUNT,))
+    return None if position is None else position[0]
 
 
 def _writes(
@@ -91,15 +93,10 @@ def _writes(
     """The writes an update mask asks for (AIP-134): without a mask, every writable field the
     request populates. Only top-level fields; messages, lists and maps are replaced whole, and
     writing one member of the `oneof` fields clears the others."""
-    if not paths:
-        paths = [name for name in writable if name in draft.fields]
-        if not paths and not allow_empty:
-            raise errors.InvalidArgument.for_field("update_mask", "names no field to update", reason="EMPTY_UPDATE")
-    violations = [
-        FieldViolation("update_mask", f"unknown path {p!r}; updatable: {', '.join(writable)}")
-        for p in paths if p not in writable
-    ]
-    wanted = [p for p in dict.fromkeys(paths) if p in writable]
+    if not paths and allow_empty and not any(name in draft.fields for name in writable):
+        wanted, violations = [], []
+    else:
+        wanted, violations = update_mask_paths(paths, updatable=writable, populated=list(draft.fields))
     column_values = {p: draft.get(p) for p in wanted if p in columns}
     set_body = {p: draft.fields[p] for p in wanted if p not in columns and p in draft.fields}
     clear_body = [p for p in wanted if p not in columns and p not in draft.fields]
