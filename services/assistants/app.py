@@ -75,7 +75,7 @@ class AssistantsSettings:
             lease_seconds=env_float("PARLEY_ASSISTANTS_LEASE_SECONDS", 30.0, minimum=1.0),
             claim_interval_seconds=env_float("PARLEY_ASSISTANTS_CLAIM_INTERVAL_SECONDS", 1.0, minimum=0.05),
             action_timeout_seconds=env_float("PARLEY_ASSISTANTS_ACTION_TIMEOUT_SECONDS", 600.0, minimum=1.0),
-            event_flush_seconds=env_float("PARLEY_ASSISTANTS_EVENT_FLUSH_SECONDS", 0.02, minimum=0.0),
+            event_flush_seconds=env_float("PARLEY_ASSISTANTS_EVENT_FLUSH_SECONDS", 0.05, minimum=0.0),
             max_concurrent_runs=env_int("PARLEY_ASSISTANTS_MAX_CONCURRENT_RUNS", 64, minimum=1),
             file_search_token_budget=env_int("PARLEY_ASSISTANTS_FILE_SEARCH_TOKEN_BUDGET", 4000, minimum=100),
         )

@@ -249,14 +249,15 @@ class Execution:
         specs, by_name = self._specs()
         if self.run.tool_choice.type == apb.TOOL_CHOICE_TYPE_NONE:
             specs = []
-        steps = await self._steps()
+        # A run that starts from the queue has no steps yet; a resumed one reads them.
+        steps = await self._steps() if self.outputs is not None or self.started_after > 1 else []
         for step in steps:
             if step.WhichOneof("step_details") == "tool_calls":
                 for detail in step.tool_calls.tool_calls:
                     self._used_ids.add(detail.id)
                     if detail.WhichOneof("call") == "file_search":
                         self._hits += prompts.hits_of(detail)
-        self._model = await self.runs.llm.get_model(self.who, self.run.model)
+        self._model = await self.runs.model_info(self.who, self.run.model)
         while True:
             if self._cancel:
                 await self._cancelled(None)

@@ -9,8 +9,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf import json_format
-
 from parley.assistants.v1 import assistants_pb2 as apb
 from parley.llm.v1 import llm_pb2 as lpb
 from parley.sessions.v1 import sessions_pb2 as spb
@@ -142,6 +140,11 @@ async def build(
     dropped = 0
     for _ in range(MAX_TRUNCATION_ROUNDS):
         messages = head + history + rounds
+        size = sum(m.ByteSize() for m in messages) + sum(t.ByteSize() for t in tools)
+        if limit is not None and size <= limit // 2:
+            # A token is at least one byte of text in every tokenizer we meet, so a prompt of
+            # half the limit in bytes fits without asking the llm service to count it.
+            return Prompt(messages=messages, tools=tools, tokens=size, dropped=dropped)
         tokens = await llm.count_tokens(who, run.model, messages, tools)
         if limit is None or tokens <= limit:
             return Prompt(messages=messages, tools=tools, tokens=tokens, dropped=dropped)
@@ -157,15 +160,3 @@ async def build(
         history = history[max(drop, 1):]
         dropped += max(drop, 1)
     raise PromptTooLong(f"the prompt needs more than the {limit} tokens the run has left")
-
-
-def arguments_of(spec_kind: str, arguments: str) -> dict:
-    try:
-        value = json.loads(arguments or "{}")
-        return value if isinstance(value, dict) else {}
-    except ValueError:
-        return {}
-
-
-def struct_dict(message) -> dict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)

@@ -90,6 +90,7 @@ class Runs:
         # Runs this replica executes, by id (see execution.Execution).
         self.executions: dict[str, object] = {}
         self._wake = asyncio.Event()
+        self._models: dict[str, tuple[object, float]] = {}
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
@@ -237,6 +238,18 @@ class Runs:
 
         with contextlib.suppress(errors.Aborted):
             await Execution.begin(self, who, active.run, expected=(apb.RUN_STATUS_QUEUED,))
+
+    async def model_info(self, who: Who, model: str):
+        """The llm service's facts about a model (window, output cap), kept for a minute."""
+        cached = self._models.get(model)
+        now = asyncio.get_running_loop().time()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        info = await self.llm.get_model(who, model)
+        if len(self._models) > 1024:
+            self._models.clear()
+        self._models[model] = (info, now + 60.0)
+        return info
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ class EngineSettings:
     lease_seconds: float = 30.0
     claim_interval_seconds: float = 1.0
     action_timeout_seconds: float = 600.0
-    event_flush_seconds: float = 0.02
+    event_flush_seconds: float = 0.05
     max_concurrent_runs: int = 64
     file_search_token_budget: int = 4000
     # Model calls one run may make (each tool round is one); a run that needs more fails.

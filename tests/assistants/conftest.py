@@ -122,6 +122,8 @@ class Stack:
     minter: object
     keys: object
     log_dir: Path
+    # Admin URL of the sessions database (the run store's tables), for tests that count writes.
+    database_url: str
     _models: dict = dataclasses.field(default_factory=lambda: {v: itertools.count() for v in VENDORS})
 
     def model(self, vendor: str = "openai") -> str:
@@ -211,7 +213,7 @@ async def stack(postgres_server_url, vector_server_url, identity_private_key, id
             jwt=JwtSettings()))
         stack = Stack(fakes=assistant_fakes, llm_port=llm.port, sessions_port=sessions.port, files_port=files.port,
                       gateway_port=gateway.port, engine=engine, engine_env=engine_env, minter=minter,
-                      keys=gateway.app.gate.keys, log_dir=log_dir)
+                      keys=gateway.app.gate.keys, log_dir=log_dir, database_url=admin_url)
         try:
             yield stack
         finally:

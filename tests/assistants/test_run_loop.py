@@ -4,6 +4,8 @@ the session, steps with usage, the run's usage, and the options the model call c
 
 from __future__ import annotations
 
+import uuid
+
 from parley.assistants.v1 import assistants_pb2 as apb
 from parley.assistants.v1 import assistants_service_pb2 as api
 from parley.sessions.v1 import sessions_pb2 as spb
@@ -55,3 +57,27 @@ async def test_a_run_streams_its_answer_and_writes_it_to_the_session(stack, engi
     # WatchRun replays the same log, event for event.
     replay = [r.event async for r in stub.WatchRun(api.WatchRunRequest(run_id=run.id), metadata=md)]
     assert replay == events
+
+
+async def test_deltas_are_written_in_batches(stack, engine_channel, user):
+    import asyncpg
+
+    md, stub = stack.direct(user()), stack.engine.stub(engine_channel)
+    model = stack.model("openai")
+    stack.fakes["openai"].script(model.split("/")[1], {"text": " ".join(f"token{i}" for i in range(120))})
+    assistant = await new_assistant(stub, md, model)
+    events = await stream_run(stub, md, assistant_id=assistant.id,
+                              session=api.NewSession(messages=[user_message("count")]))
+    deltas = sum(e.HasField("message_delta") for e in events)
+    assert deltas >= 40
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        # Events stored by one statement share a transaction id: count the transactions.
+        writes = await conn.fetchval(
+            "SELECT count(DISTINCT xmin::text) FROM sessions.run_events WHERE run_id = $1", uuid.UUID(events[0].run_id))
+        stored = await conn.fetchval("SELECT count(*) FROM sessions.run_events WHERE run_id = $1",
+                                     uuid.UUID(events[0].run_id))
+    finally:
+        await conn.close()
+    assert stored == len(events)
+    assert writes * 3 <= deltas, (writes, deltas)  # several deltas per write, never one each

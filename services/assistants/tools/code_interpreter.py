@@ -183,10 +183,8 @@ class CodeInterpreterExecutor(ToolExecutor):
 
     async def _outcome(self, code: str, sandbox_id: str, result: sandbox_pb2.ExecutionResult, logs: str,
                        context: ToolContext) -> ToolOutcome:
-        outputs: list[CodeOutput] = []
+        images: list[CodeOutput] = []
         produced: list[str] = []
-        if logs:
-            outputs.append(CodeOutput(logs=logs))
         for number, display in enumerate(result.displays, start=1):
             if not display.media_type.startswith("image/") or display.media_type == "image/svg+xml":
                 continue
@@ -194,7 +192,7 @@ class CodeInterpreterExecutor(ToolExecutor):
             file_id = await context.files.write(f"image-{number}.{extension}", display.data,
                                                 media_type=display.media_type)
             await context.emit(ToolOutputDelta(code_image_file_id=file_id))
-            outputs.append(CodeOutput(image_file_id=file_id))
+            images.append(CodeOutput(image_file_id=file_id))
         written: list[str] = []
         for file in result.output_files:
             if len(produced) >= MAX_PRODUCED_FILES:
@@ -205,8 +203,13 @@ class CodeInterpreterExecutor(ToolExecutor):
             file_id = await context.files.write(os.path.basename(file.path), data, media_type=file.media_type)
             produced.append(file_id)
             written.append(f"sandbox:{WORK_DIR}/{file.path} (file id {file_id})")
-        return ToolOutcome(output=model_output(logs, result, written, len(outputs) - (1 if logs else 0)),
-                           code_input=code, code_outputs=tuple(outputs), produced_file_ids=tuple(produced))
+        # The logs output carries what the model must read besides the printed text (the
+        # traceback, the sandbox's note, the files written), as the hosted tool's logs do:
+        # the step's logs are what the next model call is given.
+        text = model_output(logs, result, written, images=0, placeholder=False)
+        outputs = [CodeOutput(logs=text), *images] if text else images
+        return ToolOutcome(output=model_output(logs, result, written, images=len(images)), code_input=code,
+                           code_outputs=tuple(outputs), produced_file_ids=tuple(produced))
 
     async def _download(self, sandbox_id: str, path: str, context: ToolContext) -> bytes:
         chunks = []
@@ -218,9 +221,11 @@ class CodeInterpreterExecutor(ToolExecutor):
         return b"".join(chunks)
 
 
-def model_output(logs: str, result: sandbox_pb2.ExecutionResult, written: list[str], images: int) -> str:
+def model_output(logs: str, result: sandbox_pb2.ExecutionResult, written: list[str], images: int,
+                 placeholder: bool = True) -> str:
     """What the model reads: the output, the exception, what was drawn and saved, and the
-    sandbox's note (a limit hit, a restarted kernel), bounded."""
+    sandbox's note (a limit hit, a restarted kernel), bounded. Without a placeholder, a run
+    that produced nothing gives ""."""
     parts = []
     if result.kernel_restarted:
         parts.append(f"[note] {result.note}")
@@ -234,7 +239,9 @@ def model_output(logs: str, result: sandbox_pb2.ExecutionResult, written: list[s
         parts.append("Files written:\n" + "\n".join(written))
     if result.note and not result.kernel_restarted:
         parts.append(f"[note] {result.note}")
-    text = "\n".join(parts) or "(the code ran and printed nothing)"
+    text = "\n".join(parts)
+    if not text:
+        return "(the code ran and printed nothing)" if placeholder else ""
     if len(text) > MAX_MODEL_OUTPUT_CHARS:
         text = text[:MAX_MODEL_OUTPUT_CHARS] + "\n[output truncated]"
     return text
