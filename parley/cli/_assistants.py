@@ -91,6 +91,18 @@ def _show_call(detail: assistants_pb2.ToolCallDetail) -> str:
     return f"[tool {detail.id}]"
 
 
+def _call_done(detail: assistants_pb2.ToolCallDetail) -> bool:
+    """Whether a call in a step still in progress already has its result."""
+    kind = detail.WhichOneof("call")
+    if kind == "function":
+        return bool(detail.function.output)
+    if kind == "file_search":
+        return bool(detail.file_search.results)
+    if kind == "code_interpreter":
+        return bool(detail.code_interpreter.outputs)
+    return False
+
+
 def _sources(citations: list[Citation]) -> list[str]:
     lines, seen = [], set()
     for citation in citations:
@@ -119,9 +131,9 @@ async def render(stream: RunStream, args, *, out=None, err=None) -> int:
             out.flush()
             wrote_text = True
         elif isinstance(event, StepUpdated) and event.step.WhichOneof("step_details") == "tool_calls":
+            finished = event.step.status != assistants_pb2.RUN_STEP_STATUS_IN_PROGRESS
             for detail in event.step.tool_calls.tool_calls:
-                finished = event.step.status != assistants_pb2.RUN_STEP_STATUS_IN_PROGRESS
-                if detail.id not in shown and (finished or detail.WhichOneof("call") != "function"):
+                if detail.id not in shown and (finished or _call_done(detail)):
                     shown.add(detail.id)
                     print(_show_call(detail), file=err, flush=True)
         elif isinstance(event, RunErrored):
