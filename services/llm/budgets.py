@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from services.llm.usage import UsageRecord
 from services.runtime import errors
+from services.runtime import metrics as rpc_metrics
 
 log = logging.getLogger("parley.llm.budgets")
 
@@ -147,7 +148,12 @@ class Budgets:
         except errors.ParleyError as exc:
             log.warning("budget check skipped: %s", exc.reason)
             return
-        for s in self._statuses(entry):
+        statuses = self._statuses(entry)
+        if statuses:
+            rpc_metrics.budget_checked(max(
+                (s.spent_usd if s.limit.unit == "usd" else s.spent_tokens) / s.limit.amount if s.limit.amount else 1.0
+                for s in statuses))
+        for s in statuses:
             spent = s.spent_usd if s.limit.unit == "usd" else s.spent_tokens
             if spent >= s.limit.amount:
                 period = PERIOD_NAMES[s.limit.period]

@@ -47,6 +47,7 @@ from services.llm.tokens import TokenCounter
 from services.llm.usage import Ledger, UsageRecord
 from services.llm.validation import check_chat_request, check_messages
 from services.runtime import errors
+from services.runtime import metrics as rpc_metrics
 from services.runtime.errors import FieldViolation, collect
 from services.runtime.validation import uuid7
 
@@ -251,6 +252,7 @@ class LLM:
                         raise failed.error from None
                     log.info("falling back from %s to %s (%s)", candidate.id, chain[position + 1].id,
                              failed.error.reason)
+                    rpc_metrics.llm_fell_back(candidate.provider)
                     continue
                 finally:
                     lease.release()

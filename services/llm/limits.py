@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from services.llm.catalog import Limits
+from services.runtime import metrics as rpc_metrics
 from services.runtime.errors import ResourceExhausted
 
 log = logging.getLogger("parley.llm.limits")
@@ -343,6 +344,7 @@ class Cooldowns:
         if self.threshold and count >= self.threshold:
             self._bounded_set(self._until, key, self._clock() + self.seconds)
             self._failures[key] = 0
+            rpc_metrics.llm_cooled_down(key)
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)

@@ -18,6 +18,8 @@ _duration = _meter.create_histogram("gen_ai.client.operation.duration", unit="s"
 _ttft = _meter.create_histogram("parley.llm.time_to_first_token", unit="s",
                                 description="From request to the first streamed delta")
 _cost = _meter.create_counter("parley.llm.cost", unit="USD", description="Cost of model calls")
+_queue_wait = _meter.create_histogram("parley.llm.queue.wait", unit="s",
+                                      description="Time calls waited in a deployment's queue (RPM/TPM/concurrency limits)")
 _calls = _meter.create_counter("parley.llm.calls", unit="{call}",
                                description="Model calls by status and cache hit (success rate, cache hit rate)")
 
@@ -59,6 +61,8 @@ def observe(record: UsageRecord) -> None:
     }
     _calls.add(1, {**attributes, "parley.llm.status": record.status, "parley.llm.cache_hit": record.cache_hit})
     _duration.record(record.latency_ms / 1000, {**attributes, "parley.llm.status": record.status})
+    if not record.cache_hit:
+        _queue_wait.record(record.queue_ms / 1000, {"gen_ai.provider.name": record.provider})
     if record.status != "ok":
         return
     _tokens.record(record.input_tokens, {**attributes, "gen_ai.token.type": "input"})

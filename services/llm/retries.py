@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from services.llm.models import ChatRequest, FinishReason, ProviderFinish, Strea
 from services.llm.providers.base import EmbeddingBatch, ProviderError
 from services.llm.spans import end_attempt_span, start_attempt_span
 from services.runtime import errors
+from services.runtime import metrics as rpc_metrics
 
 log = logging.getLogger("parley.llm")
 
@@ -114,6 +116,7 @@ class Attempts:
         if wait > self.settings.max_retry_wait or (remaining is not None and wait >= remaining):
             return False
         log.info("retrying %s in %.2fs after %s", spec.id, wait, error.kind)
+        rpc_metrics.llm_retried(spec.provider, error.kind)
         await asyncio.sleep(wait)
         return True
 
@@ -135,6 +138,7 @@ class Attempts:
             if deadline.expired():
                 raise deadline_exceeded()
             span = start_attempt_span(spec, operation, attempt, request)
+            opened_at, first_chunk_at = time.perf_counter(), None
             events = call(deadline.timeout(self.settings.request_timeout))
             held: list[StreamEvent] = []
             started_output = False
@@ -156,6 +160,9 @@ class Attempts:
                     if isinstance(event, (ProviderFinish, EmbeddingBatch)):
                         final = event
                         break
+                    if first_chunk_at is None:
+                        first_chunk_at = time.perf_counter()
+                        span.set_attribute("gen_ai.response.time_to_first_chunk", first_chunk_at - opened_at)
                     if buffered:
                         held.append(event)
                     else:

@@ -22,6 +22,10 @@ def start_attempt_span(spec: ModelSpec, operation: str, attempt: int, request: C
     span.set_attribute("parley.llm.model", spec.id)
     span.set_attribute("parley.llm.attempt", attempt)
     if request is not None:
+        # The session (thread) the call belongs to, when the caller says so (the run engine does).
+        conversation = request.metadata.get("session_id")
+        if conversation:
+            span.set_attribute("gen_ai.conversation.id", conversation)
         if request.temperature is not None:
             span.set_attribute("gen_ai.request.temperature", request.temperature)
         if request.top_p is not None:

@@ -76,15 +76,16 @@ def _views():
 
 
 _provider = None
+_endpoint_port: int | None = None
 
 
 def setup_metrics(service: str, *, port: int | None | str = "env") -> int | None:
-    """Installs the process's MeterProvider and starts the /metrics endpoint. Returns the port
-    it listens on (None: not exposed). A port that cannot be bound is logged, not fatal: the
-    service still serves."""
-    global _provider
+    """Installs the process's MeterProvider and starts the /metrics endpoint, once per process
+    (later calls return the same port). Returns the port it listens on (None: not exposed). A
+    port that cannot be bound is logged, not fatal: the service still serves."""
+    global _provider, _endpoint_port
     if _provider is not None:
-        return None
+        return _endpoint_port
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
@@ -111,9 +112,9 @@ def setup_metrics(service: str, *, port: int | None | str = "env") -> int | None
         log.error("metrics: cannot listen on %s:%d (%s); set PARLEY_%s_METRICS_PORT", host, chosen, exc.strerror,
                   service.upper())
         return None
-    bound = server.server_address[1]
-    log.info("metrics on http://%s:%d/metrics", host, bound)
-    return bound
+    _endpoint_port = server.server_address[1]
+    log.info("metrics on http://%s:%d/metrics", host, _endpoint_port)
+    return _endpoint_port
 
 
 # --- per call -------------------------------------------------------------------------------
@@ -250,3 +251,35 @@ _file_processing = _parley.create_histogram(
 
 def file_processed(kind: str, outcome: str, seconds: float) -> None:
     _file_processing.record(seconds, {"kind": kind, "outcome": outcome})
+
+
+# The llm service's reliability (its calls, tokens, cost, latency and queue depth come from
+# services/llm/metrics.py). Labelled by provider: a bounded set, unlike model ids.
+_retries = _parley.create_counter("parley.llm.retries", unit="{retry}",
+                                  description="Vendor attempts retried after a retryable failure, by provider and error kind")
+_fallbacks = _parley.create_counter("parley.llm.fallbacks", unit="{fallback}",
+                                    description="Calls that moved on to the next model of their chain, by the provider left")
+_cooldowns = _parley.create_counter("parley.llm.cooldowns", unit="{cooldown}",
+                                    description="Deployments put into cooldown after consecutive failures, by provider")
+_budget_checks = _parley.create_counter(
+    "parley.llm.budget.checks", unit="{check}",
+    description="Budget checks before model calls by state: ok, near_limit (90% used or more) or exceeded")
+BUDGET_NEAR = 0.9
+
+
+def llm_retried(provider: str, error_kind: str) -> None:
+    _retries.add(1, {"gen_ai.provider.name": provider, "error.type": error_kind})
+
+
+def llm_fell_back(provider: str) -> None:
+    _fallbacks.add(1, {"gen_ai.provider.name": provider})
+
+
+def llm_cooled_down(model_id: str) -> None:
+    _cooldowns.add(1, {"gen_ai.provider.name": model_id.partition("/")[0]})
+
+
+def budget_checked(used_fraction: float) -> None:
+    """`used_fraction`: the most used of the caller's budgets (spent / limit)."""
+    state = "exceeded" if used_fraction >= 1 else "near_limit" if used_fraction >= BUDGET_NEAR else "ok"
+    _budget_checks.add(1, {"state": state})

@@ -14,6 +14,16 @@ from tests.observability.processes import Suite
 
 
 @pytest.fixture(scope="session")
+def metrics_endpoint() -> str:
+    """This test process's own /metrics (the first call installs the MeterProvider)."""
+    from services.runtime import metrics
+
+    port = metrics.setup_metrics("observability-test", port=0)
+    assert port is not None, "the test process's metrics endpoint did not start"
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+@pytest.fixture(scope="session")
 def otlp_receiver() -> OtlpReceiver:
     with OtlpReceiver() as receiver:
         yield receiver

@@ -46,14 +46,6 @@ class _App:
         pass
 
 
-@pytest.fixture(scope="module")
-def metrics_endpoint() -> str:
-    port = metrics.setup_metrics("observability-test", port=0)
-    if port is None:  # the provider was installed earlier in this process: it has no endpoint of ours
-        pytest.fail("setup_metrics ran before this test module without an endpoint")
-    return f"http://127.0.0.1:{port}/metrics"
-
-
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as reply:
         return reply.read().decode()
