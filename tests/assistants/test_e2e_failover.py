@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from parley.assistants.v1 import assistants_pb2
 from parley.client import RunDone, RunStatus, TextDelta
 from tests.assistants.test_e2e_runs import WAIT, e2e, wait_for  # noqa: F401 - e2e: this module's stack
 
@@ -35,7 +36,8 @@ async def test_a_killed_engine_fails_its_run_and_the_queued_run_completes_on_the
         on_b.assistants.watch_run(doomed.run_id, after_sequence=doomed.last_sequence).result(), WAIT)
     assert failed.status == RunStatus.FAILED
     run = await on_b.assistants.get_run(doomed.run_id)
-    assert run.status == RunStatus.FAILED and run.last_error.message and run.fail_time.seconds
+    assert run.status == RunStatus.FAILED and run.fail_time.seconds
+    assert run.last_error.code == assistants_pb2.RUN_ERROR_CODE_SERVER_ERROR and "lease" in run.last_error.message
     # ... and the session is free again: the queued run is claimed by a surviving replica (B or
     # the stack's own engine) and completes.
     events = [event async for event in on_b.assistants.watch_run(queued.id)]
