@@ -28,7 +28,7 @@ CSV = b"city,temp\nLisbon,21\nOslo,7\nCairo,33\n"
 
 
 @pytest.fixture(scope="module")
-async def ci(stack, admin_url, postgres_server_url, identity_private_key, identity_public_key):
+async def ci(stack, postgres_server_url, identity_private_key, identity_public_key):
     """A sandbox service, an engine process that uses it on its own sessions service (so the
     stack's other engine, which has no sandbox, never claims these runs from the queue), and
     a gateway in front of them; llm and files are the stack's."""
@@ -49,7 +49,8 @@ async def ci(stack, admin_url, postgres_server_url, identity_private_key, identi
                                       PARLEY_SESSIONS_TARGET=f"127.0.0.1:{sessions.port}")
         try:
             await engine.wait_serving()
-            gateway = await start_gateway(gateway_settings(admin_url, identity_private_key, targets={
+            # The stack's gateway database, where stack.api_key() stores keys.
+            gateway = await start_gateway(gateway_settings(stack.database_url, identity_private_key, targets={
                 "llm": f"127.0.0.1:{stack.llm_port}", "sessions": f"127.0.0.1:{sessions.port}",
                 "files": f"127.0.0.1:{stack.files_port}", "assistants": engine.target}, jwt=JwtSettings()))
             try:
