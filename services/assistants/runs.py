@@ -289,7 +289,14 @@ class Runs:
 
     async def stream_new(self, who: UserIdentity, request: aapi.CreateRunRequest) -> AsyncIterator[apb.RunEvent]:
         run = await self.create(who, request)
-        async for event in self.follow(who, run.id, 0, until_action=True):
+        # The creation event is stored with the run; what follows comes live from this
+        # replica when it started the run (or from the log when another one did).
+        first = await self.store.call(who, "ListRunEvents", rs.ListRunEventsRequest(run_id=run.id, page_size=1))
+        after = 0
+        for event in first.events:
+            yield event
+            after = event.sequence
+        async for event in self.follow(who, run.id, after, until_action=True):
             yield event
 
     # -- cancelling ---------------------------------------------------------------------------
