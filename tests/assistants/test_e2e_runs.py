@@ -627,12 +627,11 @@ class E2E:
     fakes, a public client per user through its gateway (engine A), and more engine replicas,
     each behind a gateway of its own, for the tests that need another replica."""
 
-    def __init__(self, stack, start_engine, admin_url: str, identity_private_key: bytes) -> None:
+    def __init__(self, stack, start_engine, identity_private_key: bytes) -> None:
         self.stack = stack
         self.fakes = stack.fakes
         self.gateway_port = stack.gateway_port
         self._start_engine = start_engine
-        self._admin_url = admin_url
         self._private_key = identity_private_key
         self._gateways: list = []
         self._clients: list[ParleyClient] = []
@@ -657,7 +656,7 @@ class E2E:
 
         engine = await self._start_engine(name, **env)
         stack = self.stack
-        gateway = await start_gateway(gateway_settings(self._admin_url, self._private_key, targets={
+        gateway = await start_gateway(gateway_settings(stack.database_url, self._private_key, targets={
             "llm": f"127.0.0.1:{stack.llm_port}", "sessions": f"127.0.0.1:{stack.sessions_port}",
             "files": f"127.0.0.1:{stack.files_port}", "assistants": engine.target}, jwt=JwtSettings()))
         self._gateways.append(gateway)
@@ -704,7 +703,7 @@ SECRETS: dict[str, str] = {}
 
 
 @pytest.fixture
-async def e2e(stack, start_engine, admin_url, identity_private_key):
-    view = E2E(stack, start_engine, admin_url, identity_private_key)
+async def e2e(stack, start_engine, identity_private_key):
+    view = E2E(stack, start_engine, identity_private_key)
     yield view
     await view.close()
