@@ -26,7 +26,6 @@ from parley.assistants.v1 import assistants_pb2
 from parley.client import (
     Citation,
     ParleyClient,
-    RunDone,
     RunErrored,
     RunStatus,
     RunStatusChanged,
