@@ -53,12 +53,21 @@ def build_app(settings: RestSettings) -> FastAPI:
         return error_response(ApiError(400, f"Invalid value for '{param}': {first['msg']}.", param=param,
                                        code="invalid_value"))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        # The trace stays in the log; the client gets OpenAI's generic server error.
+        log.exception("unexpected error in %s %s", request.method, request.scope.get("route").path
+                      if request.scope.get("route") else "?")
+        return error_response(ApiError(500, "The server had an error while processing your request.",
+                                       type="server_error"))
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz():
         return json_response({"status": "SERVING"})
 
     from services.rest import assistants, chat, files, runs
 
-    for module in (chat, files, assistants, runs):
+    # runs first: POST /threads/runs must win over POST /threads/{thread_id}.
+    for module in (chat, files, runs, assistants):
         app.include_router(module.router, prefix="/v1")
     return app

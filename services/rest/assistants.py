@@ -264,7 +264,7 @@ async def list_messages(request: Request, thread_id: str):
     run_id = ids.internal("run", run_filter) if run_filter else ""
     gateway = _gateway(request)
     order = request.query_params.get("order", "desc")
-    sort = spb.SORT_ORDER_ASCENDING if order == "asc" else spb.SORT_ORDER_DESCENDING
+    sort = sapi.SORT_ORDER_ASCENDING if order == "asc" else sapi.SORT_ORDER_DESCENDING
 
     async def fetch(token, size):
         page = await gateway.call(request, gateway.sessions.ListMessages, sapi.ListMessagesRequest(

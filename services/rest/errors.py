@@ -49,7 +49,7 @@ _BY_CODE = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
 }
 # Reasons that mean "conflicts with the current state" rather than "bad request".
-_CONFLICT_REASONS = {"SESSION_BUSY", "RUN_ACTIVE", "RUN_ENDED"}
+_CONFLICT_REASONS = {"SESSION_BUSY"}
 # Parley field names as OpenAI's clients know them.
 _PARAMS = {"session_id": "thread_id", "session": "thread", "additional_messages": "additional_messages",
            "vector_store_ids": "vector_store_ids", "page_size": "limit", "page_token": "after",

@@ -43,7 +43,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int, params_type=None, *, optional: bool = False) -> dict:
+async def read_json(request: Request, limit: int, params_type=None, *, optional: bool = False,
+                    path: dict | None = None) -> dict:
+    """The JSON object body. `path`: path parameters the SDK's params type also declares."""
     raw = await read_body(request, limit)
     if not raw.strip():
         if optional:
@@ -57,7 +59,7 @@ async def read_json(request: Request, limit: int, params_type=None, *, optional:
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
     if params_type is not None:
-        validate(params_type, body)
+        validate(params_type, {**body, **(path or {})} if path else body)
     return body
 
 

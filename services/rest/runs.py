@@ -168,7 +168,8 @@ async def cancel_run(request: Request, thread_id: str, run_id: str):
 @router.post("/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", summary="Submit tool outputs")
 async def submit_tool_outputs(request: Request, thread_id: str, run_id: str):
     body = await read_json(request, _settings(request).max_body_bytes,
-                           run_submit_tool_outputs_params.RunSubmitToolOutputsParamsBase)
+                           run_submit_tool_outputs_params.RunSubmitToolOutputsParamsBase,
+                           path={"thread_id": thread_id})
     run = await _get_run(request, thread_id, run_id)
     submit = aapi.SubmitToolOutputsRequest(run_id=run.id, tool_outputs=[
         aapi.ToolOutput(tool_call_id=o.get("tool_call_id") or "", output=o.get("output") or "")
@@ -258,6 +259,12 @@ class RunEvents:
         finally:
             call.cancel()  # stops reading; the run itself goes on
 
+    @staticmethod
+    def _step_delta(step_id: str, call: dict) -> bytes:
+        return sse("thread.run.step.delta", {
+            "id": ids.public("step", step_id), "object": "thread.run.step.delta",
+            "delta": {"step_details": {"type": "tool_calls", "tool_calls": [call]}}})
+
     def translate(self, event: apb.RunEvent):
         kind = event.WhichOneof("event")
         if kind == "run_status_changed":
@@ -323,8 +330,15 @@ class RunEvents:
             if delta.id:
                 call["id"] = delta.id
             if call_type == "function":
-                call["function"] = {"arguments": delta.arguments, **({"name": delta.name} if delta.name else {}),
-                                    **({"output": None} if delta.id else {})}
+                if delta.id and delta.arguments:
+                    # As OpenAI streams it (and its SDKs expect): the call first, its arguments after.
+                    opening = {**call, "function": {"name": delta.name, "arguments": "", "output": None}}
+                    yield self._step_delta(delta.step_id, opening)
+                    call = {"index": delta.index, "type": call_type}
+                    call["function"] = {"arguments": delta.arguments}
+                else:
+                    call["function"] = {"arguments": delta.arguments, **({"name": delta.name} if delta.name else {}),
+                                        **({"output": None} if delta.id else {})}
             elif call_type == "code_interpreter":
                 outputs = []
                 if delta.code_logs:
@@ -335,9 +349,7 @@ class RunEvents:
                 call["code_interpreter"] = {"input": delta.code_input, "outputs": outputs}
             else:
                 call["file_search"] = {}
-            yield sse("thread.run.step.delta", {
-                "id": ids.public("step", delta.step_id), "object": "thread.run.step.delta",
-                "delta": {"step_details": {"type": "tool_calls", "tool_calls": [call]}}})
+            yield self._step_delta(delta.step_id, call)
         elif kind == "error":
             error = event.error
             yield sse("error", {"message": error.message, "type": "server_error", "param": None,
