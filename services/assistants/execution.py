@@ -23,6 +23,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from google.protobuf import json_format
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from parley.assistants.v1 import assistants_pb2 as apb
@@ -47,9 +49,10 @@ from services.assistants.tools.base import (
     ToolOutputDelta,
 )
 from services.assistants.tools.file_search import format_results
-from services.runtime import errors
+from services.runtime import errors, metrics
 
 log = logging.getLogger("parley.assistants.execution")
+tracer = trace.get_tracer("parley.assistants")
 
 SESSION_STORE_KEY = "parley_file_search_store"
 _TOOL_TYPES = {"function": apb.TOOL_CALL_TYPE_FUNCTION, "file_search": apb.TOOL_CALL_TYPE_FILE_SEARCH,
@@ -119,6 +122,8 @@ class Execution:
         self._stream_task: asyncio.Task | None = None
         self._hits: list[SearchHit] = []
         self._filenames: dict[str, str] = {}
+        # Image files of user messages, read once, for models with vision.
+        self._images: dict[str, tuple[bytes, str]] = {}
         self._model: lpb.Model | None = None
         self._model_calls = 0
         self._used_ids: set[str] = set()
@@ -164,6 +169,20 @@ class Execution:
         if self._stream_task is not None and not self._stream_task.done():
             self._stream_task.cancel()
 
+    async def shut_down(self) -> None:
+        """This replica is stopping: stop the run here and end it FAILED at once (instead of
+        after the lease), so its session goes on."""
+        await self.abandon()
+        with contextlib.suppress(errors.ParleyError):
+            run = await self.runs.get(self.who, self.run.id)
+            if run.status in (apb.RUN_STATUS_IN_PROGRESS, apb.RUN_STATUS_CANCELLING):
+                await self.runs._end_idle(
+                    self.who, run, apb.RUN_STATUS_CANCELLED if run.status == apb.RUN_STATUS_CANCELLING
+                    else apb.RUN_STATUS_FAILED, last_error=apb.RunError(
+                        code=apb.RUN_ERROR_CODE_SERVER_ERROR,
+                        message="the engine replica running this run shut down; the run was ended so its "
+                                "session can go on"))
+
     async def abandon(self) -> None:
         """Stops working on the run without writing anything (lease lost, or shutting down):
         whoever claims it next ends it."""
@@ -187,6 +206,11 @@ class Execution:
                 await asyncio.sleep(1.0)
 
     async def _main(self) -> None:
+        # The run's span: a child of the call that started it (the task keeps that call's
+        # context after the caller has left); its model calls and tools are its children.
+        span = tracer.start_span("assistants.run", attributes={
+            "parley.run.id": self.run.id, "gen_ai.conversation.id": self.run.session_id})
+        attached = otel_context.attach(trace.set_span_in_context(span))
         watcher = asyncio.create_task(self._watch_status())
         ended = False
         try:
@@ -209,6 +233,9 @@ class Execution:
                 del self.runs.executions[self.run.id]
             await self.log.close(ended=ended)
             self.runs.wake()
+            span.set_attribute("parley.run.status", apb.RunStatus.Name(self.run.status))
+            span.end()
+            otel_context.detach(attached)
 
     async def _fail_safely(self, exc: Exception) -> bool:
         code, message = _failure(exc)
@@ -216,8 +243,15 @@ class Execution:
             log.exception("run %s failed", self.run.id, exc_info=exc)
         else:
             log.warning("run %s failed: %s", self.run.id, getattr(exc, "reason", type(exc).__name__))
+        error = apb.RunError(code=code, message=message)
         try:
-            await self._end(apb.RUN_STATUS_FAILED, error=apb.RunError(code=code, message=message))
+            for step in await self._steps():
+                if step.status == apb.RUN_STEP_STATUS_IN_PROGRESS:
+                    failed = apb.RunStep()
+                    failed.CopyFrom(step)
+                    failed.last_error.CopyFrom(error)
+                    await self._end_step(failed, apb.RUN_STEP_STATUS_FAILED, ["last_error"])
+            await self._end(apb.RUN_STATUS_FAILED, error=error)
             return True
         except Exception:  # noqa: BLE001 - the lease will lapse and another replica ends it
             log.exception("run %s: could not store its failure", self.run.id)
@@ -278,11 +312,13 @@ class Execution:
                 built = await prompts.build(
                     self.runs.llm, self.who, self.run, session_messages=session_messages, steps=steps, specs=specs,
                     filenames=self._filenames, context_window=int(self._model.context_window),
-                    prompt_budget=budget, output_reserve=reserve)
+                    prompt_budget=budget, output_reserve=reserve, images=self._images)
             except prompts.PromptTooLong:
                 return await self._incomplete(apb.INCOMPLETE_REASON_MAX_PROMPT_TOKENS)
             self._model_calls += 1
-            turn = await self._stream_turn(built, specs)
+            with tracer.start_as_current_span("assistants.model_call",
+                                              attributes={"parley.run.model_call": self._model_calls}):
+                turn = await self._stream_turn(built, specs)
             _add_usage(self.run.usage, turn.prompt_tokens, turn.completion_tokens, turn.cost)
             if turn.cancelled:
                 await self._cancelled(turn)
@@ -321,7 +357,17 @@ class Execution:
         return min(reserve, remaining) if remaining else reserve
 
     async def _learn_filenames(self, messages) -> None:
+        vision = lpb.MODEL_CAPABILITY_VISION in self._model.capabilities
         for message in messages:
+            for part in message.content:
+                file_id = part.image_file.file_id if part.WhichOneof("part") == "image_file" else ""
+                if vision and file_id and file_id not in self._images and message.role == spb.ROLE_USER:
+                    try:
+                        info = await self.runs.files.get_file(self.who, file_id)
+                        _, data = await self.runs.files.download(self.who, file_id)
+                        self._images[file_id] = (data, info.media_type)
+                    except errors.ParleyError:
+                        pass  # mentioned by id instead
             for attachment in message.attachments:
                 if attachment.file_id not in self._filenames:
                     try:
@@ -336,7 +382,7 @@ class Execution:
         run = self.run
         request = lapi.StreamGenerateRequest(
             model=run.model, messages=built.messages, tools=built.tools, priority=lpb.PRIORITY_HIGH,
-            metadata={"run_id": run.id, "assistant_id": run.assistant_id})
+            metadata={"run_id": run.id, "assistant_id": run.assistant_id, "session_id": run.session_id})
         if specs:
             choice = run.tool_choice
             if choice.type == apb.TOOL_CHOICE_TYPE_REQUIRED:
@@ -491,7 +537,9 @@ class Execution:
             kind = detail.WhichOneof("call")
             if kind in ("file_search", "code_interpreter"):
                 call = turn.calls[sorted(turn.calls)[position]]
-                await self._run_builtin(step, position, detail, call, by_name[call["name"]])
+                with tracer.start_as_current_span(f"assistants.tool {kind}",
+                                                  attributes={"parley.run.step_id": step.id}):
+                    await self._run_builtin(step, position, detail, call, by_name[call["name"]])
         await self._answer_from_cache(details, by_name)
         pending = [d for d in details if d.WhichOneof("call") == "function" and not d.function.output
                    and not d.function.cached]
@@ -686,6 +734,9 @@ class Execution:
         kinds["done"] = apb.RunDone(status=status, usage=final.usage)
         await self.log.commit(StatusChange(run=final, paths=paths, expected=expected, lease=rs.RunLease()), **kinds)
         self.run = final
+        started = final.start_time.ToDatetime(tzinfo=timezone.utc) if final.HasField("start_time") else None
+        metrics.run_ended(apb.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower(),
+                          (datetime.now(timezone.utc) - started).total_seconds() if started else None)
 
     async def _incomplete(self, reason: int) -> bool:
         await self._end(apb.RUN_STATUS_INCOMPLETE, incomplete_reason=reason)

@@ -46,7 +46,8 @@ def llm_tools(specs: Sequence[FunctionSpec]) -> list[lpb.Tool]:
     return tools
 
 
-def session_message(message: spb.Message, filenames: dict[str, str]) -> lpb.ChatMessage | None:
+def session_message(message: spb.Message, filenames: dict[str, str],
+                    images: dict[str, tuple[bytes, str]] | None = None) -> lpb.ChatMessage | None:
     role = _ROLES.get(message.role)
     if role is None:
         return None  # tool messages belong to the run that wrote them
@@ -59,7 +60,12 @@ def session_message(message: spb.Message, filenames: dict[str, str]) -> lpb.Chat
             chat.content.append(lpb.ContentPart(image_url=lpb.ImageUrl(url=part.image_url.url,
                                                                        detail=int(part.image_url.detail))))
         elif kind == "image_file":
-            chat.content.append(lpb.ContentPart(text=f"[image file {part.image_file.file_id}]"))
+            image = (images or {}).get(part.image_file.file_id)
+            if image is not None and role == lpb.ROLE_USER:
+                chat.content.append(lpb.ContentPart(image_data=lpb.ImageData(
+                    data=image[0], media_type=image[1], detail=int(part.image_file.detail))))
+            else:  # a model without vision (or an assistant's image) gets a mention
+                chat.content.append(lpb.ContentPart(text=f"[image file {part.image_file.file_id}]"))
     if message.attachments:
         # The model reads attached files through the tools they are attached for; it is told
         # which files those are.
@@ -115,13 +121,13 @@ def hits_of(detail: apb.ToolCallDetail) -> list[SearchHit]:
 async def build(
     llm: LLMPort, who: Who, run: apb.Run, *, session_messages: Sequence[spb.Message], steps: Sequence[apb.RunStep],
     specs: Sequence[FunctionSpec], filenames: dict[str, str], context_window: int, prompt_budget: int | None,
-    output_reserve: int,
+    output_reserve: int, images: dict[str, tuple[bytes, str]] | None = None,
 ) -> Prompt:
     system_text = run.instructions
     if any(s.name == "file_search" for s in specs):
         system_text = (system_text + "\n\n" if system_text else "") + GUIDANCE
     head = [lpb.ChatMessage(role=lpb.ROLE_SYSTEM, content=[lpb.ContentPart(text=system_text)])] if system_text else []
-    history = [m for m in (session_message(m, filenames) for m in session_messages) if m is not None]
+    history = [m for m in (session_message(m, filenames, images) for m in session_messages) if m is not None]
     if run.truncation_strategy.type == apb.TRUNCATION_TYPE_LAST_MESSAGES:
         history = history[-max(run.truncation_strategy.last_messages, 1):]
     rounds: list[lpb.ChatMessage] = []

@@ -452,8 +452,8 @@ class Runs:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for execution in list(self.executions.values()):
-            await execution.abandon()
+        await asyncio.gather(*(execution.shut_down() for execution in list(self.executions.values())),
+                             return_exceptions=True)
 
     async def _claim_forever(self) -> None:
         from services.assistants.execution import Execution

@@ -43,7 +43,7 @@ def _models_file() -> str:
     lines = ["default_model: local/echo", "models:"]
     for vendor in VENDORS:
         for i in range(MODELS_PER_VENDOR):
-            lines += [f"  - id: {vendor}/m{i}", "    capabilities: [streaming, tools, json_output, json_schema]",
+            lines += [f"  - id: {vendor}/m{i}", "    capabilities: [streaming, tools, vision, json_output, json_schema]",
                       "    context_window: 16000", "    max_output_tokens: 1000"]
         # A small window, for truncation.
         lines += [f"  - id: {vendor}/small", "    capabilities: [streaming, tools]",

@@ -81,3 +81,34 @@ async def test_deltas_are_written_in_batches(stack, engine_channel, user):
         await conn.close()
     assert stored == len(events)
     assert writes * 3 <= deltas, (writes, deltas)  # several deltas per write, never one each
+
+
+def tiny_png() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + \
+        chunk(b"IEND", b"")
+
+
+async def test_an_image_file_reaches_a_vision_model(stack, engine_channel, backends, user):
+    from parley.files.v1 import files_pb2
+    from tests.files.conftest import upload
+
+    md, stub = stack.direct(user()), stack.engine.stub(engine_channel)
+    _, files = backends
+    image = await upload(files, md, tiny_png(), "dot.png", purpose=files_pb2.FILE_PURPOSE_VISION)
+    model = stack.model("openai")
+    name = model.split("/")[1]
+    assistant = await new_assistant(stub, md, model)
+    message = spb.Message(role=spb.ROLE_USER, content=[spb.ContentPart(text="What is this?"), spb.ContentPart(
+        image_file=spb.ImageFile(file_id=image.id))])
+    events = await stream_run(stub, md, assistant_id=assistant.id, session=api.NewSession(messages=[message]))
+    assert events[-1].done.status == apb.RUN_STATUS_COMPLETED
+    sent = stack.fakes["openai"].requests_for(name)[-1]["messages"][-1]["content"]
+    urls = [part["image_url"]["url"] for part in sent if part.get("type") == "image_url"]
+    assert len(urls) == 1 and urls[0].startswith("data:image/png;base64,")
