@@ -1,3 +1,4 @@
-"""The runtime every Parley server shares: bootstrap, errors, identity, config, database,
-pagination, telemetry and logs. Domain code may import `errors`, `validation` and
-`pagination`; only servicers and the bootstrap touch grpc."""
+"""The runtime every Parley server shares: bootstrap, interceptors, the request check, errors
+and their status mapping, identity, config, database, pagination, uploads, telemetry, metrics
+and logs (docs/runtime.md). Domain code may import `errors`, `validation`, `pagination` and
+`db`; only servicers and the bootstrap touch grpc."""
