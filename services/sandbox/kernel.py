@@ -77,6 +77,8 @@ class Outcome:
 
     exit_code: int = 0
     timed_out: bool = False
+    # Which time limit: "wall" or "cpu".
+    time_limit: str = ""
     memory_exceeded: bool = False
     kernel_died: bool = False
     disk_exceeded: bool = False
@@ -362,6 +364,7 @@ class Kernel:
                             reason = "disk"
                     if reason is not None:
                         outcome.timed_out = reason in ("wall", "cpu")
+                        outcome.time_limit = reason if outcome.timed_out else ""
                         outcome.output_flooded = reason == "output"
                         outcome.disk_exceeded = reason == "disk"
                         outcome.interrupted = True

@@ -258,6 +258,13 @@ class Sandboxes:
     async def _destroy(self, sandbox: Sandbox, *, expired: bool = False) -> None:
         if self._live.pop(sandbox.id, None) is None:
             return
+        if expired:
+            # Before the cleanup's awaits: GetSandbox must never see it missing meanwhile.
+            sandbox.status = EXPIRED
+            self._expired[sandbox.id] = (sandbox, time.time() + self.settings.expired_memory_seconds)
+            while len(self._expired) > 10_000:
+                self._expired.popitem(last=False)
+            log.info("sandbox %s expired", sandbox.id)
         if sandbox.kernel is not None:
             await sandbox.kernel.stop()
             sandbox.kernel = None
@@ -266,12 +273,6 @@ class Sandboxes:
             sandbox.cgroup = None
         await asyncio.to_thread(shutil.rmtree, sandbox.directory, True)
         self._free_slots.append(sandbox.slot)
-        if expired:
-            sandbox.status = EXPIRED
-            self._expired[sandbox.id] = (sandbox, time.time() + self.settings.expired_memory_seconds)
-            while len(self._expired) > 10_000:
-                self._expired.popitem(last=False)
-            log.info("sandbox %s expired", sandbox.id)
 
     # -- execution -------------------------------------------------------------------------
 
@@ -474,9 +475,10 @@ def describe(outcome: Outcome, restarted: bool, limits: Limits, wall: float) -> 
                      "kernel was killed; the next execution starts a fresh kernel.")
     elif outcome.memory_exceeded:
         notes.append(f"The code ran out of memory (limit {limits.memory_bytes // (1024 * 1024)} MiB).")
-    if outcome.timed_out:
-        notes.append(f"The execution exceeded its time limit ({wall:.0f}s wall clock, {limits.cpu_seconds}s CPU) "
-                     "and was interrupted.")
+    if outcome.timed_out and outcome.time_limit == "cpu":
+        notes.append(f"The execution exceeded its CPU time limit ({limits.cpu_seconds}s) and was interrupted.")
+    elif outcome.timed_out:
+        notes.append(f"The execution exceeded its time limit ({wall:.0f}s wall clock) and was interrupted.")
     if outcome.disk_exceeded:
         notes.append(f"The working directory exceeded its disk limit ({limits.disk_bytes} bytes): delete files "
                      "before writing more.")

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from google.protobuf import duration_pb2
 
-from parley.sandbox.v1 import sandbox_service_pb2
+from parley.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 from services.sandbox.settings import PROJECT_DIR
 from tests.sandbox.conftest import execute, healthy, new_sandbox
 
@@ -320,3 +320,50 @@ async def test_symlinks_planted_by_the_code_do_not_lead_the_service_outside(stub
     listed = await stub.ListSandboxFiles(sandbox_service_pb2.ListSandboxFilesRequest(sandbox_id=sandbox.id), metadata=md)
     assert not [f for f in listed.files if f.path.startswith("rootdir")]
     await execute(stub, md, sandbox.id, "import os\nfor p in ('shadow-link', 'pipe', 'rootdir'): os.remove(p)")
+
+
+async def test_the_cpu_limit_interrupts_a_busy_loop_before_the_wall_limit(stub, as_user):
+    md = as_user(USER)
+    busy = await new_sandbox(stub, md, limits=sandbox_pb2.SandboxLimits(cpu_seconds=1, wall_time_seconds=120))
+    try:
+        ran = await execute(stub, md, busy.id, "while True:\n    pass")
+        assert ran.result.timed_out and "CPU time limit (1s)" in ran.result.note
+        assert ran.result.error.name == "KeyboardInterrupt"
+    finally:
+        await stub.DeleteSandbox(sandbox_service_pb2.DeleteSandboxRequest(sandbox_id=busy.id), metadata=md)
+
+
+async def test_without_cgroups_rlimits_bound_memory_and_processes(identity_public_key, as_user):
+    """Where the machine has no writable cgroup v1 controllers: RLIMIT_AS and RLIMIT_NPROC."""
+    from services.sandbox.app import build_app
+    from tests.conftest import channel_to, serve_app
+    from tests.sandbox.conftest import sandbox_root, sandbox_settings
+    from parley.sandbox.v1 import sandbox_service_pb2_grpc
+
+    app = await build_app(sandbox_settings(sandbox_root(), cgroup_root=Path("/nonexistent-cgroups")))
+    assert not app.sandboxes.walls.cgroups
+    running = await serve_app(app, "sandbox", identity_public_key)
+    try:
+        async with channel_to(running) as channel:
+            rstub = sandbox_service_pb2_grpc.SandboxServiceStub(channel)
+            md = as_user(USER)
+            box = await new_sandbox(rstub, md)
+            hog = await execute(rstub, md, box.id, "hog = b'x' * (1 << 30)")
+            assert hog.result.error.name == "MemoryError" and hog.result.memory_exceeded
+            assert not hog.result.kernel_died and "out of memory" in hog.result.note
+            bomb = await execute(rstub, md, box.id, """
+import os, time
+started = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        started += 1
+except OSError as e:
+    print("fork refused after", started, type(e).__name__)
+""")
+            assert "fork refused after" in bomb.stdout and int(bomb.stdout.split()[3]) < 64
+            assert (await execute(rstub, md, box.id, "print('alive')")).stdout == "alive\n"
+    finally:
+        await running.stop(0.5)
