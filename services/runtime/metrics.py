@@ -255,10 +255,12 @@ def file_processed(kind: str, outcome: str, seconds: float) -> None:
 
 # The llm service's reliability (its calls, tokens, cost, latency and queue depth come from
 # services/llm/metrics.py). Labelled by provider: a bounded set, unlike model ids.
-_retries = _parley.create_counter("parley.llm.retries", unit="{retry}",
-                                  description="Vendor attempts retried after a retryable failure, by provider and error kind")
-_fallbacks = _parley.create_counter("parley.llm.fallbacks", unit="{fallback}",
-                                    description="Calls that moved on to the next model of their chain, by the provider left")
+_retries = _parley.create_counter(
+    "parley.llm.retries", unit="{retry}",
+    description="Vendor attempts retried after a retryable failure, by provider and error kind")
+_fallbacks = _parley.create_counter(
+    "parley.llm.fallbacks", unit="{fallback}",
+    description="Calls that moved on to the next model of their chain, by the provider left")
 _cooldowns = _parley.create_counter("parley.llm.cooldowns", unit="{cooldown}",
                                     description="Deployments put into cooldown after consecutive failures, by provider")
 _budget_checks = _parley.create_counter(
@@ -283,3 +285,17 @@ def budget_checked(used_fraction: float) -> None:
     """`used_fraction`: the most used of the caller's budgets (spent / limit)."""
     state = "exceeded" if used_fraction >= 1 else "near_limit" if used_fraction >= BUDGET_NEAR else "ok"
     _budget_checks.add(1, {"state": state})
+
+
+# Runs of the assistants engine, and the sandbox's executions.
+_runs = _parley.create_counter(
+    "parley.assistants.runs", unit="{run}",
+    description="Runs that ended, by status (completed, failed, cancelled, incomplete, expired)")
+_run_duration = _parley.create_histogram("parley.assistants.run.duration", unit="s",
+                                         description="From a run's start to its end, by status")
+
+
+def run_ended(status: str, seconds: float | None) -> None:
+    _runs.add(1, {"status": status})
+    if seconds is not None:
+        _run_duration.record(seconds, {"status": status})

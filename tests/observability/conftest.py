@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import fresh_database, private_temp_dir
+from tests.llm.conftest import fakes  # noqa: F401 - fake vendors speaking the vendors' wire formats
 from tests.observability.otlp_receiver import OtlpReceiver
 from tests.observability.processes import Suite
 
@@ -30,8 +31,9 @@ def otlp_receiver() -> OtlpReceiver:
 
 
 @pytest.fixture(scope="session")
-async def traced_suite(vector_server_url, otlp_receiver) -> AsyncIterator[Suite]:
-    """The whole suite, exporting spans to `otlp_receiver` (batches every 100 ms)."""
+async def traced_suite(vector_server_url, otlp_receiver, fakes) -> AsyncIterator[Suite]:  # noqa: F811
+    """The whole suite, exporting spans to `otlp_receiver` (batches every 100 ms), its OpenAI
+    provider pointing at the fake vendor (runs script their turns there)."""
     directory = private_temp_dir("parley-test-observability-")
     # local/echo with a price, so that the cost series has something to count.
     models_file = directory / "models.yml"
@@ -41,6 +43,8 @@ async def traced_suite(vector_server_url, otlp_receiver) -> AsyncIterator[Suite]
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "PARLEY_MODELS_FILE": str(models_file),
+            "OPENAI_API_KEY": "sk-test-openai-0123456789abcdef",
+            "OPENAI_BASE_URL": fakes["openai"].base_url + "/v1",
         })
         await asyncio.to_thread(suite.start)
         try:

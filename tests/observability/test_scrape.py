@@ -37,6 +37,7 @@ NAMED = {
     "llm": {"gen_ai_client_token_usage_count", "gen_ai_client_operation_duration_seconds_count", "parley_llm_calls_total",
             "parley_llm_time_to_first_token_seconds_count", "parley_llm_cost_USD_total"},
     "files": {"parley_files_processing_duration_seconds_count"},
+    "assistants": {"parley_assistants_runs_total", "parley_assistants_run_duration_seconds_count"},
 }
 SEED_PANELS = ("Response time", "Success rate", "Tokens per minute", "Cost per model (USD per hour)")
 
@@ -48,9 +49,9 @@ def scrape_names(port: int) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-async def traffic(traced_suite, gateway_key):
-    """The composite call, plus one call each to the sandbox and the assistants service."""
-    await _composite(traced_suite, gateway_key)
+async def traffic(traced_suite, gateway_key, fakes):
+    """The composite call (with its run), plus a call to the sandbox and one more to assistants."""
+    await _composite(traced_suite, gateway_key, fakes)
     async with grpc.aio.insecure_channel(traced_suite.target("gateway")) as channel:
         await assistants_service_pb2_grpc.AssistantServiceStub(channel).ListAssistants(
             assistants_service_pb2.ListAssistantsRequest(), metadata=(("authorization", f"Bearer {gateway_key}"),),

@@ -13,6 +13,10 @@ import grpc
 import pytest
 from opentelemetry import trace
 
+from parley.client._assistants import Assistants, file_search_tool
+from parley.client._channel import _StreamStreamAuth, _StreamUnaryAuth, _UnaryStreamAuth, _UnaryUnaryAuth
+from parley.client._runs import RunStatus
+
 from parley.files.v1 import files_pb2, files_service_pb2, files_service_pb2_grpc
 from parley.llm.v1 import llm_pb2, llm_service_pb2, llm_service_pb2_grpc
 from parley.sessions.v1 import sessions_pb2, sessions_service_pb2, sessions_service_pb2_grpc
@@ -26,17 +30,44 @@ from tests.observability.processes import Suite
 FILE_TEXT = "Zanzibar-7 quarterly notes: the heron project ships in March. " * 20
 MESSAGE_TEXT = "Kumquat-42 is my private message"
 PROMPT_TEXT = "Tell me about Marmalade-99 please"
-SECRETS = ("Zanzibar-7", "Kumquat-42", "Marmalade-99")
+RUN_PROMPT = "Papaya-31: when does the heron project ship, and what is the weather in Oslo?"
+SECRETS = ("Zanzibar-7", "Kumquat-42", "Marmalade-99", "Papaya-31")
 
 tracer = trace.get_tracer("tests.observability")
 
 
-def traced_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, interceptors=client_interceptors())
+def traced_channel(target: str, key: str | None = None) -> grpc.aio.Channel:
+    """A channel carrying this process's trace context (and, with `key`, the API key)."""
+    auth = (("authorization", f"Bearer {key}"),)
+    credentials = [kind(auth) for kind in (_UnaryUnaryAuth, _UnaryStreamAuth, _StreamUnaryAuth, _StreamStreamAuth)]
+    return grpc.aio.insecure_channel(target, interceptors=[*client_interceptors(), *(credentials if key else [])])
 
 
-async def _composite(suite: Suite, key: str) -> tuple[str, str, str]:
-    """Runs the composite call under one root span; returns (trace id, root span id, vector store id)."""
+def get_weather(city: str) -> dict:
+    """The weather of a city."""
+    return {"city": city, "sky": "clear"}
+
+
+async def _run(suite: Suite, key: str, store_id: str, fakes) -> str:
+    """A run through the gateway that searches the store and calls a function; its session id."""
+    fakes["openai"].script(
+        "obs-run",
+        {"tool_calls": [("call_search", "file_search", '{"query": "when does the heron project ship"}')]},
+        {"tool_calls": [("call_weather", "get_weather", '{"city": "Oslo"}')]},
+        {"text": "It ships in March, and Oslo is clear."})
+    async with traced_channel(suite.target("gateway"), key) as channel:
+        assistants = Assistants(channel, 60.0)
+        assistant = await assistants.create("observer", model="openai/obs-run",
+                                            tools=[file_search_tool(), get_weather], vector_store_ids=[store_id])
+        result = await assistants.run(assistant.id, RUN_PROMPT, functions=[get_weather]).result()
+        assert result.status == RunStatus.COMPLETED, result.error
+        run = await assistants.get_run(result.run_id)
+        return run.session_id
+
+
+async def _composite(suite: Suite, key: str, fakes=None) -> tuple[str, str, str]:
+    """Runs the composite call under one root span; returns (trace id, root span id, session id
+    of the run, or "" without `fakes`)."""
     auth = (("authorization", f"Bearer {key}"),)
     async with traced_channel(suite.target("gateway")) as channel:
         files = files_service_pb2_grpc.FileServiceStub(channel)
@@ -75,35 +106,52 @@ async def _composite(suite: Suite, key: str) -> tuple[str, str, str]:
             ), metadata=auth, timeout=60)
             events = [event async for event in chat]
             assert events, "the chat streamed"
+            run_session = await _run(suite, key, store.id, fakes) if fakes is not None else ""
             context = root.get_span_context()
-    return format(context.trace_id, "032x"), format(context.span_id, "016x"), store.id
+    return format(context.trace_id, "032x"), format(context.span_id, "016x"), run_session
+
+
+def _has_ancestor(span: ReceivedSpan, ancestor_id: str, by_id: dict[str, ReceivedSpan]) -> bool:
+    while span.parent_id in by_id:
+        if span.parent_id == ancestor_id:
+            return True
+        span = by_id[span.parent_id]
+    return False
 
 
 def _in_trace(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpan]:
     return [s for s in spans if s.trace_id == trace_id]
 
 
-async def test_one_request_is_one_trace_through_every_service(traced_suite, gateway_key, otlp_receiver):
-    trace_id, root_id, _ = await _composite(traced_suite, gateway_key)
-    services = {"parley-gateway", "parley-files", "parley-llm", "parley-sessions"}
+async def test_one_request_is_one_trace_through_every_service(traced_suite, gateway_key, otlp_receiver, fakes):
+    trace_id, root_id, run_session = await _composite(traced_suite, gateway_key, fakes)
+    services = {"parley-gateway", "parley-files", "parley-llm", "parley-sessions", "parley-assistants"}
+    # This test process's spans of the trace: its root span and its gRPC client spans.
+    local = [s for s in span_exporter.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
+    local_ids = {format(s.context.span_id, "016x") for s in local}
+    assert root_id in local_ids
+
+    def orphans_in(mine):
+        # The gateway's entry spans are children of this process's client spans, and a client
+        # stream's span stays open here until the call object goes: that they carry the root's
+        # trace id shows the propagation. Every other span's parent must be in the trace.
+        ids = {s.span_id for s in mine} | local_ids
+        return [(s.service, s.name, s.parent_id) for s in mine if s.parent_id not in ids
+                and not (s.service == "parley-gateway" and s.span.kind == s.span.SPAN_KIND_SERVER)]
 
     def complete(spans):
         mine = _in_trace(spans, trace_id)
-        return services <= {s.service for s in mine} and any(
+        # Parents end after their children: wait until every parent has arrived too.
+        return not orphans_in(mine) and services <= {s.service for s in mine} and any(
             s.attributes().get("gen_ai.operation.name") == "chat" for s in mine) and any(
-            s.name == "files.process_entry" for s in mine)
+            s.name == "files.process_entry" for s in mine) and any(s.name == "assistants.run" for s in mine)
 
     spans = _in_trace(await asyncio.to_thread(otlp_receiver.wait_for, complete, 60), trace_id)
     assert services <= {s.service for s in spans}, sorted({s.service for s in spans})
 
     # Correctly parented: every span's parent is another span of the trace, from the services or
-    # from this test process (its root span and its gRPC client spans).
-    local = [s for s in span_exporter.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
-    local_ids = {format(s.context.span_id, "016x") for s in local}
-    assert root_id in local_ids
-    ids = {s.span_id for s in spans} | local_ids
-    orphans = [(s.service, s.name) for s in spans if s.parent_id not in ids]
-    assert not orphans, orphans
+    # from this test process.
+    assert not orphans_in(spans), orphans_in(spans)
     by_id = {s.span_id: s for s in spans}
 
     def server_span(service: str, method: str) -> ReceivedSpan:
@@ -126,8 +174,28 @@ async def test_one_request_is_one_trace_through_every_service(traced_suite, gate
     # Down to the SQL: asyncpg spans of the sessions service inside the trace.
     assert any(s.service == "parley-sessions" and s.attributes().get("db.system") == "postgresql" for s in spans)
 
-    # The model call: one span with the GenAI attributes, a child of the llm server span.
-    (model_call,) = [s for s in spans if s.attributes().get("gen_ai.operation.name") == "chat"]
+    # The run executes in two parts, each span a child of the call that set it going: StreamRun
+    # until the function call, SubmitToolOutputs after it. Its tool call and model calls are
+    # their children, the model calls carrying the run's session as the conversation.
+    runs = [s for s in spans if s.name == "assistants.run"]
+    assert sorted(by_id[r.parent_id].name for r in runs) == [
+        "/parley.assistants.v1.AssistantService/StreamRun", "/parley.assistants.v1.AssistantService/SubmitToolOutputs"]
+    assert all(r.attributes()["gen_ai.conversation.id"] == run_session for r in runs)
+    (search,) = [s for s in spans if s.name == "assistants.tool file_search"]
+    assert search.parent_id in {r.span_id for r in runs}
+    assert any(s.name == "/parley.files.v1.FileService/SearchVectorStore" and s.parent_id == search.span_id
+               and s.service == "parley-assistants" for s in spans)
+    run_calls = [s for s in spans if s.attributes().get("gen_ai.conversation.id") == run_session
+                 and s.attributes().get("gen_ai.operation.name") == "chat"]
+    assert len(run_calls) == 3 and all(s.attributes()["gen_ai.provider.name"] == "openai" for s in run_calls)
+    assert all(s.attributes()["gen_ai.response.time_to_first_chunk"] >= 0 for s in run_calls)
+    assert any(s.service == "parley-sessions" and s.name == "/parley.sessions.v1.SessionService/CreateMessage"
+               and any(_has_ancestor(s, r.span_id, by_id) for r in runs) for s in spans), \
+        "the run's messages are stored in its trace"
+
+    # The direct chat: one span with the GenAI attributes, a child of the llm server span.
+    (model_call,) = [s for s in spans if s.attributes().get("gen_ai.operation.name") == "chat"
+                     and s.attributes().get("gen_ai.provider.name") == "local"]
     attributes = model_call.attributes()
     assert attributes["gen_ai.provider.name"] == "local"
     assert attributes["gen_ai.request.model"] == "echo"
