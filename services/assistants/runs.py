@@ -156,8 +156,8 @@ class Runs:
         values = dict(request.variables)
         templates.check((instructions,), values)
         instructions = templates.render(instructions, values)
-        model = await check.resolve_model(self.llm, who, request.model or assistant.model,
-                                          "model" if request.model else "assistant.model")
+        model = await self.resolve_model(who, request.model or assistant.model,
+                                         "model" if request.model else "assistant.model")
         resources = apb.ToolResources()
         resources.CopyFrom(assistant.tool_resources)
         for file_id in request.tool_resources.code_interpreter.file_ids:
@@ -172,25 +172,27 @@ class Runs:
 
         strategy = request.busy_session_strategy or apb.BUSY_SESSION_STRATEGY_QUEUE
         if request.session_id:
-            session = await self.sessions.get_session(who, request.session_id)
-            if strategy == apb.BUSY_SESSION_STRATEGY_REJECT:
-                # Checked before the additional messages are written, so a rejected run
-                # changes nothing; the store checks again under the session's lock.
-                active = await self.store.call(who, "GetActiveRun", rs.GetActiveRunRequest(session_id=session.id))
-                if active.HasField("run"):
+            session_id = request.session_id
+            if strategy == apb.BUSY_SESSION_STRATEGY_REJECT or request.additional_messages:
+                # Checked before the additional messages are written, so a refused run changes
+                # nothing (another user's session is NOT_FOUND here); the store checks again
+                # under the session's lock.
+                active = await self.store.call(who, "GetActiveRun", rs.GetActiveRunRequest(session_id=session_id))
+                if active.HasField("run") and strategy == apb.BUSY_SESSION_STRATEGY_REJECT:
                     raise errors.FailedPrecondition(
-                        f"session {session.id} already has an active run", reason="SESSION_BUSY",
-                        metadata={"session_id": session.id, "active_run_id": active.run.id})
+                        f"session {session_id} already has an active run", reason="SESSION_BUSY",
+                        metadata={"session_id": session_id, "active_run_id": active.run.id})
         else:
             session = await self.sessions.create_session(who, request.session.title, dict(request.session.metadata),
                                                          assistant.id)
+            session_id = session.id
             for message in request.session.messages:
-                await self.sessions.create_message(who, session.id, message)
+                await self.sessions.create_message(who, session_id, message)
         for message in request.additional_messages:
-            await self.sessions.create_message(who, session.id, message)
+            await self.sessions.create_message(who, session_id, message)
 
         run = apb.Run(
-            session_id=session.id, assistant_id=assistant.id, status=apb.RUN_STATUS_QUEUED, model=model,
+            session_id=session_id, assistant_id=assistant.id, status=apb.RUN_STATUS_QUEUED, model=model,
             instructions=instructions, tools=tools, tool_resources=resources,
             max_prompt_tokens=request.max_prompt_tokens, max_completion_tokens=request.max_completion_tokens,
             truncation_strategy=request.truncation_strategy, tool_choice=request.tool_choice,
@@ -238,6 +240,13 @@ class Runs:
 
         with contextlib.suppress(errors.Aborted):
             await Execution.begin(self, who, active.run, expected=(apb.RUN_STATUS_QUEUED,))
+
+    async def resolve_model(self, who: Who, model: str, field: str) -> str:
+        try:
+            return (await self.model_info(who, model)).id or model
+        except (errors.NotFound, errors.InvalidArgument) as exc:
+            raise errors.InvalidArgument.for_field(field, f"is not a model the llm service knows: {exc.message}",
+                                                   reason="MODEL_NOT_FOUND") from None
 
     async def model_info(self, who: Who, model: str):
         """The llm service's facts about a model (window, output cap), kept for a minute."""
