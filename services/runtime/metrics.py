@@ -299,3 +299,23 @@ def run_ended(status: str, seconds: float | None) -> None:
     _runs.add(1, {"status": status})
     if seconds is not None:
         _run_duration.record(seconds, {"status": status})
+
+
+_executions = _parley.create_histogram(
+    "parley.sandbox.execution.duration", unit="s",
+    description="Code executions in a sandbox, by outcome: ok, error (the code raised) or stopped (a wall stopped it)")
+_walls = _parley.create_counter(
+    "parley.sandbox.stops", unit="{stop}",
+    description="Executions a sandbox wall stopped or cut, by wall: memory, cpu, wall_time, disk, output")
+
+
+def sandbox_executed(outcome) -> None:
+    """`outcome`: the sandbox kernel's Outcome of one execution."""
+    walls = [name for name, hit in (
+        ("memory", outcome.memory_exceeded), ("cpu", outcome.timed_out and outcome.time_limit == "cpu"),
+        ("wall_time", outcome.timed_out and outcome.time_limit != "cpu"), ("disk", outcome.disk_exceeded),
+        ("output", outcome.output_flooded)) if hit]
+    for wall in walls:
+        _walls.add(1, {"wall": wall})
+    result = "stopped" if walls else "error" if outcome.error_name else "ok"
+    _executions.record(outcome.duration_seconds, {"outcome": result})

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.runtime import metrics
 from services.runtime.errors import (
     Aborted, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable, collect,
 )
@@ -370,6 +371,7 @@ class Sandboxes:
         inline_budget = MAX_INLINE_TOTAL_BYTES - sum(len(d.data) for d in outcome.displays)
         files = await asyncio.to_thread(self._output_files, workdir, changed, max_inline or DEFAULT_INLINE_BYTES,
                                         inline_budget)
+        metrics.sandbox_executed(outcome)
         yield ExecutionResult(outcome=outcome, kernel_restarted=restarted, output_files=files,
                               note=describe(outcome, restarted, limits, wall))
 
