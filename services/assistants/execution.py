@@ -53,6 +53,7 @@ from services.runtime import errors, metrics
 
 log = logging.getLogger("parley.assistants.execution")
 tracer = trace.get_tracer("parley.assistants")
+tracer = trace.get_tracer("parley.assistants")
 
 SESSION_STORE_KEY = "parley_file_search_store"
 _TOOL_TYPES = {"function": apb.TOOL_CALL_TYPE_FUNCTION, "file_search": apb.TOOL_CALL_TYPE_FILE_SEARCH,
@@ -583,8 +584,11 @@ class Execution:
         context = ToolContext(run=await self._scope(), identity=self.who, files=RunFilesOf(self.runs.files, self.who),
                               emit=emit, workdir=workdir)
         try:
-            outcome = await executor.execute(ToolCall(id=detail.id, name=call["name"], arguments=call["arguments"],
-                                                      tool=_tool_dict(tool)), context)
+            with tracer.start_as_current_span(f"assistants.tool {kind}", attributes={
+                    "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": kind,
+                    "gen_ai.tool.call.id": detail.id}):
+                outcome = await executor.execute(ToolCall(id=detail.id, name=call["name"],
+                                                          arguments=call["arguments"], tool=_tool_dict(tool)), context)
             error = None
         except ToolError as exc:
             outcome, error = None, str(exc)
@@ -734,6 +738,7 @@ class Execution:
         kinds["done"] = apb.RunDone(status=status, usage=final.usage)
         await self.log.commit(StatusChange(run=final, paths=paths, expected=expected, lease=rs.RunLease()), **kinds)
         self.run = final
+        record_end(final)
         started = final.start_time.ToDatetime(tzinfo=timezone.utc) if final.HasField("start_time") else None
         metrics.run_ended(apb.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower(),
                           (datetime.now(timezone.utc) - started).total_seconds() if started else None)
@@ -751,6 +756,15 @@ class Execution:
         cancelling.CopyFrom(self.run)
         cancelling.status = apb.RUN_STATUS_CANCELLING
         await self._end(apb.RUN_STATUS_CANCELLED, extra=[{"run_status_changed": cancelling}])
+
+
+def record_end(run: apb.Run) -> None:
+    """The run's end in the metrics (count by status, duration from its start)."""
+    status = apb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
+    seconds = None
+    if run.HasField("start_time"):
+        seconds = max(time.time() - run.start_time.ToNanoseconds() / 1e9, 0.0)
+    metrics.run_ended(status, seconds)
 
 
 def _ttl(tool: apb.Tool) -> float:

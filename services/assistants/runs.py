@@ -387,6 +387,9 @@ class Runs:
         request = rs.UpdateRunRequest(run=final, update_mask=FieldMask(paths=paths), expected_statuses=[run.status],
                                       events=events, lease=rs.RunLease())
         stored = await self.store.call(who, "UpdateRun", request)
+        from services.assistants.execution import record_end
+
+        record_end(final)
         self.wake()  # the session may have a queued run next
         return stored
 
