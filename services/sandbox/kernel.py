@@ -189,8 +189,9 @@ class Kernel:
                 startup_fd = _data_pipe(startup_code)
                 pass_fds = [seccomp_fd, passwd_fd, group_fd, startup_fd]
                 argv = walls.bwrap_command(
-                    self.walls.bwrap or "bwrap", runtime_dir=self.runtime_dir, work_dir=self.paths.work_dir,
-                    kernel_dir=kernel_dir, uid=run_uid, seccomp_fd=seccomp_fd, passwd_fd=passwd_fd,
+                    self.walls.bwrap or "bwrap",
+                    directories=walls.sandbox_directories(self.runtime_dir, self.paths.work_dir, kernel_dir),
+                    uid=run_uid, seccomp_fd=seccomp_fd, passwd_fd=passwd_fd,
                     group_fd=group_fd, startup_fd=startup_fd,
                     command=[f"{walls.RUNTIME_DIR}/bin/python", *kernel_args, "-f", f"{walls.KERNEL_DIR}/connection.json"],
                 )

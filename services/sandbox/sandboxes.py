@@ -119,12 +119,12 @@ class Sandboxes:
         self.settings.root_dir.mkdir(parents=True, exist_ok=True)
         # Sandbox uids must traverse the root to reach their own directory, and list nothing.
         self.settings.root_dir.chmod(0o711)
-        if self.walls.per_sandbox_uid:
-            for ancestor in self.settings.root_dir.parents:
-                if not ancestor.stat().st_mode & 0o001:
-                    log.error("sandbox uids cannot reach %s: %s is not searchable by others (chmod o+x it or set "
-                              "PARLEY_SANDBOX_DIR elsewhere)", self.settings.root_dir, ancestor)
-                    break
+        blocked = walls.unreachable(self.settings.root_dir) if self.walls.per_sandbox_uid else None
+        if blocked is not None:
+            problem = (f"the sandboxes' uids cannot reach {self.settings.root_dir}: {blocked} is not searchable by "
+                       f"others (chmod o+x {blocked}, or set PARLEY_SANDBOX_DIR elsewhere)")
+            log.error("sandbox: %s", problem)
+            self.walls = self.walls.blocked(problem)
         for stale in self.settings.root_dir.iterdir():
             # Directories of a previous run of this service: their kernels died with it.
             shutil.rmtree(stale, ignore_errors=True)

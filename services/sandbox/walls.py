@@ -7,6 +7,7 @@ them one by one. Nothing here imports grpc.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -107,8 +108,11 @@ class Walls:
     per_sandbox_uid: bool
     cgroups: bool
     insecure: bool
-    # The sandbox's Python environment (ipykernel and the data packages) is installed.
+    # The sandbox's Python environment (ipykernel and the data packages) is installed and
+    # reachable by the sandboxes' uids.
     runtime_ready: bool = True
+    # What stops executions (each names its fix), then what only weakens a wall.
+    blockers: tuple[str, ...] = field(default_factory=tuple)
     problems: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -120,27 +124,44 @@ class Walls:
         return self.bwrap is not None and self.seccomp is not None
 
     def refusal(self) -> str:
-        missing = "; ".join(self.problems) or "the sandbox's isolation is not available"
-        return f"code execution is unavailable on this server: {missing}. To fix: {INSTALL_HINT}"
+        missing = "; ".join(self.blockers) or "the sandbox's isolation is not available"
+        hint = f". To fix: {INSTALL_HINT}" if self.bwrap is None and not self.insecure else ""
+        return f"code execution is unavailable on this server: {missing}{hint}"
+
+    def blocked(self, problem: str) -> Walls:
+        """These walls with one more reason executions are refused."""
+        return dataclasses.replace(self, runtime_ready=False, blockers=(*self.blockers, problem),
+                                   problems=(*self.problems, problem))
 
 
 def probe(bwrap: str | None, insecure: bool, cgroups_ok: bool, runtime_dir: Path) -> Walls:
-    problems: list[str] = []
+    blockers: list[str] = []
+    warnings: list[str] = []
     seccomp: bytes | None = None
     runtime_ready = (runtime_dir / "bin" / "python").exists()
     if not runtime_ready:
-        problems.append(f"the sandbox's Python environment is missing at {runtime_dir} (`make install` creates it)")
+        blockers.append(f"the sandbox's Python environment is missing at {runtime_dir} (`make install` creates it)")
     if bwrap is None:
-        problems.append("bubblewrap (`bwrap`) is not installed")
+        (warnings if insecure else blockers).append("bubblewrap (`bwrap`) is not installed")
     try:
         seccomp = seccomp_filter()
     except Exception as exc:  # noqa: BLE001 - libseccomp missing or unusable
-        problems.append(f"the seccomp filter cannot be built (libseccomp: {type(exc).__name__})")
+        (warnings if insecure else blockers).append(
+            f"the seccomp filter cannot be built (libseccomp: {type(exc).__name__}; install libseccomp2)")
+    if os.geteuid() == 0 and runtime_ready and bwrap is not None:
+        for directory in (runtime_dir, *(d for d in [python_home(runtime_dir)] if d is not None)):
+            blocked = unreachable(directory)
+            if blocked is not None:
+                blockers.append(f"the sandboxes' uids cannot reach {directory}: {blocked} is not searchable by "
+                                f"others (chmod o+x {blocked}, or set PARLEY_SANDBOX_RUNTIME to a reachable copy)")
+                runtime_ready = False
+                break
     if not cgroups_ok:
-        problems.append("no writable cgroup v1 memory/pids controllers: memory falls back to RLIMIT_AS and "
+        warnings.append("no writable cgroup v1 memory/pids controllers: memory falls back to RLIMIT_AS and "
                         "processes to RLIMIT_NPROC")
     return Walls(bwrap=bwrap, seccomp=seccomp, per_sandbox_uid=os.geteuid() == 0, cgroups=cgroups_ok,
-                 insecure=insecure, runtime_ready=runtime_ready, problems=tuple(problems))
+                 insecure=insecure, runtime_ready=runtime_ready, blockers=tuple(blockers),
+                 problems=tuple(blockers + warnings))
 
 
 def sandbox_environment(uid: int) -> dict[str, str]:
@@ -184,9 +205,7 @@ def group_entry(uid: int) -> bytes:
 def bwrap_command(
     bwrap: str,
     *,
-    runtime_dir: Path,
-    work_dir: Path,
-    kernel_dir: Path,
+    directories: dict[str, Path],
     uid: int,
     seccomp_fd: int,
     passwd_fd: int,
@@ -197,7 +216,11 @@ def bwrap_command(
     """bubblewrap's arguments: new user, pid, network, ipc, uts and cgroup namespaces; a
     read-only system; a fresh /tmp, /dev and /proc; only the working directory (and the
     kernel's socket directory) writable; every capability dropped; no further user
-    namespaces; killed with its parent; a cleared environment; the seccomp filter."""
+    namespaces; killed with its parent; a cleared environment; the seccomp filter.
+
+    `directories` are the host directories to bind, by mount point (sandbox_directories).
+    bubblewrap runs as the sandbox's uid, so it must be able to walk to each of them
+    (unreachable() says which one it cannot)."""
     args = [
         bwrap,
         "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -217,20 +240,19 @@ def bwrap_command(
     for path in ETC_PATHS:
         if os.path.exists(path):
             args += ["--ro-bind", path, path]
-    # The runtime venv's interpreter may live outside /usr (pyenv, a custom prefix).
-    base = python_home(runtime_dir)
-    if base is not None and not any(str(base).startswith(p + "/") for p in SYSTEM_PATHS):
-        args += ["--ro-bind", str(base), str(base)]
+    for mount_point, path in directories.items():
+        if mount_point not in (WORK_DIR, KERNEL_DIR, RUNTIME_DIR):
+            args += ["--ro-bind", str(path), mount_point]
     args += [
         "--ro-bind-data", str(passwd_fd), "/etc/passwd",
         "--ro-bind-data", str(group_fd), "/etc/group",
         "--ro-bind-data", str(startup_fd), STARTUP_FILE,
-        "--ro-bind", str(runtime_dir), RUNTIME_DIR,
+        "--ro-bind", str(directories[RUNTIME_DIR]), RUNTIME_DIR,
         "--proc", "/proc",
         "--dev", "/dev",
         "--tmpfs", "/tmp",
-        "--bind", str(work_dir), WORK_DIR,
-        "--bind", str(kernel_dir), KERNEL_DIR,
+        "--bind", str(directories[WORK_DIR]), WORK_DIR,
+        "--bind", str(directories[KERNEL_DIR]), KERNEL_DIR,
         "--remount-ro", "/",
         "--chdir", WORK_DIR,
         "--seccomp", str(seccomp_fd),
@@ -238,6 +260,28 @@ def bwrap_command(
     for key, value in sandbox_environment(uid).items():
         args += ["--setenv", key, value]
     return [*args, "--", *command]
+
+
+def sandbox_directories(runtime_dir: Path, work_dir: Path, kernel_dir: Path) -> dict[str, Path]:
+    """Host directories bound into the sandbox, by mount point: the runtime, the working and
+    kernel directories, and the runtime's base interpreter when it lives outside /usr."""
+    directories = {RUNTIME_DIR: runtime_dir, WORK_DIR: work_dir, KERNEL_DIR: kernel_dir}
+    base = python_home(runtime_dir)
+    if base is not None and not any(str(base).startswith(p + "/") for p in SYSTEM_PATHS):
+        directories[str(base)] = base
+    return directories
+
+
+def unreachable(path: Path) -> Path | None:
+    """The first ancestor of `path` that other users cannot search (bubblewrap, running as a
+    sandbox's own uid, could not bind `path`), or None."""
+    for ancestor in reversed(path.resolve().parents):
+        try:
+            if not ancestor.stat().st_mode & 0o001:
+                return ancestor
+        except OSError:
+            return ancestor
+    return None
 
 
 def python_home(runtime_dir: Path) -> Path | None:

@@ -198,3 +198,30 @@ async def test_insecure_mode_runs_code_without_walls(identity_public_key, as_use
 
 
 _ = dataclasses
+
+
+async def test_a_sandbox_directory_the_sandbox_uids_cannot_reach_is_refused_naming_the_fix(identity_public_key, as_user):
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        pytest.skip("only root gives each sandbox its own uid")  # the service's own uid reaches its own files
+    hidden = Path(tempfile.mkdtemp(prefix="parley-test-sandbox-hidden-"))  # mode 0700
+    app = await build_app(sandbox_settings(hidden / "sandboxes"))
+    running = await serve_app(app, "sandbox", identity_public_key)
+    try:
+        async with channel_to(running) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            degraded = await health.Check(health_pb2.HealthCheckRequest(service="parley.sandbox.v1.SandboxService"))
+            assert degraded.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            stub = sandbox_service_pb2_grpc.SandboxServiceStub(channel)
+            created = await new_sandbox(stub, as_user(USER))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await execute(stub, as_user(USER), created.id, "print(1)")
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"chmod o+x {hidden}" in caught.value.details()
+    finally:
+        await running.stop(0.5)
+        import shutil
+        shutil.rmtree(hidden, ignore_errors=True)
