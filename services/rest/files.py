@@ -21,7 +21,7 @@ from parley.files.v1 import files_service_pb2 as fapi
 from services.rest import ids
 from services.rest.convert import metadata, seconds
 from services.rest.errors import ApiError, from_grpc
-from services.rest.gateway import first_and_rest, until_disconnect
+from services.rest.gateway import first_and_rest
 from services.rest.http import dump, json_response, paginate, read_json, unsupported
 
 router = APIRouter(tags=["files"])
@@ -183,23 +183,35 @@ async def upload_file(request: Request):
                 return
             try:
                 more = await feed()
-            except BaseException as error:  # noqa: BLE001 - the call is cancelled, nothing is stored
+            except BaseException as error:
+                # Raising (never returning) cancels the call without a half-close, so the files
+                # service stores nothing of a body that went wrong.
                 failure.append(error)
-                call.cancel()
-                return
+                raise
 
     call = gateway.files.UploadFile(messages(), metadata=gateway.metadata(request), timeout=gateway.timeout)
     try:
-        file = await until_disconnect(request, call)
-    except (asyncio.CancelledError, ApiError):
+        # Not until_disconnect: the body is still being read, and a client that goes away
+        # fails that read, which cancels the call.
+        file = await call
+    except (asyncio.CancelledError, grpc.aio.AioRpcError) as error:
         if failure:
-            error = failure[0]
-            raise error if isinstance(error, ApiError) else ApiError(400, "The upload was interrupted.",
-                                                                    param="file") from None
+            _raise_failure(failure[0])
+        if isinstance(error, grpc.aio.AioRpcError):
+            raise from_grpc(error) from None
         raise
-    if not upload.file_done:
-        raise ApiError(400, "The multipart body ended inside the file part.", param="file")
+    if failure or not upload.file_done:
+        # Belt and braces: a file from a body that went wrong is not kept.
+        await gateway.call(request, gateway.files.DeleteFile, fapi.DeleteFileRequest(file_id=file.id))
+        _raise_failure(failure[0] if failure else ApiError(400, "The multipart body ended inside the file part.",
+                                                           param="file"))
     return json_response(file_out(file))
+
+
+def _raise_failure(error: BaseException):
+    if isinstance(error, ApiError):
+        raise error
+    raise ApiError(400, "The upload was interrupted.", param="file") from None
 
 
 @router.get("/files", summary="List files")
@@ -454,7 +466,8 @@ def _batch_id(file_ids: list[str]) -> str:
 
 def _batch_files(batch_id: str) -> list[str]:
     try:
-        raw = base64.urlsafe_b64decode(batch_id.removeprefix("vsfb_") + "=" * (-len(batch_id) % 4))
+        encoded = batch_id.removeprefix("vsfb_")
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         if not batch_id.startswith("vsfb_") or not raw or len(raw) % 16:
             raise ValueError
         return [str(uuid.UUID(bytes=raw[i:i + 16])) for i in range(0, len(raw), 16)]
