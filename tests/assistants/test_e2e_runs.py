@@ -197,24 +197,39 @@ REPORT_PAGES = [
 ]
 
 
-async def test_file_search_answers_with_a_citation_of_file_page_and_quote(e2e, tmp_path):
+STORES: dict[str, tuple[str, str]] = {}  # user → (file id, vector store id): one upload per user
+
+
+async def report_store(e2e, parley, user: str, tmp_path) -> tuple[str, str]:
+    if user not in STORES:
+        path = tmp_path / "report.pdf"
+        path.write_bytes(pdf(REPORT_PAGES))
+        uploaded = await parley.files.upload(path)
+        STORES[user] = uploaded.id, await e2e.vector_store(parley, "reports", [uploaded.id])
+    return STORES[user]
+
+
+def prompt_text(body: dict) -> str:
+    """Everything a vendor request showed the model, as text (OpenAI, Anthropic or Mistral)."""
+    return json.dumps(body, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic", "mistral"])
+async def test_file_search_answers_with_a_citation_of_file_page_and_quote(e2e, tmp_path, vendor):
     parley = await e2e.client("alice")
-    path = tmp_path / "report.pdf"
-    path.write_bytes(pdf(REPORT_PAGES))
-    uploaded = await parley.files.upload(path)
-    store = await e2e.vector_store(parley, "reports", [uploaded.id])
-    fake = e2e.fakes["openai"]
-    fake.script("e2e-search",
-                {"tool_calls": [("call_search", "file_search", '{"query": "refund policy days"}')]},
+    file_id, store = await report_store(e2e, parley, "alice", tmp_path)
+    name = f"e2e-search-{vendor}"
+    fake = e2e.fakes[vendor]
+    fake.script(name, {"tool_calls": [(f"call_search_{vendor}", "file_search", '{"query": "refund policy days"}')]},
                 {"text": e2e.cite("Refunds are accepted within 45 days", 0) + "."})
-    assistant = await parley.assistants.create("reader", model="openai/e2e-search", tools=[file_search_tool()],
+    assistant = await parley.assistants.create("reader", model=f"{vendor}/{name}", tools=[file_search_tool()],
                                                vector_store_ids=[store])
     stream = parley.assistants.stream_run(assistant.id, "How long do I have to return a purchase?")
     result = await stream.result()
     assert result.status == RunStatus.COMPLETED, result.error
     assert "45 days" in result.text
     citation = result.citations[0]
-    assert citation.filename == "report.pdf" and citation.file_id == uploaded.id
+    assert citation.filename == "report.pdf" and citation.file_id == file_id
     assert citation.page == 2
     assert "within 45 days for a full refund" in citation.quote
     marked = result.text[citation.start_index:citation.end_index]
@@ -224,9 +239,11 @@ async def test_file_search_answers_with_a_citation_of_file_page_and_quote(e2e, t
     search = next(d for s in steps if s.WhichOneof("step_details") == "tool_calls" for d in s.tool_calls.tool_calls)
     assert search.file_search.query == "refund policy days"
     assert search.file_search.results[0].filename == "report.pdf" and search.file_search.results[0].page == 2
-    # The results reached the model's prompt.
-    prompt = json.dumps(fake.requests_for("e2e-search")[-1]["messages"])
-    assert "within 45 days for a full refund" in prompt
+    # The results reached the model's prompt, in this vendor's wire format.
+    assert "within 45 days for a full refund" in prompt_text(fake.requests_for(name)[-1])
+    # The message step keeps the citation too, for whoever reads the run later.
+    message_step = next(s for s in steps if s.WhichOneof("step_details") == "message_creation")
+    assert message_step.message_creation.annotations[0].file_citation.page == 2
 
 
 # ---- streams that outlive their client and their replica ------------------------------------
