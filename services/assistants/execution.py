@@ -53,7 +53,6 @@ from services.runtime import errors, metrics
 
 log = logging.getLogger("parley.assistants.execution")
 tracer = trace.get_tracer("parley.assistants")
-tracer = trace.get_tracer("parley.assistants")
 
 SESSION_STORE_KEY = "parley_file_search_store"
 _TOOL_TYPES = {"function": apb.TOOL_CALL_TYPE_FUNCTION, "file_search": apb.TOOL_CALL_TYPE_FILE_SEARCH,
@@ -538,9 +537,7 @@ class Execution:
             kind = detail.WhichOneof("call")
             if kind in ("file_search", "code_interpreter"):
                 call = turn.calls[sorted(turn.calls)[position]]
-                with tracer.start_as_current_span(f"assistants.tool {kind}",
-                                                  attributes={"parley.run.step_id": step.id}):
-                    await self._run_builtin(step, position, detail, call, by_name[call["name"]])
+                await self._run_builtin(step, position, detail, call, by_name[call["name"]])
         await self._answer_from_cache(details, by_name)
         pending = [d for d in details if d.WhichOneof("call") == "function" and not d.function.output
                    and not d.function.cached]
@@ -739,9 +736,6 @@ class Execution:
         await self.log.commit(StatusChange(run=final, paths=paths, expected=expected, lease=rs.RunLease()), **kinds)
         self.run = final
         record_end(final)
-        started = final.start_time.ToDatetime(tzinfo=timezone.utc) if final.HasField("start_time") else None
-        metrics.run_ended(apb.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower(),
-                          (datetime.now(timezone.utc) - started).total_seconds() if started else None)
 
     async def _incomplete(self, reason: int) -> bool:
         await self._end(apb.RUN_STATUS_INCOMPLETE, incomplete_reason=reason)

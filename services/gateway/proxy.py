@@ -33,6 +33,7 @@ from services.gateway.ownership import MAX_FILES_PER_REQUEST, FileReferences, ma
 from services.gateway.routes import PROMPT_METHODS, USAGE_METHODS, Route
 from services.runtime import errors
 from services.runtime.identity import METADATA_KEY
+from services.runtime.metrics import note_caller
 from services.runtime.status import to_grpc_status
 
 log = logging.getLogger("parley.gateway.proxy")
@@ -201,6 +202,7 @@ class Proxy(grpc.GenericRpcHandler):
             metadata.extend(carrier.items())
         else:  # no spans here: the caller's trace context goes on unchanged
             metadata.extend(trace_headers.items())
+        note_caller(principal.user_id, span)  # the call's log line (services/runtime/metrics.py)
         return principal, metadata, span
 
     def _timeout(self, context) -> float:

@@ -127,17 +127,22 @@ class _Call:
     user_id: str | None = None
     # Set when the handler raised past every error mapping (gRPC then answers UNKNOWN).
     failed: bool = False
+    # The span of a handler that traces itself (the gateway's forwarding), for the log line.
+    span: object | None = None
 
 
 _current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("parley_call", default=None)
 
 
-def note_caller(user_id: str) -> None:
+def note_caller(user_id: str, span=None) -> None:
     """Called by whatever authenticates a call (the identity interceptor, the gateway): the
-    user id goes into the call's log line."""
+    user id goes into the call's log line, and so do the ids of `span`, the call's own span
+    when its handler starts one itself."""
     call = _current_call.get()
     if call is not None:
         call.user_id = user_id
+        if span is not None:
+            call.span = span
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -215,9 +220,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     fields = {"rpc.method": method, "rpc.status": status, "duration_ms": round(duration * 1000, 3)}
                     if call.user_id is not None:
                         fields["user_id"] = call.user_id
-                    if span.is_valid:
-                        fields["trace_id"] = format(span.trace_id, "032x")
-                        fields["span_id"] = format(span.span_id, "016x")
+                    ids = call.span.get_span_context() if call.span is not None else span
+                    if ids.is_valid:
+                        fields["trace_id"] = format(ids.trace_id, "032x")
+                        fields["span_id"] = format(ids.span_id, "016x")
                     call_log.info("%s %s %.1fms", method, status, duration * 1000, extra={"fields": fields})
 
             context.add_done_callback(done)
