@@ -22,6 +22,7 @@ from services.rest.convert import (
     message_in,
     message_out,
     metadata,
+    provisional_message_id,
     response_format_in,
     thread_out,
     tool_resources_in,
@@ -230,8 +231,9 @@ async def delete_thread(request: Request, thread_id: str):
 # ---- messages --------------------------------------------------------------------------------
 
 
-async def annotations_by_message(request: Request, run_ids) -> dict[str, list]:
-    """The citations of messages written by runs: kept on their message_creation steps."""
+async def run_messages(request: Request, run_ids) -> dict[str, tuple[str, list]]:
+    """Messages written by runs: message id → (the id of its message_creation step, its
+    citations, which are kept on that step)."""
     gateway, found = _gateway(request), {}
     for run_id in run_ids:
         token = ""
@@ -240,11 +242,41 @@ async def annotations_by_message(request: Request, run_ids) -> dict[str, list]:
                                       aapi.ListRunStepsRequest(run_id=run_id, page_size=100, page_token=token))
             for step in page.run_steps:
                 if step.WhichOneof("step_details") == "message_creation" and step.message_creation.message_id:
-                    found[step.message_creation.message_id] = list(step.message_creation.annotations)
+                    found[step.message_creation.message_id] = (step.id, list(step.message_creation.annotations))
             token = page.next_page_token
             if not token:
                 break
     return found
+
+
+def shown(message: spb.Message, written: dict) -> dict:
+    step_id, annotations = written.get(message.id, (None, ()))
+    return message_out(message, annotations, message_id=provisional_message_id(step_id) if step_id else None)
+
+
+async def resolve_message(request: Request, session_id: str, message_id: str) -> str:
+    """The Parley id of a public message id: a message's own, or (for a message a run wrote)
+    that of its message_creation step."""
+    parley_id = ids.internal("message", message_id)
+    gateway = _gateway(request)
+    try:
+        await gateway.call(request, gateway.sessions.GetMessage,
+                           sapi.GetMessageRequest(session_id=session_id, message_id=parley_id))
+        return parley_id
+    except ApiError as error:
+        if error.status != 404:
+            raise
+    token = ""
+    while True:
+        page = await gateway.call(request, gateway.assistants.ListRuns,
+                                  aapi.ListRunsRequest(session_id=session_id, page_size=100, page_token=token))
+        written = await run_messages(request, [run.id for run in page.runs])
+        for stored_id, (step_id, _) in written.items():
+            if step_id == parley_id:
+                return stored_id
+        token = page.next_page_token
+        if not token:
+            raise ApiError(404, f"No message found with id '{message_id[:100]}'.", code="message_not_found")
 
 
 @router.post("/threads/{thread_id}/messages", summary="Create a message")
@@ -270,8 +302,8 @@ async def list_messages(request: Request, thread_id: str):
         page = await gateway.call(request, gateway.sessions.ListMessages, sapi.ListMessagesRequest(
             session_id=session_id, page_size=size, page_token=token, order=sort, run_id=run_id))
         visible = [m for m in page.messages if m.role in (spb.ROLE_USER, spb.ROLE_ASSISTANT) and m.content]
-        marks = await annotations_by_message(request, {m.run_id for m in visible if m.run_id})
-        return [message_out(m, marks.get(m.id, ())) for m in visible], page.next_page_token
+        written = await run_messages(request, {m.run_id for m in visible if m.run_id})
+        return [shown(m, written) for m in visible], page.next_page_token
 
     return json_response(await paginate(request, f"messages:{session_id}:{order}:{run_id}", fetch,
                                         native_order=order))
@@ -279,11 +311,11 @@ async def list_messages(request: Request, thread_id: str):
 
 @router.get("/threads/{thread_id}/messages/{message_id}", summary="Retrieve a message")
 async def get_message(request: Request, thread_id: str, message_id: str):
-    gateway = _gateway(request)
+    gateway, session_id = _gateway(request), ids.internal("thread", thread_id)
     message = await gateway.call(request, gateway.sessions.GetMessage, sapi.GetMessageRequest(
-        session_id=ids.internal("thread", thread_id), message_id=ids.internal("message", message_id)))
-    marks = await annotations_by_message(request, [message.run_id] if message.run_id else [])
-    return json_response(message_out(message, marks.get(message.id, ())))
+        session_id=session_id, message_id=await resolve_message(request, session_id, message_id)))
+    written = await run_messages(request, [message.run_id] if message.run_id else [])
+    return json_response(shown(message, written))
 
 
 @router.post("/threads/{thread_id}/messages/{message_id}", summary="Modify a message (not supported)")
@@ -295,7 +327,7 @@ async def update_message(request: Request, thread_id: str, message_id: str):
 
 @router.delete("/threads/{thread_id}/messages/{message_id}", summary="Delete a message")
 async def delete_message(request: Request, thread_id: str, message_id: str):
-    gateway = _gateway(request)
+    gateway, session_id = _gateway(request), ids.internal("thread", thread_id)
     await gateway.call(request, gateway.sessions.DeleteMessage, sapi.DeleteMessageRequest(
-        session_id=ids.internal("thread", thread_id), message_id=ids.internal("message", message_id)))
+        session_id=session_id, message_id=await resolve_message(request, session_id, message_id)))
     return json_response({"id": message_id, "object": "thread.message.deleted", "deleted": True})

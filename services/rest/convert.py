@@ -363,8 +363,10 @@ STEP_STATUS = {apb.RUN_STEP_STATUS_IN_PROGRESS: "in_progress", apb.RUN_STEP_STAT
 
 
 def provisional_message_id(step_id: str) -> str:
-    """The id a message has while its step streams it: Parley stores a message once, whole, so
-    its real id is known only at thread.message.completed (see docs/rest.md)."""
+    """The public id of a message a run writes: derived from its message_creation step, because
+    the stream announces the message (thread.message.created) before Parley stores it, once,
+    whole, under its own id. Listings and retrievals show run-written messages under this same
+    id, and it resolves back through the step (see docs/rest.md)."""
     return ids.public("message", step_id)
 
 
@@ -395,9 +397,7 @@ def step_out(step: apb.RunStep) -> dict:
     if step.WhichOneof("step_details") == "tool_calls":
         details = {"type": "tool_calls", "tool_calls": [tool_call_out(d) for d in step.tool_calls.tool_calls]}
     else:
-        message_id = step.message_creation.message_id
-        details = {"type": "message_creation", "message_creation": {
-            "message_id": ids.public("message", message_id) if message_id else provisional_message_id(step.id)}}
+        details = {"type": "message_creation", "message_creation": {"message_id": provisional_message_id(step.id)}}
     ended = step.status not in (apb.RUN_STEP_STATUS_IN_PROGRESS, apb.RUN_STEP_STATUS_UNSPECIFIED)
     return dump(RunStep.model_construct(
         id=ids.public("step", step.id), object="thread.run.step", created_at=seconds(step.create_time) or 0,

@@ -315,11 +315,12 @@ class RunEvents:
         elif kind == "message_created":
             message = event.message_created
             step_id = next((s for s, m in self.message_steps.items() if not m.get("done")), None)
-            annotations = ()
+            annotations, public_id = (), None
             if step_id is not None:
                 self.message_steps[step_id]["done"] = True
                 annotations = self.message_steps[step_id]["annotations"]
-            yield sse("thread.message.completed", message_out(message, annotations))
+                public_id = self.message_steps[step_id]["message"]["id"]
+            yield sse("thread.message.completed", message_out(message, annotations, message_id=public_id))
         elif kind == "tool_call_delta":
             delta = event.tool_call_delta
             key = (delta.step_id, delta.index)

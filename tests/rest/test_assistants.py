@@ -121,6 +121,12 @@ async def test_a_streamed_run_with_an_event_handler(edge, client):
     assert steps.data[-1].step_details.message_creation.message_id == messages[-1].id
     step = await client.beta.threads.runs.steps.retrieve(steps.data[0].id, thread_id=thread.id, run_id=run.id)
     assert step.id == steps.data[0].id
+    # The streamed message's id is the one it is stored, listed, retrieved and deleted under.
+    again = await client.beta.threads.messages.retrieve(messages[-1].id, thread_id=thread.id)
+    assert again.content[0].text.value == "Streaming through the edge works."
+    assert (await client.beta.threads.messages.delete(messages[-1].id, thread_id=thread.id)).deleted
+    assert [m.id async for m in client.beta.threads.messages.list(thread.id)] == [
+        m.id for m in stored.data if m.id != messages[-1].id]
 
 
 async def test_create_and_poll_and_the_poll_header(edge, client):
