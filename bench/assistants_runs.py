@@ -4,9 +4,9 @@ is printed next to its baseline from the same run:
 
 - time to first token of StreamRun (a new session with the user's message, then the run) vs
   a direct StreamGenerate of the same model, at concurrency 1 (target: at most 5 ms added
-  at p50);
+  at p50), also on a session that exists already, with a breakdown by event of where it goes;
 - 32 concurrent runs of 200 tokens: runs/s vs 32 concurrent StreamGenerate streams of 200
-  tokens (target: at least 0.5×);
+  tokens (target: at least 0.5×), with the CPU each process spent per run and per stream;
 - WatchRun's live-tail delay on another engine replica: for each event, when it reached a
   WatchRun on replica B minus when it reached the StreamRun on replica A (p50, p99), with a
   paced model (5 ms a token);
