@@ -279,7 +279,7 @@ class Assistants:
         request = assistant if isinstance(assistant, assistants_api.CreateRunRequest) \
             else run_request(assistant, prompt, **options)
         call = self.stub.StreamRun(assistants_api.StreamRunRequest(run=request), timeout=timeout)
-        return RunStream(self.stub, call, timeout=timeout)
+        return RunStream(self.stub, call, timeout=timeout, until_action=True)
 
     async def create_run(self, assistant: str | assistants_api.CreateRunRequest, prompt: str | None = None,
                          **options: Any) -> assistants_pb2.Run:
@@ -310,7 +310,8 @@ class Assistants:
         call = self.stub.SubmitToolOutputs(assistants_api.SubmitToolOutputsRequest(
             run_id=run_id, tool_outputs=[assistants_api.ToolOutput(tool_call_id=k, output=v)
                                          for k, v in outputs.items()]), timeout=timeout)
-        return RunStream(self.stub, call, run_id=run_id, after_sequence=after_sequence, timeout=timeout)
+        return RunStream(self.stub, call, run_id=run_id, after_sequence=after_sequence, timeout=timeout,
+                         until_action=True)
 
     async def get_run(self, run_id: str) -> assistants_pb2.Run:
         return await self.stub.GetRun(assistants_api.GetRunRequest(run_id=run_id), timeout=self._timeout)

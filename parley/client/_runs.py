@@ -307,13 +307,17 @@ class RunStream:
     """
 
     def __init__(self, stub, call, *, run_id: str = "", after_sequence: int = 0, resume_attempts: int = 5,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, until_action: bool = False) -> None:
         self._stub = stub
         self._call = call
+        # StreamRun and SubmitToolOutputs end when the run requires action; a resumed stream
+        # (WatchRun, which goes on through it) must end there too.
+        self._until_action = until_action
         self._timeout = timeout
         self.run_id = run_id
         self.last_sequence = after_sequence
         self._resume_attempts = resume_attempts
+        self.resumes = 0  # how often the stream was resumed with WatchRun
         self._source: AsyncIterator[assistants_pb2.RunEvent] | None = None
         self.run: assistants_pb2.Run | None = None
         self.status = RunStatus.UNSPECIFIED
@@ -425,7 +429,9 @@ class RunStream:
                     self.last_sequence = event.sequence or self.last_sequence
                     self.run_id = self.run_id or event.run_id
                     yield event
-                    if event.WhichOneof("event") == "done":
+                    kind = event.WhichOneof("event")
+                    if kind == "done" or (self._until_action and kind == "run_status_changed" and
+                                          event.run_status_changed.status == assistants_pb2.RUN_STATUS_REQUIRES_ACTION):
                         return
                 return
             except grpc.aio.AioRpcError as exc:
@@ -433,6 +439,7 @@ class RunStream:
                     raise
                 attempts += 1
                 await asyncio.sleep(min(0.2 * 2 ** attempts, 5.0))
+                self.resumes += 1
                 self._call = self._stub.WatchRun(assistants_api.WatchRunRequest(
                     run_id=self.run_id, after_sequence=self.last_sequence), timeout=self._timeout)
 

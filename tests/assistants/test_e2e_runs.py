@@ -32,6 +32,7 @@ from parley.client import (
 )
 from parley.client import ParleyClient
 from tests.files.documents import pdf
+from tests.gateway.conftest import free_port
 
 WAIT = 60.0  # bounded waits: generous for a loaded two-core machine, never a timing assertion
 
@@ -271,6 +272,29 @@ async def test_a_client_that_disconnects_resumes_on_another_replica_exactly_once
     # A replay from the start on B is the same log.
     replay = [event async for event in on_b.assistants.watch_run(stream.run_id)]
     assert [(e.sequence, type(e)) for e in replay] == [(e.sequence, type(e)) for e in every]
+
+
+async def test_the_client_resumes_by_itself_when_its_gateway_goes_away(e2e):
+    """A StreamRun whose gateway stops mid-run: the client's RunStream resumes with WatchRun
+    (after the last sequence it saw) once a gateway answers on that address again, and the
+    caller sees every event once, in order, ending at the same place StreamRun would."""
+    text = "".join(f"resumed{i} " for i in range(60))
+    e2e.fakes["openai"].script("e2e-auto-resume", {"text": text})
+    port = free_port()
+    gateway = await e2e.gateway_on(port)
+    parley = await e2e.client("alice", port=port)
+    assistant = await parley.assistants.create("auto-resume", model="openai/e2e-auto-resume")
+    stream = parley.assistants.stream_run(assistant.id, "Say it")
+    events = []
+    async for event in stream:
+        events.append(event)
+        if sum(isinstance(e, TextDelta) for e in events) == 3:
+            await gateway.stop(0)  # the connection breaks mid-run (UNAVAILABLE to the client)
+            asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(e2e.gateway_on(port)))
+    assert stream.resumes >= 1  # the break was real, and WatchRun picked up after it
+    assert sequences(events) == list(range(1, len(events) + 1))
+    assert isinstance(events[-1], RunDone) and events[-1].status == RunStatus.COMPLETED
+    assert stream.text == text
 
 
 async def test_a_run_started_on_a_is_watched_live_from_b(e2e):
@@ -678,6 +702,24 @@ class E2E:
             "files": f"127.0.0.1:{stack.files_port}", "assistants": engine.target}, jwt=JwtSettings()))
         self._gateways.append(gateway)
         return engine, gateway.port
+
+    async def gateway_on(self, port: int):
+        """A gateway in front of the stack's engine on a given port (to stop and start again)."""
+        from services.gateway.app import build_app
+        from services.gateway.jwt_auth import JwtSettings
+        from services.runtime.config import ServerSettings
+        from services.runtime.server import start_server
+        from tests.gateway.conftest import gateway_settings
+
+        stack = self.stack
+        app = await build_app(gateway_settings(stack.database_url, self._private_key, targets={
+            "llm": f"127.0.0.1:{stack.llm_port}", "sessions": f"127.0.0.1:{stack.sessions_port}",
+            "files": f"127.0.0.1:{stack.files_port}", "assistants": stack.engine.target}, jwt=JwtSettings()))
+        gateway = await start_server(app, ServerSettings(service="gateway", host="127.0.0.1", port=port,
+                                                         shutdown_grace=0.0, max_message_bytes=64 * 1024 * 1024,
+                                                         identity_public_key=None), verifier=None)
+        self._gateways.append(gateway)
+        return gateway
 
     async def client_b(self, user: str) -> ParleyClient:
         """A client whose assistants calls reach replica B (started on first use)."""
