@@ -265,7 +265,7 @@ class Fuzzer:
                 if not method.name.startswith("List") or method.client_streaming or method.server_streaming:
                     continue
                 principal = self._row_checker(route)
-                if self._list_ids(method, principal) is not None:
+                if not isinstance(self._list_ids(method, principal), str):
                     self.root_lists[service].append((method, principal))
 
     def _methods_of(self, service: str):
@@ -277,7 +277,8 @@ class Fuzzer:
         # The first-named principal of a route is the one whose rows are checked.
         return route.principals[0]
 
-    def _list_ids(self, method: MethodDescriptor, principal_name: str) -> set[str] | None:
+    def _list_ids(self, method: MethodDescriptor, principal_name: str) -> set[str] | str:
+        """The ids on the first page of a list, or the status it answered instead."""
         request = message_factory.GetMessageClass(method.input_type)()
         if "page_size" in method.input_type.fields_by_name:
             request.page_size = 100
@@ -285,22 +286,29 @@ class Fuzzer:
         outcome = self.loop.run(self._call(route.channel, method, [request.SerializeToString()],
                                            self.principals[principal_name].metadata()))
         if outcome.code != "OK":
-            return None
+            return f"{outcome.code}: {outcome.details[:150]}"
         response = message_factory.GetMessageClass(method.output_type).FromString(outcome.responses[0])
         collect = Pools()
         harvest(response, "u", collect)
         return set(collect.by_user.get("u", {}).get("*", []))
 
-    def _snapshot(self, method: MethodDescriptor) -> dict[str, set[str]]:
-        return {lister.name: self._list_ids(lister, principal) or set()
+    def _snapshot(self, method: MethodDescriptor) -> dict[str, set[str] | str]:
+        return {lister.name: self._list_ids(lister, principal)
                 for lister, principal in self.root_lists[method.containing_service.full_name]}
 
-    def _check_rows(self, method: MethodDescriptor, before: dict[str, set[str]], returned: set[str]) -> None:
+    def _check_rows(self, method: MethodDescriptor, before: dict[str, set[str] | str], returned: set[str]) -> None:
         after = self._snapshot(method)
         for lister, ids in after.items():
-            unexplained = ids - before.get(lister, set()) - returned
+            if isinstance(ids, str):
+                # The list worked before these calls: whatever they stored broke it.
+                if not isinstance(before.get(lister), str):
+                    self.report.add(Finding("half-written", method_id(method),
+                                            detail=f"{lister} answers {ids} after these calls"))
+                continue
+            previous = before.get(lister)
+            unexplained = ids - (previous if isinstance(previous, set) else set()) - returned
             if unexplained:
-                self.report.add(Finding("half-written", method_id(method), principal="",
+                self.report.add(Finding("half-written", method_id(method),
                                         detail=f"{lister} shows rows no successful call returned: "
                                                f"{sorted(unexplained)[:5]}"))
 

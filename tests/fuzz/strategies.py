@@ -86,6 +86,12 @@ EDGE_BYTES = [b"", b"\x00", b"\xff\xfe\xfd", b"\x00" * 1024, b"%PDF-1.4\n%broken
 ENUM_UNKNOWN = [99, -1, 2**31 - 1, -(2**31), 1000, 7]
 
 
+def _pick(choices: list[st.SearchStrategy]) -> st.SearchStrategy:
+    """One of `choices`, drawn in proportion to how often each appears. The strategies are
+    built once (a flatmap that builds new ones per draw makes hypothesis re-validate them)."""
+    return st.integers(0, len(choices) - 1).flatmap(choices.__getitem__)
+
+
 def _edge_ints(lo: int, hi: int) -> st.SearchStrategy[int]:
     edges = sorted({v for v in (0, 1, -1, 2, 10, 100, 1000, 10**6, 2**31 - 1, -(2**31), 2**32 - 1, 2**53, 2**62,
                                 2**63 - 1, -(2**63), 2**64 - 1, lo, hi, lo + 1, hi - 1) if lo <= v <= hi})
@@ -503,7 +509,7 @@ def message_spec(desc: d.Descriptor, depth: int, ctx: Context, tame: bool = Fals
                     names = names[:1]
                 elif oneof_pick == "rest" and len(names) > 1:
                     names = names[1:]
-                return st.sampled_from(names).flatmap(lambda name: st.tuples(st.just(name), strategies[name]))
+                return _pick([st.tuples(st.just(name), strategies[name]) for name in names])
 
             choices = [members(o) for o in oneofs]
             _MESSAGE_CACHE[cache_key] = st.builds(lambda b, *picked: {**b, **dict(picked)}, base, *choices)
@@ -523,8 +529,8 @@ def _likely(fd: d.FieldDescriptor, depth: int) -> bool:
 
 def _maybe(name: str, strategy: st.SearchStrategy, likely: bool) -> st.SearchStrategy:
     """(name, value) three times in four for likely fields, one in six for the rest; else (None, None)."""
-    include = st.sampled_from([True, True, True, False] if likely else [False, False, False, False, False, True])
-    return include.flatmap(lambda yes: st.tuples(st.just(name), strategy) if yes else st.just((None, None)))
+    present, absent = st.tuples(st.just(name), strategy), st.just((None, None))
+    return _pick([present, present, present, absent] if likely else [absent] * 5 + [present])
 
 
 def _synthetic(oneof: d.OneofDescriptor) -> bool:
@@ -535,13 +541,44 @@ def _synthetic(oneof: d.OneofDescriptor) -> bool:
     return len(oneof.fields) == 1 and oneof.name == "_" + oneof.fields[0].name
 
 
-def one_edge(desc: d.Descriptor, ctx: Context, oneof_pick: str = "any") -> st.SearchStrategy:
-    """A plausible request with one of its fields wild."""
+_EDGY_TYPES = {d.FieldDescriptor.TYPE_DOUBLE, d.FieldDescriptor.TYPE_FLOAT, d.FieldDescriptor.TYPE_ENUM,
+               d.FieldDescriptor.TYPE_INT64, d.FieldDescriptor.TYPE_UINT64, d.FieldDescriptor.TYPE_SINT64}
+
+
+def _edgy(fd: d.FieldDescriptor) -> bool:
+    """Fields whose edges broke things before: well-known types, floats, enums, 64-bit
+    integers, page tokens and ids."""
+    if fd.type == d.FieldDescriptor.TYPE_MESSAGE:
+        return fd.message_type.full_name in WELL_KNOWN
+    return fd.type in _EDGY_TYPES or fd.name.endswith(("page_token", "_id", "_ids"))
+
+
+def one_edge(desc: d.Descriptor, ctx: Context, oneof_pick: str = "any", edgy_only: bool = False) -> st.SearchStrategy:
+    """A plausible request with one of its fields (or, with `edgy_only`, one of its edgy
+    fields, here or one message down) wild."""
     tame = message_spec(desc, 0, ctx, tame=True, oneof_pick=oneof_pick)
-    if not desc.fields:
-        return tame
-    wild_field = st.sampled_from(list(desc.fields)).flatmap(lambda fd: st.tuples(st.just(fd.name),
-                                                                                  field_strategy(fd, 0, ctx)))
+    fields = list(desc.fields)
+    if edgy_only:
+        nested = [(fd, sub) for fd in fields if fd.type == d.FieldDescriptor.TYPE_MESSAGE and not _is_repeated(fd)
+                  and fd.message_type.full_name not in WELL_KNOWN for sub in fd.message_type.fields if _edgy(sub)]
+        top = [(fd, None) for fd in fields if _edgy(fd)]
+        choices = top + nested
+        if not choices:
+            return tame
+
+        def wild_at(pair):
+            outer, inner = pair
+            if inner is None:
+                return st.tuples(st.just(outer.name), field_strategy(outer, 0, ctx))
+            sub_tame = message_spec(outer.message_type, 1, ctx, tame=True)
+            return st.tuples(st.just(outer.name), st.builds(lambda spec, v: {**spec, inner.name: v}, sub_tame,
+                                                            field_strategy(inner, 1, ctx)))
+
+        wild_field = _pick([wild_at(pair) for pair in choices])
+    else:
+        if not fields:
+            return tame
+        wild_field = _pick([st.tuples(st.just(fd.name), field_strategy(fd, 0, ctx)) for fd in fields])
     return st.builds(lambda spec, pair: {**spec, pair[0]: pair[1]}, tame, wild_field)
 
 
@@ -552,7 +589,7 @@ def request_specs(desc: d.Descriptor, ctx: Context, oneof_pick: str = "any") -> 
         message_spec(desc, 0, ctx, tame=True, oneof_pick=oneof_pick),
         message_spec(desc, 0, ctx, tame=True, full=True, oneof_pick=oneof_pick),
         one_edge(desc, ctx, oneof_pick),
-        one_edge(desc, ctx, oneof_pick),
+        one_edge(desc, ctx, oneof_pick, edgy_only=True),
     )
 
 
@@ -631,7 +668,7 @@ class Case:
 def request_cases(method: d.MethodDescriptor, principals: list[str]) -> st.SearchStrategy[Case]:
     request = method.input_type
     ctx = Context(field_names=sorted({f.name for m in request.file.message_types_by_name.values() for f in m.fields}))
-    count_raw = st.integers(1, 3) if method.client_streaming else st.just(1)
+    count_raw = 3 if method.client_streaming else 1
     principal = st.sampled_from(principals)
     if method.client_streaming:
         # A stream of requests: its first one as the contract expects it (the metadata member),
@@ -643,9 +680,8 @@ def request_cases(method: d.MethodDescriptor, principals: list[str]) -> st.Searc
         specs = st.builds(lambda one: [one], request_specs(request, ctx))
     structured = st.builds(lambda p, specs: Case(p, tuple(specs)), principal, specs)
     raw = st.builds(lambda p, payloads: Case(p, raw=tuple(payloads)), principal,
-                    count_raw.flatmap(lambda n: st.lists(raw_payloads(request), min_size=n, max_size=n)))
-    # About one case in eight is malformed bytes (hypothesis favours small numbers: raw is the largest).
-    return st.integers(0, 7).flatmap(lambda roll: raw if roll == 7 else structured)
+                    st.lists(raw_payloads(request), min_size=1, max_size=count_raw))
+    return _pick([structured] * 7 + [raw])  # about one case in eight is malformed bytes
 
 
 # ---- building messages --------------------------------------------------------------------
