@@ -112,6 +112,8 @@ class StatusChange:
     expected: Sequence[int] = ()
     lease: rs.RunLease | None = None
     events: list[apb.RunEvent] = field(default_factory=list)
+    # Only if the run is its session's head (a queued run starting without a claim).
+    require_session_head: bool = False
 
 
 class RunEventLog:
@@ -204,7 +206,8 @@ class RunEventLog:
                 else:
                     new.append(self._event(**{name: value}))
             request = rs.UpdateRunRequest(run=change.run, update_mask=FieldMask(paths=list(change.paths)),
-                                          expected_statuses=list(change.expected), events=events + new)
+                                          expected_statuses=list(change.expected), events=events + new,
+                                          require_session_head=change.require_session_head)
             if change.lease is not None:
                 request.lease.CopyFrom(change.lease)
             try:

@@ -133,7 +133,7 @@ class Execution:
 
     @classmethod
     async def begin(cls, runs: Runs, who: UserIdentity, run: apb.Run, *, expected: tuple[int, ...],
-                    outputs: dict[str, str] | None = None) -> Execution:
+                    outputs: dict[str, str] | None = None, require_session_head: bool = False) -> Execution:
         """Takes the run (compare-and-set to IN_PROGRESS with this replica's lease and the status
         event) and starts executing it. Aborted if another replica or client got there first."""
         local = runs.local.open(run.id, run.last_sequence + 1)
@@ -150,7 +150,8 @@ class Execution:
             paths.append("start_time")
         try:
             stored = await event_log.commit(StatusChange(run=started, paths=paths, expected=expected,
-                                                         lease=runs.lease()), run_status_changed=True)
+                                                         lease=runs.lease(), require_session_head=require_session_head),
+                                            run_status_changed=True)
         except LeaseLost as exc:
             await event_log.close(ended=False)
             raise errors.Aborted(str(exc), reason="RUN_EVENT_SEQUENCE_CONFLICT") from None
@@ -407,22 +408,36 @@ class Execution:
                     name=schema.name, description=schema.description, schema=schema.schema, strict=schema.strict))
         return request
 
-    async def _new_step(self, kind: int) -> apb.RunStep:
-        step = await self.runs.store.call(self.who, "CreateRunStep", rs.CreateRunStepRequest(
+    async def _store_step(self, kind: int) -> apb.RunStep:
+        return await self.runs.store.call(self.who, "CreateRunStep", rs.CreateRunStepRequest(
             run_step=apb.RunStep(run_id=self.run.id, type=kind, status=apb.RUN_STEP_STATUS_IN_PROGRESS)))
-        await self.log.emit(step_created=step)
-        return step
 
     async def _stream_turn(self, built: prompts.Prompt, specs) -> Turn:
         turn = Turn(citations=CitationStream(list(self._hits)))
         request = self._request(built, specs)
         builtin = {s.name for s in specs} & set(self.runs.executors)
+        # The turn's first step is stored while the model thinks, off the first token's path;
+        # it becomes whichever kind the model's first output needs.
+        spare: asyncio.Task | None = asyncio.create_task(self._store_step(apb.RUN_STEP_TYPE_MESSAGE_CREATION))
+
+        async def take_step(kind: int) -> apb.RunStep:
+            nonlocal spare
+            if spare is not None:
+                task, spare = spare, None
+                step = await task
+                if step.type != kind:
+                    step = await self.runs.store.call(self.who, "UpdateRunStep", rs.UpdateRunStepRequest(
+                        run_step=apb.RunStep(id=step.id, type=kind), update_mask=FieldMask(paths=["type"])))
+            else:
+                step = await self._store_step(kind)
+            await self.log.emit(step_created=step)
+            return step
 
         async def send_text(text: str, annotations) -> None:
             if not text and not annotations:
                 return
             if turn.message_step is None:
-                turn.message_step = await self._new_step(apb.RUN_STEP_TYPE_MESSAGE_CREATION)
+                turn.message_step = await take_step(apb.RUN_STEP_TYPE_MESSAGE_CREATION)
             await self.log.emit(message_delta=apb.MessageDelta(step_id=turn.message_step.id, index=0, text=text,
                                                                annotations=annotations))
 
@@ -435,7 +450,7 @@ class Execution:
                 elif kind == "tool_call_delta":
                     delta = response.tool_call_delta
                     if turn.tool_step is None:
-                        turn.tool_step = await self._new_step(apb.RUN_STEP_TYPE_TOOL_CALLS)
+                        turn.tool_step = await take_step(apb.RUN_STEP_TYPE_TOOL_CALLS)
                     call = turn.calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
                     first = not call["id"] and not call["name"]
                     if delta.id:
@@ -464,12 +479,21 @@ class Execution:
             await self._stream_task
         except asyncio.CancelledError:
             if not self._cancel or self._abandoned:
+                if spare is not None:
+                    spare.cancel()
                 raise
             turn.cancelled = True
+        except BaseException:
+            if spare is not None:  # stored or not, it is shown, so the failure that ends it follows it
+                with contextlib.suppress(BaseException):
+                    await take_step(apb.RUN_STEP_TYPE_MESSAGE_CREATION)
+            raise
         finally:
             self._stream_task = None
         tail = turn.citations.finish()
         await send_text(*tail)
+        if spare is not None:  # the model wrote nothing: an empty message (or a cancelled step)
+            turn.message_step = await take_step(apb.RUN_STEP_TYPE_MESSAGE_CREATION)
         return turn
 
     async def _finish_message(self, turn: Turn, *, incomplete: bool) -> None:

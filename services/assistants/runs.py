@@ -58,6 +58,14 @@ def status_name(status: int) -> str:
     return apb.RunStatus.Name(status) if status in apb.RunStatus.values() else str(status)
 
 
+def created_event(run: apb.Run) -> apb.RunEvent:
+    """A run's first event as the run store stored it with the run."""
+    snapshot = apb.Run()
+    snapshot.CopyFrom(run)
+    snapshot.last_sequence = 0
+    return apb.RunEvent(sequence=1, run_id=run.id, create_time=run.create_time, run_status_changed=snapshot)
+
+
 def not_requires_action(run: apb.Run) -> errors.FailedPrecondition:
     return errors.FailedPrecondition(
         f"run {run.id} is {status_name(run.status)}, not waiting for tool outputs",
@@ -233,13 +241,10 @@ class Runs:
         queue for whichever replica claims it first."""
         if len(self.executions) >= self.settings.max_concurrent_runs:
             return
-        active = await self.store.call(who, "GetActiveRun", rs.GetActiveRunRequest(session_id=run.session_id))
-        if not active.HasField("run") or active.run.id != run.id:
-            return
         from services.assistants.execution import Execution
 
-        with contextlib.suppress(errors.Aborted):
-            await Execution.begin(self, who, active.run, expected=(apb.RUN_STATUS_QUEUED,))
+        with contextlib.suppress(errors.Aborted):  # not the session's head, or taken already
+            await Execution.begin(self, who, run, expected=(apb.RUN_STATUS_QUEUED,), require_session_head=True)
 
     async def resolve_model(self, who: Who, model: str, field: str) -> str:
         try:
@@ -298,14 +303,11 @@ class Runs:
 
     async def stream_new(self, who: UserIdentity, request: aapi.CreateRunRequest) -> AsyncIterator[apb.RunEvent]:
         run = await self.create(who, request)
-        # The creation event is stored with the run; what follows comes live from this
-        # replica when it started the run (or from the log when another one did).
-        first = await self.store.call(who, "ListRunEvents", rs.ListRunEventsRequest(run_id=run.id, page_size=1))
-        after = 0
-        for event in first.events:
-            yield event
-            after = event.sequence
-        async for event in self.follow(who, run.id, after, until_action=True):
+        # The creation event was stored with the run, exactly so (see CreateRunRequest in the
+        # run store's contract); what follows comes live from this replica when it started the
+        # run, or from the log when another one did.
+        yield created_event(run)
+        async for event in self.follow(who, run.id, 1, until_action=True):
             yield event
 
     # -- cancelling ---------------------------------------------------------------------------

@@ -200,9 +200,11 @@ class CreateRunRequest(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     APPEND_CREATED_EVENT_FIELD_NUMBER: _builtins.int
     append_created_event: _builtins.bool
-    """Also store the run's first event in the same transaction: sequence 1, a
-    run_status_changed with the stored run. ClaimRuns only claims runs whose first event
-    is stored, so an engine never starts a run before its creation is in the log.
+    """Also store the run's first event in the same transaction: sequence 1, created at the
+    run's create_time, a run_status_changed with the stored run as this call returns it but
+    for last_sequence (0 in the event), so the caller knows the event without reading it.
+    ClaimRuns only claims runs whose first event is stored, so an engine never starts a run
+    before its creation is in the log.
     """
     @_builtins.property
     def run(self) -> _assistants_pb2.Run:
@@ -314,6 +316,12 @@ class UpdateRunRequest(_message.Message):
     EXPECTED_STATUSES_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    REQUIRE_SESSION_HEAD_FIELD_NUMBER: _builtins.int
+    require_session_head: _builtins.bool
+    """Write only if the run is its session's head (no earlier run of the session has not
+    ended); otherwise ABORTED (ErrorInfo reason "RUN_NOT_SESSION_HEAD") and nothing is
+    written. How an engine starts a queued run it created without asking first.
+    """
     @_builtins.property
     def run(self) -> _assistants_pb2.Run:
         """`run.id` names the run; the fields named by `update_mask` are written."""
@@ -354,10 +362,11 @@ class UpdateRunRequest(_message.Message):
         expected_statuses: _abc.Iterable[_assistants_pb2.RunStatus.ValueType] | None = ...,
         events: _abc.Iterable[_assistants_pb2.RunEvent] | None = ...,
         lease: Global___RunLease | None = ...,
+        require_session_head: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "expected_statuses", b"expected_statuses", "lease", b"lease", "run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "expected_statuses", b"expected_statuses", "lease", b"lease", "require_session_head", b"require_session_head", "run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

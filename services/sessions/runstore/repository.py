@@ -294,6 +294,15 @@ class RunStoreRepository:
         return [RunEvent(run_id=r["run_id"], sequence=r["sequence"], create_time=r["create_time"], body=r["body"])
                 for r in rows]
 
+    async def is_session_head(self, conn: asyncpg.Connection, run_id: uuid.UUID) -> bool:
+        """No earlier run of the run's session is unended."""
+        return await conn.fetchval(
+            f"""
+            SELECT NOT EXISTS (
+                SELECT 1 FROM runs e JOIN runs r ON e.session_id = r.session_id
+                WHERE r.id = $1 AND e.seq < r.seq AND e.{_ACTIVE})
+            """, run_id)
+
     async def get_status(self, conn: asyncpg.Connection, run_id: uuid.UUID) -> tuple[int, int] | None:
         row = await conn.fetchrow("SELECT status, last_sequence FROM runs WHERE id = $1", run_id)
         return (row["status"], row["last_sequence"]) if row else None

@@ -79,6 +79,7 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
             expected_statuses=list(request.expected_statuses),
             events=convert.new_events(request.events),
             lease=convert.lease(request.lease) if request.HasField("lease") else None,
+            require_session_head=request.require_session_head,
         )
         return convert.run_to_proto(run)
 

@@ -367,6 +367,7 @@ class RunStore:
         expected_statuses: Iterable[int] = (),
         events: Sequence[NewRunEvent] = (),
         lease: Lease | None = None,
+        require_session_head: bool = False,
     ) -> Run:
         rid = parse_id(run_id, "run.id")
         writes, violations = _writes(paths, draft, writable=RUN_FIELDS, columns=RUN_COLUMNS, prefix="run",
@@ -392,6 +393,9 @@ class RunStore:
             if current is None:
                 raise not_found("run", "run_id", rid)
             status, last_sequence = current
+            if require_session_head and not await self._repo.is_session_head(conn, rid):
+                raise errors.Aborted(f"run {rid} waits behind an earlier run of its session",
+                                     reason="RUN_NOT_SESSION_HEAD", metadata={"run_id": str(rid)})
             if expected and status not in expected:
                 name = f"RUN_STATUS_{RunStatus(status).name}"
                 raise errors.Aborted(f"run {rid} is {name}, not one of the expected statuses",
