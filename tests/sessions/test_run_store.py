@@ -1111,3 +1111,22 @@ async def test_function_results_are_cached_per_user(world, run_store_stub, as_us
         _, fields = await expect_error(run_store_stub.StoreFunctionResults(
             rs.StoreFunctionResultsRequest(results=[bad]), metadata=world.md), INVALID)
         assert fields[0] == field
+
+
+async def test_a_start_can_require_the_session_head(world):
+    session = await world.new_session()
+    first = await queued_with_event(world, session.id)
+    second = await queued_with_event(world, session.id)
+
+    def start(run):
+        return world.store.UpdateRun(rs.UpdateRunRequest(
+            run=apb.Run(id=run.id, status=apb.RUN_STATUS_IN_PROGRESS), update_mask=FieldMask(paths=["status"]),
+            expected_statuses=[apb.RUN_STATUS_QUEUED], require_session_head=True, lease=lease("engine-a"),
+            events=[delta(2)]), metadata=world.md)
+
+    reason, _ = await expect_error(start(second), ABORTED)
+    assert reason == "RUN_NOT_SESSION_HEAD"
+    assert (await world.get_run(second.id)).last_sequence == 1  # nothing written
+    assert (await start(first)).status == apb.RUN_STATUS_IN_PROGRESS
+    await world.update_run(first.id, ["status"], status=apb.RUN_STATUS_COMPLETED)
+    assert (await start(second)).status == apb.RUN_STATUS_IN_PROGRESS
