@@ -23,7 +23,7 @@ def main() -> int:
     from services.rest.app import build_app
 
     # Access logs stay off: paths and queries are the caller's data; the gateway logs each call.
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, http="httptools", loop="auto",
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, http="httptools", loop="asyncio",
                 access_log=False, log_config=None, timeout_graceful_shutdown=grace, lifespan="on")
     return 0
 

@@ -257,28 +257,46 @@ def sse(event: str | None, data) -> bytes:
 
 async def with_heartbeats(events: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
     """Yields `events`, and a comment line whenever none came for `interval` seconds (proxies
-    and clients keep an idle stream open). The pending read is never cancelled by a heartbeat."""
-    iterator = events.__aiter__()
-    pending: asyncio.Future | None = None
+    and clients keep an idle stream open). One reader task for the whole stream and a timer
+    re-armed per event: nothing is created per token, and no pending read is ever cancelled."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def read() -> None:
+        try:
+            async for event in events:
+                queue.put_nowait(event)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            queue.put_nowait(error)
+        finally:
+            queue.put_nowait(done)
+
+    def beat() -> None:
+        nonlocal timer
+        queue.put_nowait(HEARTBEAT)
+        timer = loop.call_later(interval, beat)
+
+    reader = asyncio.ensure_future(read())
+    timer = loop.call_later(interval, beat)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield HEARTBEAT
-                continue
-            pending, finished = None, pending
-            try:
-                yield finished.result()
-            except StopAsyncIteration:
+            item = await queue.get()
+            if item is done:
                 return
+            if isinstance(item, BaseException):
+                raise item
+            if item is not HEARTBEAT:
+                timer.cancel()
+                timer = loop.call_later(interval, beat)
+            yield item
     finally:
-        if pending is not None:
-            pending.cancel()
-        close = getattr(iterator, "aclose", None)
-        if close is not None:
-            await close()
+        timer.cancel()
+        reader.cancel()  # its stream's own cleanup (cancelling the gRPC call) runs as it stops
+        try:
+            await reader
+        except BaseException:  # noqa: BLE001, S110 - cancelled on purpose
+            pass
 
 
 def event_stream(events: AsyncIterator[bytes], interval: float, headers: dict | None = None) -> StreamingResponse:

@@ -1,0 +1,194 @@
+"""REST edge benchmark: chat completions streamed through the OpenAI-compatible HTTP edge
+(services/rest) against the same streams directly through the gateway's gRPC, same upstream
+(the llm service's `local/echo`), same run, alternating rounds: the time to first token the
+edge adds at p50 (target ≤ 2 ms) and streaming throughput at concurrency 32 (target ≥ 0.6×).
+The HTTP client is aiohttp reading the SSE lines, as lean as the gRPC client on the other side.
+Run with `python -m bench.rest_edge` (about a minute and a half).
+
+Not measured here: the LiteLLM proxy comparison of issue 12 (it needs `litellm[proxy]` in the
+benchmark's own environment; see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import grpc
+
+from bench._common import ServiceProcess, free_port, percentile, run_concurrently
+from parley.llm.v1 import llm_pb2
+from parley.llm.v1 import llm_service_pb2 as api
+from parley.llm.v1 import llm_service_pb2_grpc as api_grpc
+from services.runtime.db import start_embedded_postgres
+from services.runtime.identity import generate_private_key_pem, public_key_pem
+
+ROUNDS = 3
+TTFT_STREAMS = {1: 300, 32: 960}
+LONG_STREAM_WORDS = 2000
+THROUGHPUT_STREAMS = 32
+
+
+def _grpc_request(text: str) -> api.StreamGenerateRequest:
+    return api.StreamGenerateRequest(model="local/echo", messages=[
+        llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text=text)])])
+
+
+def _http_body(text: str) -> dict:
+    return {"model": "local/echo", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": text}]}
+
+
+class Grpc:
+    def __init__(self, stub, metadata) -> None:
+        self.stub, self.metadata = stub, metadata
+
+    async def first_token(self, text: str) -> float:
+        started = time.perf_counter()
+        first = None
+        async for _ in self.stub.StreamGenerate(_grpc_request(text), metadata=self.metadata):
+            if first is None:
+                first = time.perf_counter() - started
+        return first
+
+    async def tokens(self, text: str) -> int:
+        last = None
+        async for event in self.stub.StreamGenerate(_grpc_request(text), metadata=self.metadata):
+            last = event
+        return last.finish.usage.output_tokens
+
+
+class Http:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session, self.url = session, url
+
+    async def first_token(self, text: str) -> float:
+        """Until the first chunk with content: the edge sends an empty role chunk first, which
+        is not a token."""
+        started = time.perf_counter()
+        first = None
+        async with self.session.post(self.url, json=_http_body(text)) as response:
+            async for line in response.content:
+                if first is None and line.startswith(b"data: {") and b'"content":"' in line and \
+                        b'"content":""' not in line:
+                    first = time.perf_counter() - started
+        return first
+
+    async def tokens(self, text: str) -> int:
+        usage = 0
+        async with self.session.post(self.url, json=_http_body(text)) as response:
+            async for line in response.content:
+                if line.startswith(b"data: {") and b'"usage":{' in line:
+                    usage = json.loads(line[6:])["usage"]["completion_tokens"]
+        return usage
+
+
+async def ttft(path, clients: int, total: int) -> list[float]:
+    firsts: list[float] = []
+
+    async def call():
+        firsts.append(await path.first_token("time to the first token of a streamed answer"))
+
+    await run_concurrently(call, clients, total)
+    return firsts
+
+
+async def throughput(path, streams: int) -> float:
+    text = " ".join(f"w{i}" for i in range(LONG_STREAM_WORDS))
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(path.tokens(text) for _ in range(streams)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+async def _wait_http(port: int, process: subprocess.Popen) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise RuntimeError("the edge exited while starting")
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as reply:
+                    if reply.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the edge did not start")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms"
+
+
+async def measure(grpc_path: Grpc, http_path: Http) -> list[str]:
+    lines = []
+    for clients in (1, 32):
+        firsts = {"grpc": [], "http": []}
+        for round_number in range(ROUNDS):
+            print(f"ttft at concurrency {clients}, round {round_number + 1}/{ROUNDS}", file=sys.stderr, flush=True)
+            for name, path in (("grpc", grpc_path), ("http", http_path)):
+                firsts[name] += await ttft(path, clients, TTFT_STREAMS[clients] // ROUNDS)
+        g50, h50 = percentile(firsts["grpc"], 0.5), percentile(firsts["http"], 0.5)
+        g99, h99 = percentile(firsts["grpc"], 0.99), percentile(firsts["http"], 0.99)
+        lines.append(f"| {clients} | stream time to first token | p50 {_ms(g50)}, p99 {_ms(g99)} "
+                     f"| p50 {_ms(h50)}, p99 {_ms(h99)} | **{(h50 - g50) * 1e3:+.2f} ms** at p50 "
+                     f"({(h99 - g99) * 1e3:+.2f} ms at p99) |")
+    rates = {"grpc": [], "http": []}
+    for round_number in range(ROUNDS):
+        print(f"throughput, round {round_number + 1}/{ROUNDS}", file=sys.stderr, flush=True)
+        for name, path in (("grpc", grpc_path), ("http", http_path)):
+            rates[name].append(await throughput(path, THROUGHPUT_STREAMS))
+    g, h = statistics.median(rates["grpc"]), statistics.median(rates["http"])
+    lines.append(f"| {THROUGHPUT_STREAMS} | streaming throughput ({THROUGHPUT_STREAMS} streams × {LONG_STREAM_WORDS} "
+                 f"tokens) | {g:,.0f} tokens/s | {h:,.0f} tokens/s | **{h / g:.2f}× the gateway's gRPC** |")
+    return lines
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="parley-bench-rest-") as tmp:
+        admin_url = os.environ.get("PARLEY_DATABASE_URL") or start_embedded_postgres(Path(tmp) / "pg")
+        private_key = generate_private_key_pem()
+        (Path(tmp) / "id.pem").write_bytes(private_key)
+        (Path(tmp) / "id.pub.pem").write_bytes(public_key_pem(private_key))
+        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(Path(tmp) / "id.pub.pem"),
+                  "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(Path(tmp) / "id.pem"), "PARLEY_REDIS_URL": ""}
+        async with ServiceProcess("llm", {**common, "PARLEY_LLM_WARM_EMBEDDINGS": "false"}) as llm:
+            gateway_env = {**common, "PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}", "PARLEY_SESSIONS_TARGET": "none",
+                           "PARLEY_FILES_TARGET": "none", "PARLEY_ASSISTANTS_TARGET": "none",
+                           "PARLEY_GATEWAY_KEY_REQUESTS_PER_MINUTE": "0", "PARLEY_GATEWAY_USER_REQUESTS_PER_MINUTE": "0",
+                           "PARLEY_GATEWAY_KEY_CONCURRENT_STREAMS": "0", "PARLEY_GATEWAY_USER_CONCURRENT_STREAMS": "0"}
+            async with ServiceProcess("gateway", gateway_env) as gateway:
+                made = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user", "bench"],
+                                      env={**os.environ, **common}, capture_output=True, text=True, check=True)
+                api_key = made.stdout.strip()
+                edge_port = free_port()
+                edge = subprocess.Popen([sys.executable, "-m", "services.rest"], env={
+                    **os.environ, "PARLEY_REST_PORT": str(edge_port), "PARLEY_LOG_LEVEL": "WARNING",
+                    "PARLEY_GATEWAY_TARGET": f"127.0.0.1:{gateway.port}"}, cwd=Path(__file__).resolve().parent.parent)
+                try:
+                    await _wait_http(edge_port, edge)
+                    connector = aiohttp.TCPConnector(limit=0)
+                    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel, \
+                            aiohttp.ClientSession(connector=connector, headers={
+                                "authorization": f"Bearer {api_key}"}) as session:
+                        grpc_path = Grpc(api_grpc.LLMServiceStub(channel), (("authorization", f"Bearer {api_key}"),))
+                        http_path = Http(session, f"http://127.0.0.1:{edge_port}/v1/chat/completions")
+                        for path in (grpc_path, http_path):  # warm up: connections, caches
+                            await ttft(path, 8, 80)
+                        lines = await measure(grpc_path, http_path)
+                finally:
+                    edge.terminate()
+                    edge.wait(15)
+    print("| clients | measure | gateway gRPC | through the REST edge (SSE) | the edge adds |")
+    print("|---|---|---|---|---|")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
