@@ -133,3 +133,23 @@ async def test_health_and_openapi_document(edge):
             document = await reply.json()
     assert {"/v1/chat/completions", "/v1/threads/{thread_id}/runs", "/v1/vector_stores/{store_id}/search"} <= set(
         document["paths"])
+
+
+async def test_the_gateways_limits_and_scopes_reach_the_client(edge):
+    from services.gateway.models import NewApiKey, Principal, RateLimits
+
+    keys = edge.stack.keys
+    _, limited_key = await keys.create(Principal("rest-limited", frozenset({"admin"}), "cli"),
+                                       NewApiKey("limited", ("llm",), None, RateLimits(requests_per_minute=1), False))
+    async with openai.AsyncOpenAI(api_key=limited_key, base_url=edge.base_url, max_retries=0) as limited:
+        with pytest.raises(openai.RateLimitError) as refused:
+            for _ in range(5):  # the gateway's window lets at most one through
+                await limited.models.list()
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert refused.value.body["type"] == "rate_limit_error"
+    _, llm_only = await keys.create(Principal("rest-scoped", frozenset({"admin"}), "cli"),
+                                    NewApiKey("scoped", ("llm",), None, RateLimits(), False))
+    async with openai.AsyncOpenAI(api_key=llm_only, base_url=edge.base_url, max_retries=0) as scoped:
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            await scoped.beta.assistants.list()
+        assert denied.value.status_code == 403
