@@ -59,6 +59,9 @@ class Cgroup:
         (group._dir("pids") / "pids.max").write_text(str(max_processes))
         return group
 
+    def set_max_processes(self, count: int) -> None:
+        (self._dir("pids") / "pids.max").write_text(str(count))
+
     def procs_files(self) -> list[str]:
         return [str(self._dir(c) / "cgroup.procs") for c in CONTROLLERS]
 

@@ -43,14 +43,17 @@ MAX_DISPLAY_BYTES = 2 * 1024 * 1024
 FLOOD_FACTOR = 16
 
 
+# Waits (at most 2 s) for the kernel's killed children, so none stays a zombie holding a pid.
 REAP_CODE = (
-    "import os as _parley_os\n"
+    "import os as _parley_os, time as _parley_time\n"
+    "_parley_until = _parley_time.monotonic() + 2\n"
     "try:\n"
-    "    while _parley_os.waitpid(-1, _parley_os.WNOHANG)[0] > 0:\n"
-    "        pass\n"
+    "    while _parley_time.monotonic() < _parley_until:\n"
+    "        if _parley_os.waitpid(-1, _parley_os.WNOHANG)[0] == 0:\n"
+    "            _parley_time.sleep(0.01)\n"
     "except ChildProcessError:\n"
     "    pass\n"
-    "del _parley_os\n"
+    "del _parley_os, _parley_time, _parley_until\n"
 )
 
 
@@ -140,6 +143,8 @@ class Kernel:
         self.interrupt_grace = interrupt_grace
         self.process: asyncio.subprocess.Process | None = None
         self.client: AsyncKernelClient | None = None
+        # The message id of an execution whose caller went away before it ended.
+        self._running: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -315,6 +320,7 @@ class Kernel:
         cpu_start = self.cpu_seconds()
         oom_start = self.cgroup.oom_kills() if self.cgroup else 0
         message_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
+        self._running = message_id
         interrupted_at: float | None = None
         next_check = started + 0.25
         next_disk_check = started + 1.0
@@ -388,13 +394,27 @@ class Kernel:
                 outcome.memory_exceeded = True
             await self.stop()
             return
+        self._running = None
         await self._drain_shell_reply(message_id)
         if outcome.error_name:
             outcome.exit_code = 1
             if outcome.error_name == "MemoryError":
                 outcome.memory_exceeded = True
-        if await asyncio.to_thread(self.kill_strays):
+        await self.clean_up_strays()
+
+    async def clean_up_strays(self) -> None:
+        """Kills what the last execution left running and reaps it."""
+        if not await asyncio.to_thread(self.kill_strays):
+            return
+        # The killed strays are zombies, holding pids of the limit, until the kernel reaps
+        # them; the kernel may need a thread or two to do it, so it gets room meanwhile.
+        if self.cgroup is not None:
+            self.cgroup.set_max_processes(self.limits.max_processes + 32)
+        try:
             await self._reap_children()
+        finally:
+            if self.cgroup is not None:
+                self.cgroup.set_max_processes(self.limits.max_processes)
 
     async def _reap_children(self) -> None:
         """Killed strays stay zombies (holding pids of the sandbox's limit) until their parent,
@@ -411,6 +431,33 @@ class Kernel:
                     and message["content"].get("execution_state") == "idle"):
                 break
         await self._drain_shell_reply(message_id)
+
+    async def settle(self, grace: float) -> bool:
+        """After an interrupt of an abandoned execution: whether the kernel finished it within
+        `grace` seconds (its output is dropped; nobody is listening any more). Either the
+        idle status or the execute reply will do: the cancelled read may have taken the one."""
+        if self._running is None or self.client is None:
+            return self.alive
+        running, deadline = self._running, time.monotonic() + grace
+        while time.monotonic() < deadline and self.alive:
+            finished = False
+            try:
+                message = await self.client.get_iopub_msg(timeout=0.05)
+                finished = (message.get("parent_header", {}).get("msg_id") == running
+                            and message["msg_type"] == "status"
+                            and message["content"].get("execution_state") == "idle")
+            except queue.Empty:
+                pass
+            try:
+                reply = await self.client.get_shell_msg(timeout=0.05)
+                finished = finished or reply.get("parent_header", {}).get("msg_id") == running
+            except queue.Empty:
+                pass
+            if finished:
+                self._running = None
+                await self.clean_up_strays()
+                return True
+        return False
 
     def _collect_display(self, data: dict, outcome: Outcome) -> None:
         for media_type in DISPLAY_TYPES:

@@ -126,8 +126,10 @@ class Sandboxes:
             log.error("sandbox: %s", problem)
             self.walls = self.walls.blocked(problem)
         for stale in self.settings.root_dir.iterdir():
-            # Directories of a previous run of this service: their kernels died with it.
-            shutil.rmtree(stale, ignore_errors=True)
+            # Sandboxes of a previous run of this service (their kernels died with it); only
+            # what has a sandbox's name and layout, whatever else the directory holds.
+            if _is_sandbox_id(stale.name) and (stale / "data").is_dir() and (stale / "host").is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def aclose(self) -> None:
@@ -381,10 +383,10 @@ class Sandboxes:
             return
         kernel.interrupt()
         # Whatever the code does with the interrupt, the next execution must find the kernel
-        # idle: without a reply within the grace, it goes.
-        await asyncio.sleep(self.settings.interrupt_grace_seconds)
-        await kernel.stop()
-        sandbox.kernel_lost = True
+        # idle: if it is not within the grace, it goes (and its state with it).
+        if not await kernel.settle(self.settings.interrupt_grace_seconds):
+            await kernel.stop()
+            sandbox.kernel_lost = True
 
     @staticmethod
     def _output_files(workdir: WorkDir, changed: list[Entry], max_inline: int, budget: int) -> list[OutputFile]:
@@ -464,6 +466,13 @@ class Sandboxes:
         sandbox.touch()
         return fd, SandboxFile(path, info.st_size, media_type(path, head), info.st_mtime_ns,
                                sandbox.sources.get(path, ""))
+
+
+def _is_sandbox_id(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 def describe(outcome: Outcome, restarted: bool, limits: Limits, wall: float) -> str:

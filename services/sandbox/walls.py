@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import resource
 import shutil
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,16 @@ _AF_INET = 2
 _AF_INET6 = 10
 # CLONE_NEWUSER, NEWPID, NEWNET, NEWUTS, NEWIPC, NEWNS, NEWCGROUP
 _CLONE_NAMESPACE_FLAGS = (0x10000000, 0x20000000, 0x40000000, 0x04000000, 0x08000000, 0x00020000, 0x02000000)
+
+
+@functools.lru_cache(maxsize=8)
+def supports(bwrap: str, option: str) -> bool:
+    """Whether this bubblewrap knows `option` (from its --help)."""
+    try:
+        result = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return option in result.stdout + result.stderr
 
 
 def find_bwrap(explicit: str | None = None) -> str | None:
@@ -224,7 +236,8 @@ def bwrap_command(
     args = [
         bwrap,
         "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--disable-userns",
+        # bubblewrap 0.8+; the seccomp filter denies new namespaces on older ones too.
+        *(["--disable-userns"] if supports(bwrap, "--disable-userns") else []),
         "--uid", str(uid), "--gid", str(uid),
         "--hostname", "sandbox",
         "--die-with-parent",

@@ -1,6 +1,8 @@
 """Fixtures for the sandbox service: the real service on a loopback port with real
 bubblewrap, seccomp, cgroups and ipykernel, and small limits so resource bombs stay small on
-a shared machine (256 MiB memory, a few seconds of time, 32 MiB of disk, 64 KiB of output)."""
+a shared machine (256 MiB memory, 10 s of CPU and 20 s of wall time per execution — a first
+matplotlib import builds its font cache, slow on a loaded machine — 32 MiB of disk, 64 KiB of
+output); the time-limit tests set their own, shorter limits."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from services.sandbox.walls import find_bwrap
 from tests.conftest import channel_to, private_temp_dir, serve_app
 
 RUNTIME = PROJECT_DIR / ".venv-sandbox"
-TEST_LIMITS = Limits(cpu_seconds=5, memory_bytes=256 * MIB, wall_time_seconds=6, disk_bytes=32 * MIB,
+TEST_LIMITS = Limits(cpu_seconds=10, memory_bytes=256 * MIB, wall_time_seconds=20, disk_bytes=32 * MIB,
                      max_processes=64, output_bytes=64 * 1024)
 
 

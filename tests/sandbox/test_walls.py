@@ -241,7 +241,7 @@ async def test_a_loop_that_ignores_interrupts_is_killed(stub, as_user, sandbox):
 
 async def test_the_cpu_limit_counts_cpu_not_waiting(stub, as_user, sandbox):
     md = as_user(USER)
-    # Sleeping uses no CPU: only the wall limit (6 s here) could stop it; 1 s passes.
+    # Sleeping uses no CPU: only the wall limit (20 s here) could stop it; 1 s passes.
     slept = await execute(stub, md, sandbox.id, "import time\ntime.sleep(1)\nprint('slept')")
     assert slept.stdout == "slept\n" and not slept.result.timed_out
 
