@@ -11,10 +11,12 @@ and a restarted kernel are results for the model, not run failures.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +39,8 @@ MAX_PRODUCED_FILE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
                    ("grpc.max_send_message_length", 16 * 1024 * 1024)]
 UPLOAD_CHUNK = 1024 * 1024
+# How long a call waits for the session's sandbox to finish another execution.
+BUSY_WAIT_SECONDS = 10.0
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
 
 DESCRIPTION = (
@@ -108,7 +112,7 @@ class CodeInterpreterExecutor(ToolExecutor):
                 metadata=metadata, timeout=30)
             await self._copy_inputs(sandbox.id, context)
             await context.emit(ToolOutputDelta(code_input=code))
-            result, logs = await self._run(sandbox.id, code, context)
+            result, logs = await self._run_when_free(sandbox.id, code, context)
         except grpc.aio.AioRpcError as error:
             raise self._tool_error(error) from None
         return await self._outcome(code, sandbox.id, result, logs, context)
@@ -161,6 +165,19 @@ class CodeInterpreterExecutor(ToolExecutor):
                 yield sandbox_service_pb2.UploadSandboxFileRequest(chunk=data[start:start + UPLOAD_CHUNK])
 
         await self._stub.UploadSandboxFile(requests(), metadata=context.identity.metadata(("sandbox",)), timeout=120)
+
+    async def _run_when_free(self, sandbox_id: str, code: str,
+                             context: ToolContext) -> tuple[sandbox_pb2.ExecutionResult, str]:
+        """Runs the code, waiting a little while the sandbox is still busy (a cancelled run's
+        last execution stopping, say) before telling the model."""
+        deadline = time.monotonic() + BUSY_WAIT_SECONDS
+        while True:
+            try:
+                return await self._run(sandbox_id, code, context)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.ABORTED or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.25)
 
     async def _run(self, sandbox_id: str, code: str, context: ToolContext) -> tuple[sandbox_pb2.ExecutionResult, str]:
         logs: list[str] = []
