@@ -2,8 +2,9 @@
 exported over OTLP (to a receiver in this process) against the same two services with export
 off, in one run. Each side is its own pair of processes (llm and gateway, `local/echo`
 streaming word by word); rounds alternate between them so drift on a shared machine falls on
-both. Reports streams per second and tokens per second at concurrency 1 and 32, and the ratio
-on/off (target: at most 10% slower). Run with `python -m bench.tracing_cost`.
+both. Reports streams per second, tokens per second and the two services' CPU time per stream
+at concurrency 1 and 32, as ratios to export off (target: at most 10% slower); also with one
+trace in ten sampled. Run with `python -m bench.tracing_cost`.
 """
 
 from __future__ import annotations
@@ -83,21 +84,26 @@ async def main() -> None:
         on = Suite(work / "on", database_url, services=("llm", "gateway"), extra_env={
             **quiet, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
         off = Suite(work / "off", database_url, services=("llm", "gateway"), extra_env=quiet)
+        # What a busy deployment would run: every trace's context still propagated, one in ten exported.
+        sampled = Suite(work / "sampled", database_url, services=("llm", "gateway"), extra_env={
+            **quiet, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"})
         await asyncio.to_thread(on.start)
         try:
             await asyncio.to_thread(off.start)
+            await asyncio.to_thread(sampled.start)
             try:
-                keys = {"on": await asyncio.to_thread(on.admin_key), "off": await asyncio.to_thread(off.admin_key)}
-                suites = {"on": on, "off": off}
+                suites = {"on": on, "off": off, "sampled": sampled}
+                keys = {side: await asyncio.to_thread(suite.admin_key) for side, suite in suites.items()}
                 print(f"{WORDS} tokens per stream, local/echo through the gateway; {ROUNDS} alternating rounds per case")
                 print("| concurrency | export | streams/s | tokens/s | throughput on/off | server CPU ms/stream | CPU on/off |")
                 print("| --- | --- | --- | --- | --- | --- | --- |")
                 for clients, total in CASES.items():
-                    rates: dict[str, list[float]] = {"on": [], "off": []}
-                    token_rates: dict[str, list[float]] = {"on": [], "off": []}
-                    cpu: dict[str, list[float]] = {"on": [], "off": []}
+                    rates: dict[str, list[float]] = {side: [] for side in suites}
+                    token_rates: dict[str, list[float]] = {side: [] for side in suites}
+                    cpu: dict[str, list[float]] = {side: [] for side in suites}
                     for _ in range(ROUNDS):
-                        for side in ("off", "on"):
+                        for side in ("off", "on", "sampled"):
                             before = cpu_seconds(suites[side])
                             seconds, tokens = await measure(suites[side].target("gateway"), keys[side], clients, total)
                             # The batch processor exports on its schedule: let it finish this round's spans.
@@ -105,18 +111,20 @@ async def main() -> None:
                             cpu[side].append((cpu_seconds(suites[side]) - before) / total * 1000)
                             rates[side].append(total / seconds)
                             token_rates[side].append(tokens / seconds)
-                    on_rate, off_rate = statistics.median(rates["on"]), statistics.median(rates["off"])
-                    on_cpu, off_cpu = statistics.median(cpu["on"]), statistics.median(cpu["off"])
-                    for side, rate, used in (("off", off_rate, off_cpu), ("on", on_rate, on_cpu)):
-                        ratios = f"{on_rate / off_rate:.3f} | {used:.2f} | {on_cpu / off_cpu:.3f}" if side == "on" \
-                            else f" | {used:.2f} | "
-                        print(f"| {clients} | {side} | {rate:.1f} | {statistics.median(token_rates[side]):.0f} | {ratios} |")
+                    off_rate, off_cpu = statistics.median(rates["off"]), statistics.median(cpu["off"])
+                    for side in ("off", "on", "sampled"):
+                        rate, used = statistics.median(rates[side]), statistics.median(cpu[side])
+                        ratios = f" | {used:.2f} | " if side == "off" else \
+                            f"{rate / off_rate:.3f} | {used:.2f} | {used / off_cpu:.3f}"
+                        label = {"off": "off", "on": "on, every trace", "sampled": "on, 10% of traces"}[side]
+                        print(f"| {clients} | {label} | {rate:.1f} | {statistics.median(token_rates[side]):.0f} | {ratios} |")
                 spans = receiver.spans()
                 names = Counter(f"{s.service} {s.name}" for s in spans)
                 print(f"\nspans received with export on: {len(spans)} in {receiver.requests} OTLP requests; most made:")
                 for name, count in names.most_common(8):
                     print(f"  {count:6d}  {name}")
             finally:
+                await asyncio.to_thread(sampled.stop)
                 await asyncio.to_thread(off.stop)
         finally:
             await asyncio.to_thread(on.stop)
