@@ -7,6 +7,7 @@ output); the time-limit tests set their own, shorter limits."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import grpc
@@ -23,8 +24,13 @@ TEST_LIMITS = Limits(cpu_seconds=10, memory_bytes=256 * MIB, wall_time_seconds=2
                      max_processes=64, output_bytes=64 * 1024)
 
 
+_uid_ranges = itertools.count()
+
+
 def sandbox_settings(root: Path, **overrides) -> SandboxSettings:
+    # Each service of the test run gets its own uid range, as two services on a host must.
     values = dict(root_dir=root, runtime_dir=RUNTIME, bwrap=find_bwrap(), insecure=False, defaults=TEST_LIMITS,
+                  uid_base=300_000 + 1000 * next(_uid_ranges),
                   max_sandboxes=32, max_sandboxes_per_user=16, interrupt_grace_seconds=2.0,
                   kernel_start_timeout_seconds=60.0, reap_interval_seconds=0.5)
     values.update(overrides)
