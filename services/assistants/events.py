@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -33,9 +34,15 @@ log = logging.getLogger("parley.assistants.events")
 _KEEP_ENDED_SECONDS = 60.0
 
 
-def _now() -> Timestamp:
+def now_stamp() -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
+    return stamp
+
+
+def stamp_in(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.now(timezone.utc) + timedelta(seconds=seconds))
     return stamp
 
 
@@ -133,7 +140,7 @@ class RunEventLog:
         self.writes = 0
 
     def _event(self, **kind) -> apb.RunEvent:
-        event = apb.RunEvent(sequence=self._next, run_id=self.run_id, create_time=_now(), **kind)
+        event = apb.RunEvent(sequence=self._next, run_id=self.run_id, create_time=now_stamp(), **kind)
         self._next += 1
         return event
 

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 from opentelemetry import context as otel_context
@@ -34,11 +35,9 @@ from parley.runstore.v1 import runstore_service_pb2 as rs
 from parley.sessions.v1 import sessions_pb2 as spb
 from services.assistants import prompt as prompts
 from services.assistants.citations import CitationStream
-from services.assistants.events import LeaseLost, RunEventLog, StatusChange
+from services.assistants.events import LeaseLost, RunEventLog, StatusChange, now_stamp, stamp_in
 from services.assistants.identity import UserIdentity
-from services.assistants.runs import Runs, now_stamp, stamp_in
 from services.assistants.tools.base import (
-    CodeOutput,
     FunctionSpec,
     RunScope,
     SearchHit,
@@ -48,8 +47,10 @@ from services.assistants.tools.base import (
     ToolError,
     ToolOutputDelta,
 )
-from services.assistants.tools.file_search import format_results
 from services.runtime import errors, metrics
+
+if TYPE_CHECKING:
+    from services.assistants.runs import Runs
 
 log = logging.getLogger("parley.assistants.execution")
 tracer = trace.get_tracer("parley.assistants")

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
-from parley.assistants.v1 import assistants_pb2 as apb
 from parley.files.v1 import files_pb2 as fpb
 from parley.llm.v1 import llm_pb2 as lpb
 from parley.llm.v1 import llm_service_pb2 as lapi
@@ -71,4 +70,4 @@ class FilesPort(Protocol):
     async def upload(self, who: Who, filename: str, data: bytes, media_type: str) -> str: ...
 
 
-__all__ = ["FilesPort", "LLMPort", "RunStorePort", "SessionsPort", "Who", "apb"]
+__all__ = ["FilesPort", "LLMPort", "RunStorePort", "SessionsPort", "Who"]

@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from parley.assistants.v1 import assistants_pb2 as apb
 from parley.assistants.v1 import assistants_service_pb2 as aapi
@@ -25,7 +24,8 @@ from parley.runstore.v1 import runstore_service_pb2 as rs
 from parley.sessions.v1 import sessions_pb2 as spb
 from services.assistants import templates
 from services.assistants import validation as check
-from services.assistants.events import LocalRuns, RunEventLog, StatusChange
+from services.assistants.events import LocalRuns, now_stamp
+from services.assistants.execution import Execution, record_end
 from services.assistants.identity import MintedIdentities, UserIdentity
 from services.assistants.ports import FilesPort, LLMPort, RunStorePort, SessionsPort, Who
 from services.assistants.settings import EngineSettings
@@ -40,18 +40,6 @@ ACTIVE = (apb.RUN_STATUS_QUEUED, apb.RUN_STATUS_IN_PROGRESS, apb.RUN_STATUS_REQU
 MAX_ADDITIONAL_MESSAGES = 32
 MAX_OUTPUT_CHARS = 512 * 1024
 MAX_TOOL_OUTPUTS = 128
-
-
-def now_stamp() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
-def stamp_in(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(datetime.now(timezone.utc) + timedelta(seconds=seconds))
-    return stamp
 
 
 def status_name(status: int) -> str:
@@ -96,7 +84,7 @@ class Runs:
         self.settings = settings
         self.local = LocalRuns()
         # Runs this replica executes, by id (see execution.Execution).
-        self.executions: dict[str, object] = {}
+        self.executions: dict[str, Execution] = {}
         self._wake = asyncio.Event()
         self._models: dict[str, tuple[object, float]] = {}
         self._tasks: list[asyncio.Task] = []
@@ -241,8 +229,6 @@ class Runs:
         queue for whichever replica claims it first."""
         if len(self.executions) >= self.settings.max_concurrent_runs:
             return
-        from services.assistants.execution import Execution
-
         with contextlib.suppress(errors.Aborted):  # not the session's head, or taken already
             await Execution.begin(self, who, run, expected=(apb.RUN_STATUS_QUEUED,), require_session_head=True)
 
@@ -389,8 +375,6 @@ class Runs:
         request = rs.UpdateRunRequest(run=final, update_mask=FieldMask(paths=paths), expected_statuses=[run.status],
                                       events=events, lease=rs.RunLease())
         stored = await self.store.call(who, "UpdateRun", request)
-        from services.assistants.execution import record_end
-
         record_end(final)
         self.wake()  # the session may have a queued run next
         return stored
@@ -438,8 +422,6 @@ class Runs:
             violations.append(FieldViolation("tool_outputs", f"has no output for {', '.join(missing[:10])}: "
                                                              "every pending call must be answered at once"))
         errors.collect(violations)
-        from services.assistants.execution import Execution
-
         answers = {o.tool_call_id: o.output for o in outputs}
         try:
             execution = await Execution.begin(self, who, run, expected=(apb.RUN_STATUS_REQUIRES_ACTION,),
@@ -470,8 +452,6 @@ class Runs:
                              return_exceptions=True)
 
     async def _claim_forever(self) -> None:
-        from services.assistants.execution import Execution
-
         while not self._stopping:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.claim_interval_seconds)
