@@ -226,3 +226,15 @@ async def test_a_sandbox_directory_the_sandbox_uids_cannot_reach_is_refused_nami
         await running.stop(0.5)
         import shutil
         shutil.rmtree(hidden, ignore_errors=True)
+
+
+def test_the_gateway_does_not_route_the_sandbox():
+    """Only the run engine calls the sandbox; through the gateway its methods are unknown."""
+    from parley.sandbox.v1 import sandbox_service_pb2 as sandbox_api
+    from services.gateway.routes import build_routes, service_names
+
+    routes = build_routes()
+    sandbox_service = sandbox_api.DESCRIPTOR.services_by_name["SandboxService"]
+    assert sandbox_service.full_name not in service_names()
+    assert not [m for m in routes if m.startswith(f"/{sandbox_service.full_name}/")]
+    assert any(m.startswith("/parley.assistants.v1.AssistantService/") for m in routes)
