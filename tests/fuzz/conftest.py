@@ -70,6 +70,7 @@ def fuzz_processes(fuzz_database_url, fuzz_vendors, identity_private_key, identi
     from tests.conftest import private_temp_dir
 
     state = private_temp_dir("parley-fuzz-state-")
+    state.chmod(0o711)  # the sandbox's own uids must reach its directory under it
     keys = tmp_path_factory.mktemp("fuzz-keys")
     private, public = keys / "identity.pem", keys / "identity.pub.pem"
     private.write_bytes(identity_private_key)
@@ -79,7 +80,9 @@ def fuzz_processes(fuzz_database_url, fuzz_vendors, identity_private_key, identi
     ports = {name: free_port() for name in names}
     env = stack_env(fuzz_database_url, state, private, public, ports,
                     {name: vendor.base_url for name, vendor in fuzz_vendors.items()})
-    log_dir = tmp_path_factory.mktemp("fuzz-logs")
+    keep = os.environ.get("PARLEY_FUZZ_LOG_DIR")  # to read the processes' logs after the run
+    log_dir = Path(keep) if keep else tmp_path_factory.mktemp("fuzz-logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
     loop = Loop()
     processes: dict[str, Process] = {}
     try:
