@@ -1,6 +1,7 @@
-"""An OTLP trace receiver for tests and the tracing benchmark: the real
-`opentelemetry.proto.collector.trace.v1.TraceService` over gRPC on a free loopback port,
-keeping every span it is sent (with its service's name) for the test to read."""
+"""An OTLP receiver for tests and the tracing benchmark: the real
+`opentelemetry.proto.collector.trace.v1.TraceService` (and `...metrics.v1.MetricsService`) over
+gRPC on a free loopback port, keeping every span (with its service's name) and the names of
+the metrics it is sent, for the test to read."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
@@ -56,6 +58,19 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(self, request, context):
+        names = {(next((kv.value.string_value for kv in rm.resource.attributes if kv.key == "service.name"), ""),
+                  metric.name)
+                 for rm in request.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics}
+        with self._receiver._lock:
+            self._receiver.metric_names |= names
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 class OtlpReceiver:
     """`with OtlpReceiver() as receiver:` — `receiver.endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT takes."""
 
@@ -63,9 +78,12 @@ class OtlpReceiver:
         self._lock = threading.Lock()
         self._spans: list[ReceivedSpan] = []
         self.requests = 0
+        # (service.name, metric name) of every metric received.
+        self.metric_names: set[tuple[str, str]] = set()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                                    options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
@@ -95,6 +113,8 @@ class OtlpReceiver:
         with self._lock:
             self._spans.clear()
             self.requests = 0
+        # (service.name, metric name) of every metric received.
+        self.metric_names: set[tuple[str, str]] = set()
 
     def wait_for(self, condition: Callable[[list[ReceivedSpan]], bool], timeout: float = 60.0) -> list[ReceivedSpan]:
         """Waits (bounded) until `condition(spans)` holds; returns the spans either way."""

@@ -264,3 +264,28 @@ async def test_with_export_off_nothing_is_sent(vector_server_url, identity_priva
                 receiver.clear()
             assert results["otlp"] > 0, "the control process exported its spans"
             assert results["none"] == 0
+            assert not receiver.metric_names, "metrics go over OTLP only when OTEL_METRICS_EXPORTER asks"
+
+
+async def test_metrics_go_over_otlp_when_asked(vector_server_url):
+    """OTEL_METRICS_EXPORTER=otlp: the same instruments reach the OTLP endpoint (here every 200 ms)."""
+    with OtlpReceiver() as receiver:
+        async with fresh_database(vector_server_url, "parley_observability_otlp_metrics") as database_url:
+            suite = Suite(private_temp_dir("parley-test-otel-metrics-"), database_url, services=("sessions",),
+                          extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                     "OTEL_METRICS_EXPORTER": "otlp", "OTEL_METRIC_EXPORT_INTERVAL": "200"})
+            await asyncio.to_thread(suite.start)
+            try:
+                minter = IdentityMinter((suite.directory / "identity.pem").read_bytes())
+                async with grpc.aio.insecure_channel(suite.target("sessions")) as channel:
+                    await sessions_service_pb2_grpc.SessionServiceStub(channel).CreateSession(
+                        sessions_service_pb2.CreateSessionRequest(title="x"), metadata=minter.metadata("metered"),
+                        timeout=30)
+                wanted = ("parley-sessions", "rpc.server.call.duration")
+                for _ in range(300):
+                    if wanted in receiver.metric_names:
+                        break
+                    await asyncio.sleep(0.1)
+                assert wanted in receiver.metric_names, sorted(receiver.metric_names)
+            finally:
+                await asyncio.to_thread(suite.stop)
