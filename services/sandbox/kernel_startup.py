@@ -6,8 +6,8 @@
 # The service fills in the two numbers.
 import sys as _sys
 
-_KEPT = __KEPT__
-_STOP = __STOP__
+_KEPT = __KEPT__  # noqa: F821 - filled in by the service
+_STOP = __STOP__  # noqa: F821
 
 
 class OutputLimitExceeded(Exception):

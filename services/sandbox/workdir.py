@@ -11,7 +11,6 @@ import mimetypes
 import os
 import stat
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -3,8 +3,6 @@ executions; exceptions are results; charts come back as PNG; attached files are 
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from parley.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
@@ -123,4 +121,3 @@ async def test_pandas_numpy_and_matplotlib_are_the_documented_runtime(stub, as_u
                         "import numpy, pandas, matplotlib, sys\nprint(sys.version_info[:2] >= (3, 11), "
                         "numpy.__version__.split('.')[0] >= '2', bool(pandas.__version__))")
     assert ran.stdout == "True True True\n", ran.result.error.traceback
-    _ = io

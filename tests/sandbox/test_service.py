@@ -5,7 +5,6 @@ when the walls are missing."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import grpc
 import pytest
@@ -197,8 +196,6 @@ async def test_insecure_mode_runs_code_without_walls(identity_public_key, as_use
     finally:
         await running.stop(0.5)
 
-
-_ = dataclasses
 
 
 async def test_a_sandbox_directory_the_sandbox_uids_cannot_reach_is_refused_naming_the_fix(identity_public_key, as_user):

@@ -129,6 +129,8 @@ result = {{
 async def test_read_only_system_fresh_tmp_only_the_working_directory_writable(stub, as_user, sandbox, sandbox_server):
     marker = Path(tempfile.gettempdir()) / f"parley-host-marker-{os.getpid()}"
     marker.write_text("host")
+    # Written to /tmp inside: the host's /tmp must not see it.
+    inside_tmp = Path("/tmp") / f"parley-sandbox-tmp-{os.getpid()}.txt"
     try:
         result = await run_json(stub, as_user, sandbox, f"""
 import os
@@ -141,14 +143,14 @@ def try_write(path):
         return type(e).__name__
 result = {{name: try_write(path) for name, path in [
     ("root", "/escape"), ("usr", "/usr/escape"), ("etc", "/etc/escape"), ("runtime", "/opt/python/escape"),
-    ("proc", "/proc/escape"), ("work", "/mnt/data/ok.txt"), ("tmp", "/tmp/ok.txt")]}}
+    ("proc", "/proc/escape"), ("work", "/mnt/data/ok.txt"), ("tmp", {str(inside_tmp)!r})]}}
 result["host_marker_visible"] = os.path.exists({str(marker)!r})
 result["uid"] = os.getuid()
 result["cap_eff"] = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]
 result["seccomp"] = [l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')][0]
 result["no_new_privs"] = [l.split()[1] for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0]
 """)
-        assert not (Path(tempfile.gettempdir()) / "ok.txt").exists() or True  # host /tmp untouched below
+        assert not inside_tmp.exists()
     finally:
         marker.unlink()
     for name in ("root", "usr", "etc", "runtime", "proc"):
