@@ -86,3 +86,22 @@ async def test_a_file_search_run_cites_the_file(edge, client):
     steps = [s async for s in client.beta.threads.runs.steps.list(final.run_id, thread_id=thread.id, order="asc")]
     search = steps[0].step_details.tool_calls[0]
     assert search.type == "file_search" and search.file_search.results[0].file_name == "refunds.txt"
+
+
+async def test_a_threads_tool_resources_reach_its_runs(edge, client):
+    store = await client.vector_stores.create(name="thread-kb")
+    entry = await client.vector_stores.files.upload_and_poll(vector_store_id=store.id,
+                                                             file=("hours.txt", HOURS, "text/plain"))
+    model = edge.stack.model("openai")
+    edge.stack.fakes["openai"].script(model.split("/")[1],
+                                      {"tool_calls": [("call_h", "file_search", '{"query": "opening hours"}')]},
+                                      {"text": "The shop opens at nine 【0†source】."})
+    assistant = await client.beta.assistants.create(model=model, tools=[{"type": "file_search"}])
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": "When do you open?"}],
+                                              tool_resources={"file_search": {"vector_store_ids": [store.id]}},
+                                              metadata={"kept": "yes"})
+    assert thread.tool_resources.file_search.vector_store_ids == [store.id] and thread.metadata == {"kept": "yes"}
+    run = await client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+    assert run.status == "completed"
+    message = (await client.beta.threads.messages.list(thread.id)).data[0]
+    assert message.content[0].text.annotations[0].file_citation.file_id == entry.id
