@@ -38,6 +38,24 @@ def available(root: Path) -> bool:
     return True
 
 
+def remove_stale(root: Path, is_sandbox_name) -> int:
+    """Removes the empty groups a previous run of the service left behind (a group with a
+    process in it, another service's, cannot be removed and is left alone)."""
+    removed = 0
+    for controller in CONTROLLERS:
+        parent = root / controller / PARENT
+        if not parent.is_dir():
+            continue
+        for group in parent.iterdir():
+            if group.is_dir() and is_sandbox_name(group.name):
+                try:
+                    group.rmdir()
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
 @dataclass
 class Cgroup:
     root: Path

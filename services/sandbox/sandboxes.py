@@ -25,6 +25,7 @@ from services.runtime.errors import (
 )
 from services.runtime.validation import metadata_violations
 from services.sandbox import walls
+from services.sandbox import cgroups
 from services.sandbox.cgroups import Cgroup
 from services.sandbox.kernel import Kernel, KernelPaths, KernelStartError, Outcome, Stream
 from services.sandbox.output import OutputLimiter
@@ -130,6 +131,8 @@ class Sandboxes:
             # what has a sandbox's name and layout, whatever else the directory holds.
             if _is_sandbox_id(stale.name) and (stale / "data").is_dir() and (stale / "host").is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
+        if self.walls.cgroups:
+            cgroups.remove_stale(self.settings.cgroup_root, _is_sandbox_id)
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def aclose(self) -> None:
