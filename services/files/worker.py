@@ -114,8 +114,8 @@ class Processor:
                 self._worker_id, self._settings.lease_seconds, free, self._settings.max_attempts,
             )
         for job in jobs:
-            task = asyncio.create_task(self._run_job(job["job_kind"], job["job_user"], job["job_file"], job["job_store"],
-                                                     job["job_trace"]))
+            task = asyncio.create_task(self._run_job(job["job_kind"], job["job_user"], job["job_file"],
+                                                     job["job_store"], job["job_trace"]))
             self._tasks.add(task)
             task.add_done_callback(self._job_done)
 
@@ -213,8 +213,11 @@ class Processor:
             async with self._db.transaction(user_id, readonly=True) as conn:
                 declared = await conn.fetchval("SELECT declared_media_type FROM files WHERE id = $1", file_id)
             try:
-                data = await asyncio.to_thread(self._storage.read_bytes, file.storage_key)
-                result = await asyncio.to_thread(extract, data, file.media_type, self._limits, declared=declared or "")
+                with tracer.start_as_current_span("files.extract",
+                                                  attributes={"parley.files.media_type": file.media_type}):
+                    data = await asyncio.to_thread(self._storage.read_bytes, file.storage_key)
+                    result = await asyncio.to_thread(extract, data, file.media_type, self._limits,
+                                                     declared=declared or "")
             except FileNotFoundError:
                 failure = (ErrorCode.SERVER_ERROR, "The file's bytes are missing from storage; upload it again.")
             except ExtractionError as exc:
@@ -257,12 +260,15 @@ class Processor:
         model = work["embedding_model"]
         started = time.perf_counter()
         counter = token_counter_for(model)
-        chunks = await asyncio.to_thread(chunk_text, text[0], text[1], counter, work["chunk_max_tokens"],
-                                         work["chunk_overlap_tokens"])
+        with tracer.start_as_current_span("files.chunk") as span:
+            chunks = await asyncio.to_thread(chunk_text, text[0], text[1], counter, work["chunk_max_tokens"],
+                                             work["chunk_overlap_tokens"])
+            span.set_attribute("parley.files.chunks", len(chunks))
         timing.seconds["chunking"] = time.perf_counter() - started
         started = time.perf_counter()
         try:
-            vectors = await self._embedder.embed(user_id, model, [c.text for c in chunks])
+            with tracer.start_as_current_span("files.embed", attributes={"gen_ai.request.model": model}):
+                vectors = await self._embedder.embed(user_id, model, [c.text for c in chunks])
         except errors.InvalidArgument as exc:
             return await fail(ErrorCode.SERVER_ERROR, f"The embedding model refused a chunk: {exc.message}")
         timing.seconds["embedding"] = time.perf_counter() - started

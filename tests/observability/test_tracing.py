@@ -214,8 +214,17 @@ async def test_one_request_is_one_trace_through_every_service(traced_suite, gate
     (extraction,) = [s for s in spans if s.name == "files.process_file"]
     (indexing,) = [s for s in spans if s.name == "files.process_entry"]
     assert extraction.parent_id == upload.span_id and indexing.parent_id == create_store.span_id
+    # Each stage its span: extraction under the file's processing, chunking and embedding (with
+    # the worker's own call to llm) under the entry's.
+    def child(name: str, parent: ReceivedSpan) -> ReceivedSpan:
+        (found,) = [s for s in spans if s.name == name and s.parent_id == parent.span_id]
+        return found
+
+    child("files.extract", extraction)
+    assert child("files.chunk", indexing).attributes()["parley.files.chunks"] >= 1
+    embedding = child("files.embed", indexing)
     worker_embeds = [s for s in spans if s.name == "/parley.llm.v1.LLMService/Embed" and s.service == "parley-llm"
-                     and by_id[by_id[s.parent_id].parent_id].name == "files.process_entry"]
+                     and by_id[s.parent_id].parent_id == embedding.span_id]
     assert worker_embeds, "the worker's Embed call belongs to the trace"
 
     # One log line per call, at each hop, with the caller and the span it belongs to.
