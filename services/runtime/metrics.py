@@ -316,7 +316,8 @@ _walls = _parley.create_counter(
 
 
 def sandbox_executed(outcome) -> None:
-    """`outcome`: the sandbox kernel's Outcome of one execution."""
+    """`outcome`: the sandbox kernel's Outcome of one execution. Also marks the current span
+    (the ExecuteCode call's) with the outcome and the walls that stopped the code."""
     walls = [name for name, hit in (
         ("memory", outcome.memory_exceeded), ("cpu", outcome.timed_out and outcome.time_limit == "cpu"),
         ("wall_time", outcome.timed_out and outcome.time_limit != "cpu"), ("disk", outcome.disk_exceeded),
@@ -325,3 +326,8 @@ def sandbox_executed(outcome) -> None:
         _walls.add(1, {"wall": wall})
     result = "stopped" if walls else "error" if outcome.error_name else "ok"
     _executions.record(outcome.duration_seconds, {"outcome": result})
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("parley.sandbox.outcome", result)
+        if walls:
+            span.set_attribute("parley.sandbox.stopped_by", walls)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from google.protobuf import duration_pb2
 
+from tests.conftest import span_exporter
 from tests.observability.test_call_metrics import samples, scrape
 from tests.sandbox.conftest import (  # noqa: F401 - the sandbox tests' fixtures
     bwrap_installed,
@@ -36,3 +37,8 @@ async def test_executions_by_outcome_and_stops_by_wall(metrics_endpoint, stub, a
     stops = "parley_sandbox_stops_total"
     assert total(after, stops, wall="wall_time") == total(before, stops, wall="wall_time") + 1
     assert total(after, stops, wall="memory") == total(before, stops, wall="memory")
+    # The ExecuteCode span says how the execution ended (the test process traces its servers).
+    executions = [s for s in span_exporter.get_finished_spans()
+                  if s.name == "/parley.sandbox.v1.SandboxService/ExecuteCode" and "parley.sandbox.outcome" in s.attributes]
+    assert [s.attributes["parley.sandbox.outcome"] for s in executions[-3:]] == ["ok", "error", "stopped"]
+    assert tuple(executions[-1].attributes["parley.sandbox.stopped_by"]) == ("wall_time",)
