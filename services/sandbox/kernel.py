@@ -163,6 +163,11 @@ class Kernel:
             with contextlib.suppress(FileNotFoundError):
                 (kernel_dir / f"k-{port}").unlink()
         inside_ip = f"{walls.KERNEL_DIR}/k" if self.walls.isolated else str(kernel_dir / "k")
+        if self.uid is not None:
+            # The kernel creates its sockets here; once it has, the directory goes back to
+            # the service (see below).
+            os.chown(kernel_dir, self.uid, self.uid)
+            kernel_dir.chmod(0o700)
         connection_file = kernel_dir / "connection.json"
         connection_file.write_text(json.dumps(self._connection(inside_ip, key)))
         run_uid = self.uid if self.uid is not None else os.getuid()
@@ -232,6 +237,12 @@ class Kernel:
         finally:
             died.cancel()
         if ready in done and ready.exception() is None:
+            if self.uid is not None:
+                # The code must not swap a socket for a symlink to some other Unix socket of
+                # the host: the service reconnects to these paths, as root. The sockets stay
+                # usable; the directory is no longer the sandbox's to change.
+                os.chown(kernel_dir, os.getuid(), os.getgid())
+                kernel_dir.chmod(0o755)
             return
         why = (f"exit code {self.process.returncode}" if self.process.returncode is not None
                else repr(ready.exception()) if ready.done() else "timed out")

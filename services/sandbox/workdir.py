@@ -129,33 +129,43 @@ class WorkDir:
 
     def walk(self, limit: int, directory: list[str] | None = None) -> list[Entry]:
         """Regular files under the directory (or a subdirectory), symlinks not followed, at
-        most `limit` of them, in path order."""
+        most `limit` of them, in path order. Each directory is opened beneath its parent's
+        descriptor with O_NOFOLLOW, so code swapping a directory for a symlink mid-walk
+        cannot make the service list anything outside."""
         found: list[Entry] = []
         prefix = "/".join(directory or [])
-        start = self.root.joinpath(*(directory or []))
         if directory:
-            # A subdirectory given by the caller: refuse a symlinked one.
-            probe = self._open_parent([*directory, "x"], create=False)
-            os.close(probe)
-        stack = [(start, prefix)]
-        while stack and len(found) < limit:
-            current, relative = stack.pop()
-            try:
-                entries = list(os.scandir(current))
-            except OSError:
-                continue
-            for entry in entries:
-                name = f"{relative}/{entry.name}" if relative else entry.name
+            parent = self._open_parent([*directory, "x"], create=False)  # refuses symlinked components
+        else:
+            parent = os.open(self.root, _DIR_FLAGS)
+        stack = [(parent, prefix)]
+        try:
+            while stack:
+                fd, relative = stack.pop()
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((Path(entry.path), name))
-                    elif entry.is_file(follow_symlinks=False):
-                        info = entry.stat(follow_symlinks=False)
-                        found.append(Entry(name, info.st_size, info.st_blocks * 512, info.st_mtime_ns))
-                        if len(found) >= limit:
-                            break
+                    if len(found) >= limit:
+                        continue
+                    with os.scandir(fd) as entries:
+                        listed = list(entries)
+                    for entry in listed:
+                        name = f"{relative}/{entry.name}" if relative else entry.name
+                        try:
+                            info = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                            if stat.S_ISDIR(info.st_mode):
+                                stack.append((os.open(entry.name, _DIR_FLAGS, dir_fd=fd), name))
+                            elif stat.S_ISREG(info.st_mode):
+                                found.append(Entry(name, info.st_size, info.st_blocks * 512, info.st_mtime_ns))
+                                if len(found) >= limit:
+                                    break
+                        except OSError:
+                            continue
                 except OSError:
                     continue
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in stack:
+                os.close(fd)
         found.sort(key=lambda e: e.path)
         return found
 

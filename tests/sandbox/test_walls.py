@@ -143,7 +143,15 @@ def try_write(path):
         return type(e).__name__
 result = {{name: try_write(path) for name, path in [
     ("root", "/escape"), ("usr", "/usr/escape"), ("etc", "/etc/escape"), ("runtime", "/opt/python/escape"),
-    ("proc", "/proc/escape"), ("work", "/mnt/data/ok.txt"), ("tmp", {str(inside_tmp)!r})]}}
+    ("proc", "/proc/escape"), ("kernel sockets", "/run/kernel/escape"),
+    ("work", "/mnt/data/ok.txt"), ("tmp", {str(inside_tmp)!r})]}}
+for name, attempt in [("unlink socket", lambda: os.unlink("/run/kernel/k-1")),
+                      ("plant symlink", lambda: os.symlink("/tmp", "/run/kernel/k-9"))]:
+    try:
+        attempt()
+        result[name] = "done"
+    except OSError as e:
+        result[name] = type(e).__name__
 result["host_marker_visible"] = os.path.exists({str(marker)!r})
 result["uid"] = os.getuid()
 result["cap_eff"] = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]
@@ -153,9 +161,10 @@ result["no_new_privs"] = [l.split()[1] for l in open('/proc/self/status') if l.s
         assert not inside_tmp.exists()
     finally:
         marker.unlink()
-    for name in ("root", "usr", "etc", "runtime", "proc"):
+    # The kernel's socket directory is the service's once the kernel is up: no symlink swaps.
+    assert result["unlink socket"] == "PermissionError" and result["plant symlink"] == "PermissionError"
+    for name in ("root", "usr", "etc", "runtime", "proc", "kernel sockets"):
         assert result[name] in ("OSError", "PermissionError", "FileNotFoundError"), (name, result[name])
-        assert result[name] != "written"
     assert result["work"] == "written" and result["tmp"] == "written"
     assert result["host_marker_visible"] is False
     assert result["cap_eff"] == "0000000000000000"
