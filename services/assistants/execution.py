@@ -171,20 +171,6 @@ class Execution:
         if self._stream_task is not None and not self._stream_task.done():
             self._stream_task.cancel()
 
-    async def shut_down(self) -> None:
-        """This replica is stopping: stop the run here and end it FAILED at once (instead of
-        after the lease), so its session goes on."""
-        await self.abandon()
-        with contextlib.suppress(errors.ParleyError):
-            run = await self.runs.get(self.who, self.run.id)
-            if run.status in (apb.RUN_STATUS_IN_PROGRESS, apb.RUN_STATUS_CANCELLING):
-                await self.runs._end_idle(
-                    self.who, run, apb.RUN_STATUS_CANCELLED if run.status == apb.RUN_STATUS_CANCELLING
-                    else apb.RUN_STATUS_FAILED, last_error=apb.RunError(
-                        code=apb.RUN_ERROR_CODE_SERVER_ERROR,
-                        message="the engine replica running this run shut down; the run was ended so its "
-                                "session can go on"))
-
     async def abandon(self) -> None:
         """Stops working on the run without writing anything (lease lost, or shutting down):
         whoever claims it next ends it."""

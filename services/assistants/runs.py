@@ -448,8 +448,11 @@ class Runs:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*(execution.shut_down() for execution in list(self.executions.values())),
-                             return_exceptions=True)
+        # Runs still executing are left to their lease: another replica ends them FAILED once
+        # it lapses. (Ending them here was tried: the bootstrap closes the app after the
+        # server has stopped, and backend calls made then did not complete.)
+        for execution in list(self.executions.values()):
+            await execution.abandon()
 
     async def _claim_forever(self) -> None:
         while not self._stopping:

@@ -127,3 +127,26 @@ async def test_cancel_mid_stream_closes_the_vendor_request_and_keeps_the_partial
     assert step.status == apb.RUN_STEP_STATUS_CANCELLED
     again = await stub.CancelRun(api.CancelRunRequest(run_id=events[0].run_id), metadata=md)
     assert again.status == apb.RUN_STATUS_CANCELLED
+
+
+async def test_cancel_from_another_replica_stops_the_run(stack, start_engine, user):
+    a, b = await start_engine("runs-it"), await start_engine("cancels-it")
+    md = stack.direct(user())
+    model = stack.model("openai")
+    vendor = stack.fakes["openai"]
+    vendor.script(model.split("/")[1], {"endless": True})
+    async with grpc.aio.insecure_channel(a.target) as on_a, grpc.aio.insecure_channel(b.target) as on_b:
+        stub_a, stub_b = a.stub(on_a), b.stub(on_b)
+        assistant = await new_assistant(stub_a, md, model)
+        stream = stub_a.StreamRun(api.StreamRunRequest(run=api.CreateRunRequest(
+            assistant_id=assistant.id, session=api.NewSession(messages=[user_message("go")]))), metadata=md)
+        events, asked = [], None
+        async for response in stream:
+            events.append(response.event)
+            if asked is None and sum(e.HasField("message_delta") for e in events) == 2:
+                asked = await stub_b.CancelRun(api.CancelRunRequest(run_id=events[0].run_id), metadata=md)
+                assert asked.status == apb.RUN_STATUS_CANCELLING
+        assert_numbered(events)
+        assert statuses(events)[-2:] == [apb.RUN_STATUS_CANCELLING, apb.RUN_STATUS_CANCELLED]
+        assert (await stub_b.GetRun(api.GetRunRequest(run_id=events[0].run_id), metadata=md)).status == \
+            apb.RUN_STATUS_CANCELLED
