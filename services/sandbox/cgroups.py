@@ -20,6 +20,10 @@ log = logging.getLogger("parley.sandbox.cgroups")
 
 PARENT = "parley-sandbox"
 CONTROLLERS = ("memory", "pids", "cpuacct")
+# Where the host has it: caps a sandbox at one core, whatever threads its code leaves
+# running between executions.
+OPTIONAL_CONTROLLERS = ("cpu",)
+CPU_PERIOD_US = 100_000
 
 
 def available(root: Path) -> bool:
@@ -42,7 +46,7 @@ def remove_stale(root: Path, is_sandbox_name) -> int:
     """Removes the empty groups a previous run of the service left behind (a group with a
     process in it, another service's, cannot be removed and is left alone)."""
     removed = 0
-    for controller in CONTROLLERS:
+    for controller in (*CONTROLLERS, *OPTIONAL_CONTROLLERS):
         parent = root / controller / PARENT
         if not parent.is_dir():
             continue
@@ -64,10 +68,16 @@ class Cgroup:
     def _dir(self, controller: str) -> Path:
         return self.root / controller / PARENT / self.name
 
+    def _controllers(self) -> list[str]:
+        return [*CONTROLLERS, *(c for c in OPTIONAL_CONTROLLERS if (self.root / c / PARENT).is_dir())]
+
     @classmethod
     def create(cls, root: Path, name: str, *, memory_bytes: int, max_processes: int) -> Cgroup:
         group = cls(root, name)
-        for controller in CONTROLLERS:
+        for controller in OPTIONAL_CONTROLLERS:
+            with contextlib.suppress(OSError):
+                (root / controller / PARENT).mkdir(exist_ok=True)
+        for controller in group._controllers():
             group._dir(controller).mkdir(exist_ok=True)
         memory = group._dir("memory")
         (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
@@ -75,13 +85,17 @@ class Cgroup:
         with contextlib.suppress(OSError):
             (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
         (group._dir("pids") / "pids.max").write_text(str(max_processes))
+        if "cpu" in group._controllers():
+            with contextlib.suppress(OSError):
+                (group._dir("cpu") / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                (group._dir("cpu") / "cpu.cfs_quota_us").write_text(str(CPU_PERIOD_US))
         return group
 
     def set_max_processes(self, count: int) -> None:
         (self._dir("pids") / "pids.max").write_text(str(count))
 
     def procs_files(self) -> list[str]:
-        return [str(self._dir(c) / "cgroup.procs") for c in CONTROLLERS]
+        return [str(self._dir(c) / "cgroup.procs") for c in self._controllers()]
 
     def cpu_seconds(self) -> float:
         try:
@@ -123,7 +137,7 @@ class Cgroup:
 
     def destroy(self) -> None:
         self.kill_all()
-        for controller in CONTROLLERS:
+        for controller in self._controllers():
             directory = self._dir(controller)
             for _ in range(100):
                 try:
