@@ -1,6 +1,7 @@
 """Sandbox benchmark: a trivial snippet executed cold (new sandbox and kernel) and warm (an
 existing kernel), p50 and p99, against two baselines measured in the same run — the same
-service with the walls off (PARLEY_SANDBOX_INSECURE=1: no bubblewrap, no seccomp) and a bare
+service with the walls off (PARLEY_SANDBOX_INSECURE=1: no bubblewrap, no seccomp; running at
+the same time, runs interleaved) and a bare
 `python3 -c` process per snippet (what a fresh-interpreter-per-execution design costs) —
 and the memory of an idle sandbox. Run with `python -m bench.sandbox_exec`."""
 
@@ -34,27 +35,37 @@ async def execute(stub, md, sandbox_id: str) -> None:
     assert output == "42\n", output
 
 
-async def measure(port: int, minter: IdentityMinter) -> dict:
+async def measure(ports: dict[str, int], minter: IdentityMinter) -> dict[str, dict]:
+    """Both services at once, their runs interleaved, so the shared machine's load falls on
+    both alike."""
     md = minter.metadata("bench")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = api_grpc.SandboxServiceStub(channel)
-        cold = []
+    channels = {label: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for label, port in ports.items()}
+    try:
+        stubs = {label: api_grpc.SandboxServiceStub(channel) for label, channel in channels.items()}
+        results: dict[str, dict] = {label: {"cold": [], "warm": []} for label in ports}
         for _ in range(COLD_RUNS):
-            started = time.perf_counter()
-            sandbox = await stub.CreateSandbox(api.CreateSandboxRequest(), metadata=md)
-            await execute(stub, md, sandbox.id)
-            cold.append(time.perf_counter() - started)
-            await stub.DeleteSandbox(api.DeleteSandboxRequest(sandbox_id=sandbox.id), metadata=md)
-        sandbox = await stub.CreateSandbox(api.CreateSandboxRequest(), metadata=md)
-        await execute(stub, md, sandbox.id)
-        warm = []
+            for label, stub in stubs.items():
+                started = time.perf_counter()
+                sandbox = await stub.CreateSandbox(api.CreateSandboxRequest(), metadata=md)
+                await execute(stub, md, sandbox.id)
+                results[label]["cold"].append(time.perf_counter() - started)
+                await stub.DeleteSandbox(api.DeleteSandboxRequest(sandbox_id=sandbox.id), metadata=md)
+        warm_ids = {}
+        for label, stub in stubs.items():
+            warm_ids[label] = (await stub.CreateSandbox(api.CreateSandboxRequest(), metadata=md)).id
+            await execute(stub, md, warm_ids[label])
         for _ in range(WARM_RUNS):
-            started = time.perf_counter()
-            await execute(stub, md, sandbox.id)
-            warm.append(time.perf_counter() - started)
-        await stub.DeleteSandbox(api.DeleteSandboxRequest(sandbox_id=sandbox.id), metadata=md)
-        idle = await idle_memory(stub, md)
-    return {"cold": cold, "warm": warm, "idle": idle}
+            for label, stub in stubs.items():
+                started = time.perf_counter()
+                await execute(stub, md, warm_ids[label])
+                results[label]["warm"].append(time.perf_counter() - started)
+        for label, stub in stubs.items():
+            await stub.DeleteSandbox(api.DeleteSandboxRequest(sandbox_id=warm_ids[label]), metadata=md)
+            results[label]["idle"] = await idle_memory(stub, md)
+        return results
+    finally:
+        for channel in channels.values():
+            await channel.close()
 
 
 def _cgroup_bytes(sandbox_id: str) -> tuple[int, int]:
@@ -111,14 +122,14 @@ async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="parley-bench-sandbox-"))
     work.chmod(0o711)
     (work / "identity.pub.pem").write_bytes(public_key_pem(private))
-    results = {}
+    env = {"PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(work / "identity.pub.pem")}
     try:
-        for label, insecure in (("walls on", "0"), ("walls off", "1")):
-            env = {"PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(work / "identity.pub.pem"),
-                   "PARLEY_SANDBOX_DIR": str(work / f"sandboxes-{insecure}"), "PARLEY_SANDBOX_INSECURE": insecure,
-                   "PARLEY_SANDBOX_BWRAP": shutil.which("bwrap") if insecure == "0" else "/nonexistent/bwrap"}
-            async with ServiceProcess("sandbox", env) as service:
-                results[label] = await measure(service.port, minter)
+        async with ServiceProcess("sandbox", {**env, "PARLEY_SANDBOX_DIR": str(work / "on"),
+                                              "PARLEY_SANDBOX_UID_BASE": "400000"}) as walls_on, \
+                ServiceProcess("sandbox", {**env, "PARLEY_SANDBOX_DIR": str(work / "off"),
+                                           "PARLEY_SANDBOX_UID_BASE": "401000", "PARLEY_SANDBOX_INSECURE": "1",
+                                           "PARLEY_SANDBOX_BWRAP": "/nonexistent/bwrap"}) as walls_off:
+            results = await measure({"walls on": walls_on.port, "walls off": walls_off.port}, minter)
         bare = bare_python(COLD_RUNS * 2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
