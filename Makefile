@@ -27,7 +27,7 @@ SANDBOX_STAMP  := $(SANDBOX_VENV)/.installed
 SANDBOX_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo $(PYTHON))
 
 $(SANDBOX_STAMP): services/sandbox/runtime-requirements.txt constraints.txt
-	test -x $(SANDBOX_VENV)/bin/python || $(SANDBOX_PYTHON) -m venv $(SANDBOX_VENV)
+	test -x $(SANDBOX_VENV)/bin/python || $(SANDBOX_PYTHON) -m venv $(SANDBOX_VENV) || $(PYTHON) -m venv $(SANDBOX_VENV)
 	$(SANDBOX_VENV)/bin/python -m pip install --quiet -c constraints.txt -r services/sandbox/runtime-requirements.txt
 	touch $@
 
