@@ -141,6 +141,12 @@ class SessionsClient:
         return await self._call("UpdateSession", sapi.UpdateSessionRequest(
             session=spb.Session(id=session.id, metadata=metadata), update_mask=FieldMask(paths=["metadata"])), who)
 
+    async def delete_session(self, who, session_id: str) -> None:
+        await self._call("DeleteSession", sapi.DeleteSessionRequest(session_id=session_id), who)
+
+    async def delete_message(self, who, session_id: str, message_id: str) -> None:
+        await self._call("DeleteMessage", sapi.DeleteMessageRequest(session_id=session_id, message_id=message_id), who)
+
     async def create_message(self, who, session_id: str, message: spb.Message) -> spb.Message:
         return await self._call("CreateMessage", sapi.CreateMessageRequest(
             session_id=session_id, role=message.role, content=message.content, attachments=message.attachments,

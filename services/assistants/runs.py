@@ -167,26 +167,46 @@ class Runs:
         await check.check_files(self.files, who, request.tool_resources.code_interpreter.file_ids)
 
         strategy = request.busy_session_strategy or apb.BUSY_SESSION_STRATEGY_QUEUE
-        if request.session_id:
-            session_id = request.session_id
-            if strategy == apb.BUSY_SESSION_STRATEGY_REJECT or request.additional_messages:
-                # Checked before the additional messages are written, so a refused run changes
-                # nothing (another user's session is NOT_FOUND here); the store checks again
-                # under the session's lock.
-                active = await self.store.call(who, "GetActiveRun", rs.GetActiveRunRequest(session_id=session_id))
-                if active.HasField("run") and strategy == apb.BUSY_SESSION_STRATEGY_REJECT:
-                    raise errors.FailedPrecondition(
-                        f"session {session_id} already has an active run", reason="SESSION_BUSY",
-                        metadata={"session_id": session_id, "active_run_id": active.run.id})
-        else:
-            session = await self.sessions.create_session(who, request.session.title, dict(request.session.metadata),
-                                                         assistant.id)
-            session_id = session.id
-            for message in request.session.messages:
-                await self.sessions.create_message(who, session_id, message)
-        for message in request.additional_messages:
-            await self.sessions.create_message(who, session_id, message)
+        created_session = ""
+        written: list[str] = []
+        try:
+            if request.session_id:
+                session_id = request.session_id
+                if strategy == apb.BUSY_SESSION_STRATEGY_REJECT or request.additional_messages:
+                    # Checked before the additional messages are written, so a refused run
+                    # changes nothing (another user's session is NOT_FOUND here); the store
+                    # checks again under the session's lock.
+                    active = await self.store.call(who, "GetActiveRun", rs.GetActiveRunRequest(session_id=session_id))
+                    if active.HasField("run") and strategy == apb.BUSY_SESSION_STRATEGY_REJECT:
+                        raise errors.FailedPrecondition(
+                            f"session {session_id} already has an active run", reason="SESSION_BUSY",
+                            metadata={"session_id": session_id, "active_run_id": active.run.id})
+            else:
+                session = await self.sessions.create_session(who, request.session.title,
+                                                             dict(request.session.metadata), assistant.id)
+                session_id = created_session = session.id
+                for message in request.session.messages:
+                    await self.sessions.create_message(who, session_id, message)
+            for message in request.additional_messages:
+                written.append((await self.sessions.create_message(who, session_id, message)).id)
+            stored = await self._store_run(who, request, assistant, session_id, model, instructions, tools,
+                                           resources, strategy)
+        except BaseException:
+            # A refused run leaves nothing behind: the session it created, the messages it added.
+            with contextlib.suppress(Exception):
+                if created_session:
+                    await self.sessions.delete_session(who, created_session)
+                else:
+                    for message_id in written:
+                        await self.sessions.delete_message(who, session_id, message_id)
+            raise
+        if strategy == apb.BUSY_SESSION_STRATEGY_CANCEL_ACTIVE:
+            await self._cancel_earlier(who, stored)
+        await self.try_start(who, stored)
+        return stored
 
+    async def _store_run(self, who, request, assistant, session_id: str, model: str, instructions: str, tools,
+                         resources, strategy: int) -> apb.Run:
         run = apb.Run(
             session_id=session_id, assistant_id=assistant.id, status=apb.RUN_STATUS_QUEUED, model=model,
             instructions=instructions, tools=tools, tool_resources=resources,
@@ -205,11 +225,7 @@ class Runs:
             run.top_p = request.top_p
         elif assistant.HasField("top_p"):
             run.top_p = assistant.top_p
-        stored = await self.store.call(who, "CreateRun", rs.CreateRunRequest(run=run, append_created_event=True))
-        if strategy == apb.BUSY_SESSION_STRATEGY_CANCEL_ACTIVE:
-            await self._cancel_earlier(who, stored)
-        await self.try_start(who, stored)
-        return stored
+        return await self.store.call(who, "CreateRun", rs.CreateRunRequest(run=run, append_created_event=True))
 
     async def _cancel_earlier(self, who: UserIdentity, run: apb.Run) -> None:
         token = ""

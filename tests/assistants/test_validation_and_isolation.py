@@ -162,3 +162,22 @@ async def test_another_user_gets_not_found_everywhere(stack, engine_channel, use
     assert (await stub.GetRun(api.GetRunRequest(run_id=run.id), metadata=owner)).status == \
         apb.RUN_STATUS_REQUIRES_ACTION
     await stub.CancelRun(api.CancelRunRequest(run_id=run.id), metadata=owner)
+
+
+async def test_a_refused_run_leaves_no_session_or_message_behind(stack, engine_channel, backends, user):
+    from parley.sessions.v1 import sessions_service_pb2 as sapi
+
+    md, stub = stack.direct(user()), stack.engine.stub(engine_channel)
+    sessions, _ = backends
+    assistant = await new_assistant(stub, md, stack.model("openai"))
+    bad = spb.Message(role=spb.ROLE_USER, content=[spb.ContentPart(text="x")], tool_call_id="not-a-tool-message")
+    await expect_error(stub.CreateRun(api.CreateRunRequest(
+        assistant_id=assistant.id, session=api.NewSession(messages=[user_message("fine"), bad])), metadata=md), INVALID)
+    listed = await sessions.ListSessions(sapi.ListSessionsRequest(), metadata=md)
+    assert list(listed.sessions) == []
+    session = await sessions.CreateSession(sapi.CreateSessionRequest(title="kept"), metadata=md)
+    await expect_error(stub.CreateRun(api.CreateRunRequest(
+        assistant_id=assistant.id, session_id=session.id, additional_messages=[user_message("one"), bad]),
+        metadata=md), INVALID)
+    messages = await sessions.ListMessages(sapi.ListMessagesRequest(session_id=session.id), metadata=md)
+    assert list(messages.messages) == []
