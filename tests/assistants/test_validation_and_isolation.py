@@ -181,3 +181,48 @@ async def test_a_refused_run_leaves_no_session_or_message_behind(stack, engine_c
         metadata=md), INVALID)
     messages = await sessions.ListMessages(sapi.ListMessagesRequest(session_id=session.id), metadata=md)
     assert list(messages.messages) == []
+
+
+async def test_no_input_gets_internal_or_unknown(stack, engine_channel, user):
+    """Empty, malformed and hostile requests to every method: each answers a documented
+    status, never INTERNAL or UNKNOWN."""
+    md, stub = stack.direct(user()), stack.engine.stub(engine_channel)
+    huge = "x" * 300_000
+    random_id = "0190d0d0-0000-7000-8000-000000000000"
+    weird_tool = apb.Tool(function=apb.FunctionTool(name="f", cache_ttl={"seconds": 10**12}))
+    unary = [
+        stub.CreateAssistant(api.CreateAssistantRequest(), metadata=md),
+        stub.CreateAssistant(api.CreateAssistantRequest(model=huge, name=huge, instructions=huge), metadata=md),
+        stub.CreateAssistant(api.CreateAssistantRequest(model="openai/m0", tools=[weird_tool]), metadata=md),
+        stub.CreateAssistant(api.CreateAssistantRequest(model="openai/m0", response_format=apb.ResponseFormat(
+            type=99)), metadata=md),
+        stub.GetAssistant(api.GetAssistantRequest(assistant_id=huge), metadata=md),
+        stub.ListAssistants(api.ListAssistantsRequest(page_size=-1, page_token="garbage"), metadata=md),
+        stub.UpdateAssistant(api.UpdateAssistantRequest(), metadata=md),
+        stub.UpdateAssistant(api.UpdateAssistantRequest(assistant=apb.Assistant(id=random_id),
+                                                        update_mask=FieldMask(paths=["nope"])), metadata=md),
+        stub.DeleteAssistant(api.DeleteAssistantRequest(assistant_id="\x00"), metadata=md),
+        stub.CreateRun(api.CreateRunRequest(), metadata=md),
+        stub.CreateRun(api.CreateRunRequest(assistant_id=random_id, session_id=random_id,
+                                            busy_session_strategy=42, variables={"": "x"}), metadata=md),
+        stub.GetRun(api.GetRunRequest(run_id="nope"), metadata=md),
+        stub.ListRuns(api.ListRunsRequest(session_id=random_id, page_token="x" * 5000), metadata=md),
+        stub.ListRunSteps(api.ListRunStepsRequest(run_id=random_id, page_size=10**6), metadata=md),
+        stub.CancelRun(api.CancelRunRequest(run_id=random_id), metadata=md),
+    ]
+    streams = [
+        stub.StreamRun(api.StreamRunRequest(), metadata=md),
+        stub.SubmitToolOutputs(api.SubmitToolOutputsRequest(run_id=random_id, tool_outputs=[
+            api.ToolOutput(tool_call_id=huge, output=huge)]), metadata=md),
+        stub.WatchRun(api.WatchRunRequest(run_id=random_id, after_sequence=2**62), metadata=md),
+    ]
+    for call in unary:
+        try:
+            await call
+        except grpc.aio.AioRpcError as error:
+            assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), error.details()
+    for call in streams:
+        try:
+            await collect(call)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), error.details()
