@@ -19,7 +19,7 @@ from tests.fuzz.stack import (
     Loop,
     Process,
     free_port,
-    issue_admin_key,
+    issue_admin_keys,
     reflected_services,
     spawn,
     stack_env,
@@ -106,7 +106,7 @@ def fuzzer(fuzz_processes, fuzz_loop, minter) -> Fuzzer:
     for name, process in processes.items():
         process.services = fuzz_loop.run(reflected_services(channels[name]))
 
-    secrets = {ALICE: issue_admin_key(env, ALICE), MALLORY: issue_admin_key(env, MALLORY)}
+    secrets = issue_admin_keys(env, [ALICE, MALLORY])
 
     def bearer(secret: str):
         return lambda: (("authorization", f"Bearer {secret}"),)
@@ -180,7 +180,8 @@ def _routes(processes: dict[str, Process], channels, loop) -> dict[str, Route]:
             # Public: through the gateway, once it reports the backend behind it SERVING.
             if gateway and service in gateway.services and service in backends \
                     and loop.run(health_status(channels["gateway"], service)) == "SERVING":
-                routes[service] = Route(service, "gateway", channels["gateway"], public)
+                routes[service] = Route(service, "gateway", channels["gateway"], public + ["alice-identity"],
+                                        backend_channel=channels[backends[service]])
         elif gateway and service in gateway.services:
             routes[service] = Route(service, "gateway", channels["gateway"], public)  # the gateway's own
         elif service in backends:

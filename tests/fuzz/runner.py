@@ -57,6 +57,9 @@ class Route:
     process: str  # the process that answers (gateway for public services)
     channel: grpc.aio.Channel
     principals: list[str]  # weighted: repeated names are drawn more often
+    # A public service's backend, for the cases whose principal carries a minted identity:
+    # backends answer internal callers (the run engine calls sessions and files) directly.
+    backend_channel: grpc.aio.Channel | None = None
 
 
 @dataclass
@@ -205,7 +208,8 @@ class Fuzzer:
 
     async def _batch(self, route: Route, method: MethodDescriptor, prepared) -> list[Outcome]:
         async def one(principal, payloads):
-            return await self._call(route.channel, method, payloads, principal.metadata())
+            channel = route.backend_channel if principal.internal and route.backend_channel else route.channel
+            return await self._call(channel, method, payloads, principal.metadata())
 
         return await asyncio.gather(*(one(self.principals[p], payloads) for p, payloads, _ in prepared))
 

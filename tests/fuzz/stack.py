@@ -184,10 +184,15 @@ def stop(process: Process) -> None:
     process.popen.log_file.close()  # type: ignore[attr-defined]
 
 
-def issue_admin_key(env: dict[str, str], user: str) -> str:
-    """An admin key for `user`, issued the way an operator does (`create-admin-key`)."""
-    result = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user", user,
-                             "--name", "fuzz"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"create-admin-key failed: {result.stderr[-2000:]}")
-    return result.stdout.strip().splitlines()[-1]
+def issue_admin_keys(env: dict[str, str], users: list[str]) -> dict[str, str]:
+    """An admin key per user, issued the way an operator does (`create-admin-key`), in parallel."""
+    runs = {user: subprocess.Popen([sys.executable, "-m", "services.gateway", "create-admin-key", "--user", user,
+                                    "--name", "fuzz"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for user in users}
+    secrets = {}
+    for user, run in runs.items():
+        out, err = run.communicate(timeout=120)
+        if run.returncode != 0:
+            raise RuntimeError(f"create-admin-key --user {user} failed: {err[-2000:]}")
+        secrets[user] = out.strip().splitlines()[-1]
+    return secrets
