@@ -3,10 +3,12 @@
 (the llm service's `local/echo`), same run, alternating rounds: the time to first token the
 edge adds at p50 (target ≤ 2 ms) and streaming throughput at concurrency 32 (target ≥ 0.6×).
 The HTTP client is aiohttp reading the SSE lines, as lean as the gRPC client on the other side.
-Run with `python -m bench.rest_edge` (about a minute and a half).
-
-Not measured here: the LiteLLM proxy comparison of issue 12 (it needs `litellm[proxy]` in the
-benchmark's own environment; see docs/benchmarks.md)."""
+Then the same edge against the LiteLLM proxy's /v1/chat/completions, both in front of the same
+fake OpenAI-compatible upstream (bench/_fake_openai.py): streams per second at concurrency 32
+(target: the edge at least 5× LiteLLM). LiteLLM runs from the benchmark's own environment,
+`.parley/bench-litellm-venv` (created with `litellm[proxy]` on first use, never the main venv);
+`PARLEY_BENCH_SKIP_LITELLM=1` skips it.
+Run with `python -m bench.rest_edge` (two to three minutes, plus LiteLLM's install once)."""
 
 from __future__ import annotations
 
@@ -150,6 +152,124 @@ async def measure(grpc_path: Grpc, http_path: Http) -> list[str]:
     return lines
 
 
+LITELLM_VENV = Path(__file__).resolve().parent.parent / ".parley" / "bench-litellm-venv"
+COMPARE_TOKENS = 200
+COMPARE_STREAMS = {32: 640}
+
+
+def _litellm() -> Path:
+    """The LiteLLM proxy's executable in the benchmark's own environment, created if missing."""
+    executable = LITELLM_VENV / "bin" / "litellm"
+    if not executable.exists():
+        print("installing litellm[proxy] into", LITELLM_VENV, file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+    return executable
+
+
+async def _streams_per_second(session: aiohttp.ClientSession, url: str, model: str, clients: int,
+                              total: int) -> float:
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "stream please"}]}
+
+    async def one():
+        # Tokens, not chunks: the llm service merges deltas that are already waiting.
+        tokens = 0
+        async with session.post(url, json=body) as response:
+            assert response.status == 200, await response.text()
+            async for line in response.content:
+                if line.startswith(b"data: {"):
+                    tokens += line.count(b"tok")
+        assert tokens == COMPARE_TOKENS, tokens
+
+    await run_concurrently(one, clients, max(clients, total // 10))  # warm-up
+    wall, _ = await run_concurrently(one, clients, total)
+    return total / wall
+
+
+async def against_litellm(common: dict) -> list[str]:
+    litellm = _litellm()
+    version = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
+                              "import importlib.metadata as m; print(m.version('litellm'))"],
+                             capture_output=True, text=True).stdout.strip()
+    root = Path(__file__).resolve().parent.parent
+    upstream_port, litellm_port, edge_port = free_port(), free_port(), free_port()
+    master_key = "sk-" + os.urandom(32).hex()  # LiteLLM refuses to start without one
+    upstream = subprocess.Popen([sys.executable, "-m", "bench._fake_openai", str(upstream_port)], cwd=root)
+    with tempfile.TemporaryDirectory(prefix="parley-bench-litellm-") as tmp:
+        models = Path(tmp) / "models.yaml"
+        models.write_text("providers:\n  bench:\n    type: openai_compatible\n"
+                          f"    base_url: http://127.0.0.1:{upstream_port}/v1\n")
+        config = Path(tmp) / "litellm.yaml"
+        config.write_text("model_list:\n  - model_name: fake-200\n    litellm_params:\n"
+                          f"      model: openai/fake-{COMPARE_TOKENS}\n"
+                          f"      api_base: http://127.0.0.1:{upstream_port}/v1\n      api_key: bench\n"
+                          f"general_settings:\n  master_key: {master_key}\n")
+        proxy = subprocess.Popen([str(litellm), "--config", str(config), "--port", str(litellm_port),
+                                  "--num_workers", "1"], cwd=tmp, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            llm_env = {**common, "PARLEY_LLM_WARM_EMBEDDINGS": "false", "PARLEY_MODELS_FILE": str(models)}
+            async with ServiceProcess("llm", llm_env) as llm:
+                gateway_env = {**common, "PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}",
+                               "PARLEY_SESSIONS_TARGET": "none", "PARLEY_FILES_TARGET": "none",
+                               "PARLEY_ASSISTANTS_TARGET": "none", "PARLEY_GATEWAY_KEY_REQUESTS_PER_MINUTE": "0",
+                               "PARLEY_GATEWAY_USER_REQUESTS_PER_MINUTE": "0",
+                               "PARLEY_GATEWAY_KEY_CONCURRENT_STREAMS": "0",
+                               "PARLEY_GATEWAY_USER_CONCURRENT_STREAMS": "0"}
+                async with ServiceProcess("gateway", gateway_env) as gateway:
+                    made = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user",
+                                           "bench"], env={**os.environ, **common}, capture_output=True, text=True,
+                                          check=True)
+                    edge = subprocess.Popen([sys.executable, "-m", "services.rest"], cwd=root, env={
+                        **os.environ, "PARLEY_REST_PORT": str(edge_port), "PARLEY_LOG_LEVEL": "WARNING",
+                        "PARLEY_GATEWAY_TARGET": f"127.0.0.1:{gateway.port}"})
+                    try:
+                        await _wait_http(edge_port, edge)
+                        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                            for _ in range(900):  # LiteLLM takes a while to start
+                                if proxy.poll() is not None:
+                                    raise RuntimeError("the LiteLLM proxy exited while starting")
+                                try:
+                                    async with session.get(f"http://127.0.0.1:{litellm_port}/health/liveliness") as r:
+                                        if r.status == 200:
+                                            break
+                                except aiohttp.ClientError:
+                                    pass
+                                await asyncio.sleep(0.2)
+                            else:
+                                raise RuntimeError("the LiteLLM proxy did not start")
+                            lines = []
+                            for clients, total in COMPARE_STREAMS.items():
+                                rates = {"edge": [], "litellm": []}
+                                for round_number in range(ROUNDS):
+                                    print(f"edge vs LiteLLM, round {round_number + 1}/{ROUNDS}", file=sys.stderr,
+                                          flush=True)
+                                    session.headers["authorization"] = f"Bearer {made.stdout.strip()}"
+                                    rates["edge"].append(await _streams_per_second(
+                                        session, f"http://127.0.0.1:{edge_port}/v1/chat/completions",
+                                        f"bench/fake-{COMPARE_TOKENS}", clients, total // ROUNDS))
+                                    session.headers["authorization"] = f"Bearer {master_key}"
+                                    rates["litellm"].append(await _streams_per_second(
+                                        session, f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
+                                        "fake-200", clients, total // ROUNDS))
+                                e, li = statistics.median(rates["edge"]), statistics.median(rates["litellm"])
+                                lines.append(f"| {clients} | streams/s ({COMPARE_TOKENS}-token chat completion "
+                                             f"streams) | {e:,.1f} | {li:,.1f} (LiteLLM {version}) "
+                                             f"| **{e / li:.2f}× LiteLLM** |")
+                            return lines
+                    finally:
+                        edge.terminate()
+                        edge.wait(15)
+        finally:
+            proxy.terminate()
+            try:
+                proxy.wait(15)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+            upstream.terminate()
+            upstream.wait(15)
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="parley-bench-rest-") as tmp:
         admin_url = os.environ.get("PARLEY_DATABASE_URL") or start_embedded_postgres(Path(tmp) / "pg")
@@ -185,9 +305,14 @@ async def main() -> None:
                 finally:
                     edge.terminate()
                     edge.wait(15)
-    print("| clients | measure | gateway gRPC | through the REST edge (SSE) | the edge adds |")
-    print("|---|---|---|---|---|")
-    print("\n".join(lines))
+        print("| clients | measure | gateway gRPC | through the REST edge (SSE) | the edge adds |")
+        print("|---|---|---|---|---|")
+        print("\n".join(lines), flush=True)
+        if os.environ.get("PARLEY_BENCH_SKIP_LITELLM") != "1":
+            compared = await against_litellm(common)
+            print("\n| clients | measure | the REST edge | the LiteLLM proxy | ratio |")
+            print("|---|---|---|---|---|")
+            print("\n".join(compared))
 
 
 if __name__ == "__main__":
