@@ -6,6 +6,7 @@ Network attempts go to loopback addresses only (127.0.0.1), never anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import grpc
 import pytest
 from google.protobuf import duration_pb2
 
@@ -378,3 +380,52 @@ except OSError as e:
             assert (await execute(rstub, md, box.id, "print('alive')")).stdout == "alive\n"
     finally:
         await running.stop(0.5)
+
+
+async def test_kernels_die_with_the_service(identity_public_key, minter, tmp_path):
+    """--die-with-parent: a sandbox service killed with SIGKILL leaves no kernel behind."""
+    import signal
+    import subprocess
+    import sys
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from parley.sandbox.v1 import sandbox_service_pb2_grpc
+    from services.sandbox import cgroups
+    from tests.gateway.conftest import free_port
+    from tests.sandbox.conftest import sandbox_root
+
+    key_file = tmp_path / "identity.pub.pem"
+    key_file.write_bytes(identity_public_key)
+    port = free_port()
+    root = sandbox_root()
+    service = subprocess.Popen([sys.executable, "-m", "services.sandbox"], env={
+        **os.environ, "PARLEY_SANDBOX_PORT": str(port), "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(key_file),
+        "PARLEY_SANDBOX_DIR": str(root), "PARLEY_SANDBOX_UID_BASE": "390000", "PARLEY_LOG_LEVEL": "WARNING"})
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(300):
+                try:
+                    if (await health.Check(health_pb2.HealthCheckRequest(), timeout=1)).status == 1:
+                        break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.1)
+            own = sandbox_service_pb2_grpc.SandboxServiceStub(channel)
+            md = minter.metadata(USER)
+            box = await new_sandbox(own, md)
+            ran = await execute(own, md, box.id, "import os\nprint(os.getpid())")
+            assert ran.stdout.strip().isdigit()
+        group = cgroups.Cgroup(Path("/sys/fs/cgroup"), box.id)
+        kernel_pids = group.pids()
+        assert len(kernel_pids) >= 2  # bubblewrap and the kernel, at least
+    finally:
+        service.send_signal(signal.SIGKILL)
+        service.wait()
+    for _ in range(300):
+        alive = [pid for pid in kernel_pids if Path(f"/proc/{pid}").exists()]
+        if not alive:
+            break
+        await asyncio.sleep(0.1)
+    assert alive == [], f"processes outlived the service: {alive}"
+    cgroups.remove_stale(Path("/sys/fs/cgroup"), lambda name: name == box.id)
