@@ -167,8 +167,10 @@ async def create_thread(request: Request):
         for message in messages:
             await gateway.call(request, gateway.sessions.CreateMessage, _create_message(session.id, message))
     except BaseException:
-        # One request, one thread: a message the backend refused leaves no half-made thread.
-        await gateway.call(request, gateway.sessions.DeleteSession, sapi.DeleteSessionRequest(session_id=session.id))
+        # One request, one thread: a message the backend refused (or a client that left) leaves
+        # no half-made thread. Not through gateway.call: that would be cancelled by the hang-up.
+        await gateway.sessions.DeleteSession(sapi.DeleteSessionRequest(session_id=session.id),
+                                             metadata=gateway.metadata(request), timeout=gateway.timeout)
         raise
     return json_response(thread_out(session))
 
