@@ -165,6 +165,19 @@ async def test_a_variable_lives_on_in_the_sessions_sandbox_and_a_chart_comes_bac
     saved_id = output.split("sandbox:/mnt/data/bars.png (file id ")[1].split(")")[0]
     saved, saved_data = await download(files, md, saved_id)
     assert saved.filename == "bars.png" and saved_data.startswith(b"\x89PNG")
+    # The answer's link to the file is a file_path annotation, streamed and on the step, whose
+    # file id downloads the produced file.
+    link = "sandbox:/mnt/data/bars.png"
+    [message_step] = [s for s in steps if s.WhichOneof("step_details") == "message_creation"
+                      and s.message_creation.annotations]
+    [annotation] = message_step.message_creation.annotations
+    assert annotation.WhichOneof("annotation") == "file_path" and annotation.text == link
+    text = "Here is the chart: sandbox:/mnt/data/bars.png"
+    assert (annotation.start_index, annotation.end_index) == (text.index(link), len(text))
+    streamed_paths = [a for e in third if e.HasField("message_delta") for a in e.message_delta.annotations]
+    assert streamed_paths == [annotation]
+    linked, linked_data = await download(files, md, annotation.file_path.file_id)
+    assert linked.filename == "bars.png" and linked_data == saved_data
 
 
 async def test_an_attached_csv_is_read_by_pandas_and_a_code_error_is_a_result(stack, client):

@@ -164,6 +164,8 @@ class ToolOutcome:
     search_hits: tuple[SearchHit, ...] = ()
     # Files the tool produced that the answer may link (FilePath annotations).
     produced_file_ids: tuple[str, ...] = ()
+    # Their paths under /mnt/data, in the same order: the links the answer may write.
+    produced_paths: tuple[str, ...] = ()
 
 
 class ToolExecutor(abc.ABC):

@@ -202,6 +202,7 @@ class CodeInterpreterExecutor(ToolExecutor):
                        context: ToolContext) -> ToolOutcome:
         images: list[CodeOutput] = []
         produced: list[str] = []
+        paths: list[str] = []
         for number, display in enumerate(result.displays, start=1):
             if not display.media_type.startswith("image/") or display.media_type == "image/svg+xml":
                 continue
@@ -219,6 +220,7 @@ class CodeInterpreterExecutor(ToolExecutor):
             data = file.data if file.inlined else await self._download(sandbox_id, file.path, context)
             file_id = await context.files.write(os.path.basename(file.path), data, media_type=file.media_type)
             produced.append(file_id)
+            paths.append(file.path)
             written.append(f"sandbox:{WORK_DIR}/{file.path} (file id {file_id})")
         # The logs output carries what the model must read besides the printed text (the
         # traceback, the sandbox's note, the files written), as the hosted tool's logs do:
@@ -226,7 +228,8 @@ class CodeInterpreterExecutor(ToolExecutor):
         text = model_output(logs, result, written, images=0, placeholder=False)
         outputs = [CodeOutput(logs=text), *images] if text else images
         return ToolOutcome(output=model_output(logs, result, written, images=len(images)), code_input=code,
-                           code_outputs=tuple(outputs), produced_file_ids=tuple(produced))
+                           code_outputs=tuple(outputs), produced_file_ids=tuple(produced),
+                           produced_paths=tuple(paths))
 
     async def _download(self, sandbox_id: str, path: str, context: ToolContext) -> bytes:
         chunks = []
