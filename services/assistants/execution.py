@@ -122,6 +122,8 @@ class Execution:
         self._abandoned = False
         self._stream_task: asyncio.Task | None = None
         self._hits: list[SearchHit] = []
+        # Files the code interpreter produced in this run, by path under /mnt/data -> file id.
+        self._produced: dict[str, str] = {}
         self._filenames: dict[str, str] = {}
         # Image files of user messages, read once, for models with vision.
         self._images: dict[str, tuple[bytes, str]] = {}
@@ -400,7 +402,7 @@ class Execution:
             run_step=apb.RunStep(run_id=self.run.id, type=kind, status=apb.RUN_STEP_STATUS_IN_PROGRESS)))
 
     async def _stream_turn(self, built: prompts.Prompt, specs) -> Turn:
-        turn = Turn(citations=CitationStream(list(self._hits)))
+        turn = Turn(citations=CitationStream(list(self._hits), files=dict(self._produced)))
         request = self._request(built, specs)
         builtin = {s.name for s in specs} & set(self.runs.executors)
         # The turn's first step is stored while the model thinks, off the first token's path;
@@ -617,6 +619,7 @@ class Execution:
         else:
             if outcome is not None:
                 detail.code_interpreter.input = outcome.code_input
+                self._produced.update(zip(outcome.produced_paths, outcome.produced_file_ids))
                 for output in outcome.code_outputs:
                     if output.image_file_id:
                         detail.code_interpreter.outputs.append(apb.CodeInterpreterOutput(
