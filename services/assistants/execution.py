@@ -56,6 +56,7 @@ log = logging.getLogger("parley.assistants.execution")
 tracer = trace.get_tracer("parley.assistants")
 
 SESSION_STORE_KEY = "parley_file_search_store"
+STATUS_WATCH_DELAY_SECONDS = 0.5
 _TOOL_TYPES = {"function": apb.TOOL_CALL_TYPE_FUNCTION, "file_search": apb.TOOL_CALL_TYPE_FILE_SEARCH,
                "code_interpreter": apb.TOOL_CALL_TYPE_CODE_INTERPRETER}
 _RESPONSE_TYPES = {apb.RESPONSE_FORMAT_TYPE_TEXT: lpb.RESPONSE_FORMAT_TYPE_TEXT,
@@ -131,6 +132,8 @@ class Execution:
         self._model_calls = 0
         self._used_ids: set[str] = set()
         self._vector_stores: list[str] | None = None
+        # The session's messages read while the run was taken (see begin), for the first prompt.
+        self._first_messages: asyncio.Task | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -151,18 +154,24 @@ class Execution:
         if not run.HasField("start_time"):
             started.start_time.CopyFrom(now_stamp())
             paths.append("start_time")
+        # The session's messages (the first prompt's input) are read while the run is being
+        # taken, so the model call does not wait for one more round trip after it.
+        messages = asyncio.create_task(runs.sessions.list_messages(who, run.session_id)) if outputs is None else None
         try:
             stored = await event_log.commit(StatusChange(run=started, paths=paths, expected=expected,
                                                          lease=runs.lease(), require_session_head=require_session_head),
                                             run_status_changed=True)
         except LeaseLost as exc:
+            await _drop(messages)
             await event_log.close(ended=False)
             raise errors.Aborted(str(exc), reason="RUN_EVENT_SEQUENCE_CONFLICT") from None
         except BaseException:
+            await _drop(messages)
             await event_log.close(ended=False)
             raise
         started.last_sequence = stored.last_sequence
         execution = cls(runs, who, started, event_log, outputs)
+        execution._first_messages = messages
         execution.started_after = run.last_sequence
         runs.executions[run.id] = execution
         execution.task = asyncio.create_task(execution._main(), name=f"run-{run.id}")
@@ -184,7 +193,14 @@ class Execution:
                 await self.task
 
     async def _watch_status(self) -> None:
-        """Hears CancelRun from any replica: the run's stored status becoming CANCELLING."""
+        """Hears CancelRun from any replica: the run's stored status becoming CANCELLING.
+
+        Opened only once the run has gone on for STATUS_WATCH_DELAY_SECONDS: the watch reads
+        the run's status on every change of the run (each event batch), which for a short run
+        cost more of the run store's time than the rest of the run. Its first read sees a
+        cancel made meanwhile, so a cancel from another replica is heard at most that much
+        later; one made on this replica stops the run directly (Runs.cancel)."""
+        await asyncio.sleep(STATUS_WATCH_DELAY_SECONDS)
         while True:
             try:
                 async for change in self.runs.store.watch(self.who, rs.WatchRunEventsRequest(
@@ -215,6 +231,8 @@ class Execution:
         except Exception as exc:  # noqa: BLE001 - every failure ends the run with a reason
             ended = await self._fail_safely(exc)
         finally:
+            await _drop(self._first_messages)
+            self._first_messages = None
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
@@ -294,7 +312,11 @@ class Execution:
             if self._model_calls >= self.runs.settings.max_model_calls:
                 raise errors.FailedPrecondition(
                     f"the run made {self._model_calls} model calls without finishing", reason="TOO_MANY_MODEL_CALLS")
-            session_messages = await self.runs.sessions.list_messages(self.who, self.run.session_id)
+            if self._first_messages is not None:
+                task, self._first_messages = self._first_messages, None
+                session_messages = await task
+            else:
+                session_messages = await self.runs.sessions.list_messages(self.who, self.run.session_id)
             await self._learn_filenames(session_messages)
             budget = self.run.max_prompt_tokens - usage.prompt_tokens if self.run.max_prompt_tokens else None
             reserve = self._output_reserve()
@@ -764,6 +786,15 @@ class Execution:
         cancelling.CopyFrom(self.run)
         cancelling.status = apb.RUN_STATUS_CANCELLING
         await self._end(apb.RUN_STATUS_CANCELLED, extra=[{"run_status_changed": cancelling}])
+
+
+async def _drop(task: asyncio.Task | None) -> None:
+    """Cancels a read nobody will use, and retrieves its outcome so none is left unobserved."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def record_end(run: apb.Run) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
 
@@ -131,6 +132,48 @@ class Runs:
         if missing:
             raise check.unavailable_tools(missing)
 
+        strategy = request.busy_session_strategy or apb.BUSY_SESSION_STRATEGY_QUEUE
+        created_session = ""
+        written: list[str] = []
+
+        async def new_session() -> str:
+            nonlocal created_session
+            session = await self.sessions.create_session(who, request.session.title,
+                                                         dict(request.session.metadata), request.assistant_id)
+            created_session = session.id
+            for message in request.session.messages:
+                await self.sessions.create_message(who, session.id, message)
+            return session.id
+
+        # A new session (and its messages) is written while the assistant, model and files are
+        # checked, off the first token's path; a refused run removes it again (below). Only for
+        # an id in its stored spelling, so the session names the assistant exactly as stored.
+        creating = asyncio.create_task(new_session()) if not request.session_id and _canonical_id(
+            request.assistant_id) else None
+        try:
+            stored = await self._create(who, request, strategy, creating, new_session, written)
+        except BaseException:
+            # A refused run leaves nothing behind: the session it created, the messages it added.
+            # (A session being written is let finish, so it is known and can be removed.)
+            if creating is not None:
+                with contextlib.suppress(BaseException):
+                    await creating
+            with contextlib.suppress(Exception):
+                if created_session:
+                    await self.sessions.delete_session(who, created_session)
+                else:
+                    for message_id in written:
+                        await self.sessions.delete_message(who, request.session_id, message_id)
+            raise
+        if strategy == apb.BUSY_SESSION_STRATEGY_CANCEL_ACTIVE:
+            await self._cancel_earlier(who, stored)
+        await self.try_start(who, stored)
+        return stored
+
+    async def _create(self, who: UserIdentity, request: aapi.CreateRunRequest, strategy: int,
+                      creating: asyncio.Task | None, new_session, written: list[str]) -> apb.Run:
+        """Checks the run against its assistant, model and files, then stores it (with its
+        session and messages, unless they exist); `create` undoes those writes if this fails."""
         assistant = await self.store.call(who, "GetAssistant", rs.GetAssistantRequest(assistant_id=request.assistant_id))
         tools = list(request.tools) or list(assistant.tools)
         if not request.tools:
@@ -166,44 +209,23 @@ class Runs:
             v for t in request.tools if t.HasField("file_search") for v in t.file_search.vector_store_ids])
         await check.check_files(self.files, who, request.tool_resources.code_interpreter.file_ids)
 
-        strategy = request.busy_session_strategy or apb.BUSY_SESSION_STRATEGY_QUEUE
-        created_session = ""
-        written: list[str] = []
-        try:
-            if request.session_id:
-                session_id = request.session_id
-                if strategy == apb.BUSY_SESSION_STRATEGY_REJECT or request.additional_messages:
-                    # Checked before the additional messages are written, so a refused run
-                    # changes nothing (another user's session is NOT_FOUND here); the store
-                    # checks again under the session's lock.
-                    active = await self.store.call(who, "GetActiveRun", rs.GetActiveRunRequest(session_id=session_id))
-                    if active.HasField("run") and strategy == apb.BUSY_SESSION_STRATEGY_REJECT:
-                        raise errors.FailedPrecondition(
-                            f"session {session_id} already has an active run", reason="SESSION_BUSY",
-                            metadata={"session_id": session_id, "active_run_id": active.run.id})
-            else:
-                session = await self.sessions.create_session(who, request.session.title,
-                                                             dict(request.session.metadata), assistant.id)
-                session_id = created_session = session.id
-                for message in request.session.messages:
-                    await self.sessions.create_message(who, session_id, message)
-            for message in request.additional_messages:
-                written.append((await self.sessions.create_message(who, session_id, message)).id)
-            stored = await self._store_run(who, request, assistant, session_id, model, instructions, tools,
-                                           resources, strategy)
-        except BaseException:
-            # A refused run leaves nothing behind: the session it created, the messages it added.
-            with contextlib.suppress(Exception):
-                if created_session:
-                    await self.sessions.delete_session(who, created_session)
-                else:
-                    for message_id in written:
-                        await self.sessions.delete_message(who, session_id, message_id)
-            raise
-        if strategy == apb.BUSY_SESSION_STRATEGY_CANCEL_ACTIVE:
-            await self._cancel_earlier(who, stored)
-        await self.try_start(who, stored)
-        return stored
+        if request.session_id:
+            session_id = request.session_id
+            if strategy == apb.BUSY_SESSION_STRATEGY_REJECT or request.additional_messages:
+                # Checked before the additional messages are written, so a refused run
+                # changes nothing (another user's session is NOT_FOUND here); the store
+                # checks again under the session's lock.
+                active = await self.store.call(who, "GetActiveRun", rs.GetActiveRunRequest(session_id=session_id))
+                if active.HasField("run") and strategy == apb.BUSY_SESSION_STRATEGY_REJECT:
+                    raise errors.FailedPrecondition(
+                        f"session {session_id} already has an active run", reason="SESSION_BUSY",
+                        metadata={"session_id": session_id, "active_run_id": active.run.id})
+        else:
+            session_id = await (creating if creating is not None else new_session())
+        for message in request.additional_messages:
+            written.append((await self.sessions.create_message(who, session_id, message)).id)
+        return await self._store_run(who, request, assistant, session_id, model, instructions, tools,
+                                     resources, strategy)
 
     async def _store_run(self, who, request, assistant, session_id: str, model: str, instructions: str, tools,
                          resources, strategy: int) -> apb.Run:
@@ -281,15 +303,17 @@ class Runs:
             run_id=run_id, page_size=page_size, page_token=page_token))
 
     async def follow(self, who: Who, run_id: str, after_sequence: int, *,
-                     until_action: bool) -> AsyncIterator[apb.RunEvent]:
+                     until_action: bool, owner_checked: bool = False) -> AsyncIterator[apb.RunEvent]:
         """Every event after `after_sequence`, once and in order, then live until the run ends
-        (or, with `until_action`, until it waits for tool outputs)."""
+        (or, with `until_action`, until it waits for tool outputs). `owner_checked`: the
+        caller has just created or read the run as `who` (no need to read it again)."""
         if after_sequence < 0:
             raise errors.InvalidArgument.for_field("after_sequence", "must not be negative")
         after = after_sequence
         local = self.local.get(run_id)
         if local is not None and local.first_sequence <= after + 1:
-            await self.get(who, run_id)  # the caller must own the run
+            if not owner_checked:
+                await self.get(who, run_id)  # the caller must own the run
             async for event in local.follow(after):
                 yield event
                 after = event.sequence
@@ -309,7 +333,7 @@ class Runs:
         # run store's contract); what follows comes live from this replica when it started the
         # run, or from the log when another one did.
         yield created_event(run)
-        async for event in self.follow(who, run.id, 1, until_action=True):
+        async for event in self.follow(who, run.id, 1, until_action=True, owner_checked=True):
             yield event
 
     # -- cancelling ---------------------------------------------------------------------------
@@ -445,7 +469,8 @@ class Runs:
         except errors.Aborted:
             current = await self.get(who, run_id)
             raise not_requires_action(current) from None
-        async for event in self.follow(who, run.id, execution.started_after, until_action=True):
+        async for event in self.follow(who, run.id, execution.started_after, until_action=True,
+                                       owner_checked=True):
             yield event
 
     # -- the queue ----------------------------------------------------------------------------
@@ -521,6 +546,13 @@ class Runs:
                 if run_id not in held and execution is not None and execution.holds_lease:
                     log.warning("run %s: lease lost; stopping here", run_id)
                     await execution.abandon()
+
+
+def _canonical_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def _stops(event: apb.RunEvent, until_action: bool) -> bool:
