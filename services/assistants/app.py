@@ -15,6 +15,7 @@ from parley.assistants.v1 import assistants_service_pb2, assistants_service_pb2_
 from services.assistants.assistants import Assistants
 from services.assistants.clients import FilesClient, LLMClient, RunStoreClient, SessionsClient
 from services.assistants.identity import MintedIdentities
+from services.assistants.session_sandboxes import SessionSandboxes
 from services.assistants.runs import Runs
 from services.assistants.servicer import AssistantServicer
 from services.assistants.settings import EngineSettings
@@ -109,13 +110,20 @@ class AssistantsApp:
                              max_concurrent_runs=settings.max_concurrent_runs,
                              file_search_token_budget=settings.file_search_token_budget))
         self.assistants = Assistants(self.store, self.llm, self.files, self.executors)
+        # With the code interpreter, a session's sandbox goes when the session does.
+        self.session_sandboxes = SessionSandboxes(settings.sessions_target, settings.sandbox_target, self.identities) \
+            if "code_interpreter" in self.executors else None
 
     def register(self, server: grpc.aio.Server) -> None:
         assistants_service_pb2_grpc.add_AssistantServiceServicer_to_server(
             AssistantServicer(self.assistants, self.runs, self.identities), server)
         self.runs.start()
+        if self.session_sandboxes is not None:
+            self.session_sandboxes.start()
 
     async def aclose(self) -> None:
+        if self.session_sandboxes is not None:
+            await self.session_sandboxes.aclose()
         await self.runs.aclose()
         for executor in self.executors.values():
             await executor.aclose()

@@ -261,6 +261,15 @@ class Sandboxes:
         sandbox = self.get(user_id, sandbox_id)
         await self._destroy(sandbox)
 
+    async def delete_for_session(self, user_id: str, session_id: str) -> None:
+        """Deletes the user's live sandbox of the session (its session was deleted)."""
+        async with self._creating:  # not while a CreateSandbox for the session is deciding
+            found = [s for s in self._live.values() if s.user_id == user_id and s.session_id == session_id]
+        if not found:
+            raise NotFound(f"no live sandbox for session {session_id}", reason="SANDBOX_NOT_FOUND")
+        for sandbox in found:
+            await self._destroy(sandbox)
+
     async def _destroy(self, sandbox: Sandbox, *, expired: bool = False) -> None:
         if self._live.pop(sandbox.id, None) is None:
             return

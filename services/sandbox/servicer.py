@@ -39,7 +39,10 @@ class SandboxServicer(api_grpc.SandboxServiceServicer):
         return convert.sandbox_to_proto(sandbox)
 
     async def DeleteSandbox(self, request, context):
-        await self._sandboxes.delete(current_identity().user_id, request.sandbox_id)
+        if request.session_id and not request.sandbox_id:
+            await self._sandboxes.delete_for_session(current_identity().user_id, request.session_id)
+        else:
+            await self._sandboxes.delete(current_identity().user_id, request.sandbox_id)
         return Empty()
 
     async def ExecuteCode(self, request, context):

@@ -19,6 +19,7 @@ from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, Database, ope
 from services.sessions.domain import Limits, Sessions
 from services.sessions.runstore import RunStore
 from services.sessions.runstore.servicer import RunStoreServicer
+from services.sessions.runstore.session_deletions import SessionDeletions
 from services.sessions.servicer import SessionServicer
 
 log = logging.getLogger("parley.sessions")
@@ -75,7 +76,8 @@ class SessionsApp:
 
     def register(self, server: grpc.aio.Server) -> None:
         sessions_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(self.sessions), server)
-        runstore_service_pb2_grpc.add_RunStoreServiceServicer_to_server(RunStoreServicer(self.run_store), server)
+        runstore_service_pb2_grpc.add_RunStoreServiceServicer_to_server(RunStoreServicer(
+            self.run_store, SessionDeletions(self.db.pool)), server)
 
     async def _purge_forever(self, idle_for: timedelta, interval: float) -> None:
         while True:

@@ -9,6 +9,7 @@ session); an attached CSV is read by pandas; an error in the code is a result, n
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -20,9 +21,13 @@ from parley.assistants.v1 import assistants_service_pb2_grpc as agrpc
 from parley.files.v1 import files_pb2 as fpb
 from parley.files.v1 import files_service_pb2 as fapi
 from parley.files.v1 import files_service_pb2_grpc as fgrpc
+from parley.sandbox.v1 import sandbox_service_pb2 as sbapi
+from parley.sandbox.v1 import sandbox_service_pb2_grpc as sbgrpc
+from parley.sessions.v1 import sessions_service_pb2 as sapi
+from parley.sessions.v1 import sessions_service_pb2_grpc as sgrpc
 from parley.sessions.v1 import sessions_pb2 as spb
 from tests.assistants.helpers import collect, user_message
-from tests.conftest import serve_app
+from tests.conftest import channel_to, serve_app
 
 CSV = b"city,temp\nLisbon,21\nOslo,7\nCairo,33\n"
 
@@ -70,6 +75,14 @@ async def client(ci, stack, user):
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
     md = (("authorization", f"Bearer {key}"),)
     yield agrpc.AssistantServiceStub(channel), fgrpc.FileServiceStub(channel), md
+    await channel.close()
+
+
+@pytest.fixture
+async def sandboxes(ci):
+    _, sandbox = ci
+    channel = channel_to(sandbox)
+    yield sbgrpc.SandboxServiceStub(channel)
     await channel.close()
 
 
@@ -202,3 +215,36 @@ async def test_an_attached_csv_is_read_by_pandas_and_a_code_error_is_a_result(st
         outputs.update(tool_outputs(request))
     assert outputs["call_csv"].startswith("20.333333333333332 Cairo")
     assert "ZeroDivisionError" in outputs["call_bad"]
+
+
+async def test_deleting_the_session_through_the_gateway_deletes_its_sandbox(stack, client, sandboxes, ci, minter):
+    stub, _, md = client
+    gateway, _ = ci
+    model = stack.model("openai")
+    name = model.split("/")[1]
+    stack.fakes["openai"].script(name, {"tool_calls": [code_call("call_touch", "open('kept.txt', 'w').write('x')")]},
+                                 {"text": "Done."})
+    assistant = await stub.CreateAssistant(api.CreateAssistantRequest(
+        model=model, tools=[apb.Tool(code_interpreter=apb.CodeInterpreterTool())]), metadata=md)
+    events = await run(stub, md, assistant_id=assistant.id,
+                       session=api.NewSession(title="doomed", messages=[user_message("Write a file.")]))
+    assert events[-1].done.status == apb.RUN_STATUS_COMPLETED, events[-2]
+    session_id = events[0].run_status_changed.session_id
+    # The session's sandbox, asked for directly as the user (CreateSandbox returns the live one).
+    who = minter.metadata(assistant.user_id, ("sandbox",))
+    sandbox = await sandboxes.CreateSandbox(sbapi.CreateSandboxRequest(session_id=session_id), metadata=who)
+    files = await sandboxes.ListSandboxFiles(sbapi.ListSandboxFilesRequest(sandbox_id=sandbox.id), metadata=who)
+    assert "kept.txt" in [f.path for f in files.files]
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        await sgrpc.SessionServiceStub(channel).DeleteSession(sapi.DeleteSessionRequest(session_id=session_id),
+                                                             metadata=md)
+    for _ in range(300):  # the engine hears the deletion and deletes the sandbox: a bounded wait
+        try:
+            await sandboxes.GetSandbox(sbapi.GetSandboxRequest(sandbox_id=sandbox.id), metadata=who)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the deleted session's sandbox is still there after 30 s")

@@ -149,6 +149,29 @@ async def test_delete_removes_the_sandbox_and_its_files(stub, as_user, sandbox_s
                        grpc.StatusCode.NOT_FOUND)
 
 
+async def test_delete_by_session_removes_only_the_callers_sandbox_of_that_session(stub, as_user, sandbox_server):
+    md, other = as_user(USER), as_user("another-session-user")
+    doomed = await new_sandbox(stub, md, session_id="deleted-thread")
+    kept = await new_sandbox(stub, md, session_id="kept-thread")
+    theirs = await new_sandbox(stub, other, session_id="deleted-thread")
+    try:
+        directory = sandbox_server.app.sandboxes.settings.root_dir / doomed.id
+        assert directory.exists()
+        await stub.DeleteSandbox(sandbox_service_pb2.DeleteSandboxRequest(session_id="deleted-thread"), metadata=md)
+        assert not directory.exists()
+        await expect_error(stub.GetSandbox(sandbox_service_pb2.GetSandboxRequest(sandbox_id=doomed.id), metadata=md),
+                           grpc.StatusCode.NOT_FOUND)
+        for sandbox, who in ((kept, md), (theirs, other)):
+            alive = await stub.GetSandbox(sandbox_service_pb2.GetSandboxRequest(sandbox_id=sandbox.id), metadata=who)
+            assert alive.status == sandbox_pb2.SANDBOX_STATUS_READY
+        # A session without a live sandbox: NOT_FOUND (the engine ignores it).
+        await expect_error(stub.DeleteSandbox(sandbox_service_pb2.DeleteSandboxRequest(session_id="deleted-thread"),
+                                              metadata=md), grpc.StatusCode.NOT_FOUND)
+    finally:
+        for sandbox, who in ((kept, md), (theirs, other)):
+            await stub.DeleteSandbox(sandbox_service_pb2.DeleteSandboxRequest(sandbox_id=sandbox.id), metadata=who)
+
+
 async def test_health_and_reflection(sandbox_channel):
     health = health_pb2_grpc.HealthStub(sandbox_channel)
     for service in ("", "parley.sandbox.v1.SandboxService"):

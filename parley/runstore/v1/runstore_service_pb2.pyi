@@ -55,6 +55,45 @@ RUN_CLAIM_REASON_ACTION_EXPIRED: RunClaimReason.ValueType  # 3
 Global___RunClaimReason: _TypeAlias = RunClaimReason  # noqa: Y015
 
 @_typing.final
+class WatchSessionDeletionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSessionDeletionsRequest: _TypeAlias = WatchSessionDeletionsRequest  # noqa: Y015
+
+@_typing.final
+class WatchSessionDeletionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Empty in the first message (the stream is listening)."""
+    user_id: _builtins.str
+    """The deleted session's owner."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSessionDeletionsResponse: _TypeAlias = WatchSessionDeletionsResponse  # noqa: Y015
+
+@_typing.final
 class CreateAssistantRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

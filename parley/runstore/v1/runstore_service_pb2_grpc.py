@@ -153,6 +153,11 @@ class RunStoreServiceStub:
                 request_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsRequest.SerializeToString,
                 response_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsResponse.FromString,
                 _registered_method=True)
+        self.WatchSessionDeletions = channel.unary_stream(
+                '/parley.runstore.v1.RunStoreService/WatchSessionDeletions',
+                request_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchSessionDeletionsRequest.SerializeToString,
+                response_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchSessionDeletionsResponse.FromString,
+                _registered_method=True)
 
 
 class RunStoreServiceServicer:
@@ -337,6 +342,17 @@ class RunStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSessionDeletions(self, request, context):
+        """Session deletions as they commit, across users (engine scope only): a trigger on the
+        sessions table sends a PostgreSQL NOTIFY in the deleting transaction (DeleteSession, the
+        retention purge), so the engine can delete what it keeps per session elsewhere (the
+        code interpreter's sandbox). Live only: deletions made while no stream is open are not
+        replayed. The stream first sends one empty message once it is listening.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -439,6 +455,11 @@ def add_RunStoreServiceServicer_to_server(servicer, server):
                     servicer.StoreFunctionResults,
                     request_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsRequest.FromString,
                     response_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsResponse.SerializeToString,
+            ),
+            'WatchSessionDeletions': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSessionDeletions,
+                    request_deserializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchSessionDeletionsRequest.FromString,
+                    response_serializer=parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchSessionDeletionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -998,6 +1019,33 @@ class RunStoreService:
             '/parley.runstore.v1.RunStoreService/StoreFunctionResults',
             parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsRequest.SerializeToString,
             parley_dot_runstore_dot_v1_dot_runstore__service__pb2.StoreFunctionResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSessionDeletions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.runstore.v1.RunStoreService/WatchSessionDeletions',
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchSessionDeletionsRequest.SerializeToString,
+            parley_dot_runstore_dot_v1_dot_runstore__service__pb2.WatchSessionDeletionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

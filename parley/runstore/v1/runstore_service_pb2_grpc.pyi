@@ -123,6 +123,13 @@ class RunStoreServiceStub:
     """Caches function outputs for the caller until their expire_time, replacing older ones
     with the same name and arguments.
     """
+    WatchSessionDeletions: _grpc.UnaryStreamMultiCallable[_runstore_service_pb2.WatchSessionDeletionsRequest, _runstore_service_pb2.WatchSessionDeletionsResponse]
+    """Session deletions as they commit, across users (engine scope only): a trigger on the
+    sessions table sends a PostgreSQL NOTIFY in the deleting transaction (DeleteSession, the
+    retention purge), so the engine can delete what it keeps per session elsewhere (the
+    code interpreter's sandbox). Live only: deletions made while no stream is open are not
+    replayed. The stream first sends one empty message once it is listening.
+    """
 
 @_typing.type_check_only
 class RunStoreServiceAsyncStub(RunStoreServiceStub):
@@ -216,6 +223,13 @@ class RunStoreServiceAsyncStub(RunStoreServiceStub):
     StoreFunctionResults: _aio.UnaryUnaryMultiCallable[_runstore_service_pb2.StoreFunctionResultsRequest, _runstore_service_pb2.StoreFunctionResultsResponse]  # type: ignore[assignment]
     """Caches function outputs for the caller until their expire_time, replacing older ones
     with the same name and arguments.
+    """
+    WatchSessionDeletions: _aio.UnaryStreamMultiCallable[_runstore_service_pb2.WatchSessionDeletionsRequest, _runstore_service_pb2.WatchSessionDeletionsResponse]  # type: ignore[assignment]
+    """Session deletions as they commit, across users (engine scope only): a trigger on the
+    sessions table sends a PostgreSQL NOTIFY in the deleting transaction (DeleteSession, the
+    retention purge), so the engine can delete what it keeps per session elsewhere (the
+    code interpreter's sandbox). Live only: deletions made while no stream is open are not
+    replayed. The stream first sends one empty message once it is listening.
     """
 
 class RunStoreServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -427,6 +441,19 @@ class RunStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runstore_service_pb2.StoreFunctionResultsResponse, _abc.Awaitable[_runstore_service_pb2.StoreFunctionResultsResponse]]:
         """Caches function outputs for the caller until their expire_time, replacing older ones
         with the same name and arguments.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSessionDeletions(
+        self,
+        request: _runstore_service_pb2.WatchSessionDeletionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runstore_service_pb2.WatchSessionDeletionsResponse], _abc.AsyncIterator[_runstore_service_pb2.WatchSessionDeletionsResponse]]:
+        """Session deletions as they commit, across users (engine scope only): a trigger on the
+        sessions table sends a PostgreSQL NOTIFY in the deleting transaction (DeleteSession, the
+        retention purge), so the engine can delete what it keeps per session elsewhere (the
+        code interpreter's sandbox). Live only: deletions made while no stream is open are not
+        replayed. The stream first sends one empty message once it is listening.
         """
 
 def add_RunStoreServiceServicer_to_server(servicer: RunStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

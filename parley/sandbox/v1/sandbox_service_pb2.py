@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from parley.sandbox.v1 import sandbox_pb2 as parley_dot_sandbox_dot_v1_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'parley/sandbox/v1/sandbox_service.proto\x12\x11parley.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fparley/sandbox/v1/sandbox.proto\"\x87\x02\n\x14\x43reateSandboxRequest\x12\x30\n\x06limits\x18\x01 \x01(\x0b\x32 .parley.sandbox.v1.SandboxLimits\x12/\n\x0cidle_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12G\n\x08metadata\x18\x03 \x03(\x0b\x32\x35.parley.sandbox.v1.CreateSandboxRequest.MetadataEntry\x12\x12\n\nsession_id\x18\x04 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x11GetSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"\xb0\x01\n\x12\x45xecuteCodeRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12-\n\x08language\x18\x02 \x01(\x0e\x32\x1b.parley.sandbox.v1.Language\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15max_inline_file_bytes\x18\x05 \x01(\x03\"x\n\x13\x45xecuteCodeResponse\x12\x10\n\x06stdout\x18\x01 \x01(\tH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\tH\x00\x12\x34\n\x06result\x18\x03 \x01(\x0b\x32\".parley.sandbox.v1.ExecutionResultH\x00\x42\x07\n\x05\x65vent\"u\n\x18UploadSandboxFileRequest\x12@\n\x08metadata\x18\x01 \x01(\x0b\x32,.parley.sandbox.v1.UploadSandboxFileMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"U\n\x19UploadSandboxFileMetadata\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x16\n\x0esource_file_id\x18\x03 \x01(\t\"g\n\x17ListSandboxFilesRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tdirectory\x18\x04 \x01(\t\"b\n\x18ListSandboxFilesResponse\x12-\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1e.parley.sandbox.v1.SandboxFile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x1a\x44ownloadSandboxFileRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"f\n\x1b\x44ownloadSandboxFileResponse\x12.\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1e.parley.sandbox.v1.SandboxFileH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta2\xb1\x05\n\x0eSandboxService\x12T\n\rCreateSandbox\x12\'.parley.sandbox.v1.CreateSandboxRequest\x1a\x1a.parley.sandbox.v1.Sandbox\x12N\n\nGetSandbox\x12$.parley.sandbox.v1.GetSandboxRequest\x1a\x1a.parley.sandbox.v1.Sandbox\x12P\n\rDeleteSandbox\x12\'.parley.sandbox.v1.DeleteSandboxRequest\x1a\x16.google.protobuf.Empty\x12^\n\x0b\x45xecuteCode\x12%.parley.sandbox.v1.ExecuteCodeRequest\x1a&.parley.sandbox.v1.ExecuteCodeResponse0\x01\x12\x62\n\x11UploadSandboxFile\x12+.parley.sandbox.v1.UploadSandboxFileRequest\x1a\x1e.parley.sandbox.v1.SandboxFile(\x01\x12k\n\x10ListSandboxFiles\x12*.parley.sandbox.v1.ListSandboxFilesRequest\x1a+.parley.sandbox.v1.ListSandboxFilesResponse\x12v\n\x13\x44ownloadSandboxFile\x12-.parley.sandbox.v1.DownloadSandboxFileRequest\x1a..parley.sandbox.v1.DownloadSandboxFileResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'parley/sandbox/v1/sandbox_service.proto\x12\x11parley.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fparley/sandbox/v1/sandbox.proto\"\x87\x02\n\x14\x43reateSandboxRequest\x12\x30\n\x06limits\x18\x01 \x01(\x0b\x32 .parley.sandbox.v1.SandboxLimits\x12/\n\x0cidle_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12G\n\x08metadata\x18\x03 \x03(\x0b\x32\x35.parley.sandbox.v1.CreateSandboxRequest.MetadataEntry\x12\x12\n\nsession_id\x18\x04 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x11GetSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\">\n\x14\x44\x65leteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\xb0\x01\n\x12\x45xecuteCodeRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12-\n\x08language\x18\x02 \x01(\x0e\x32\x1b.parley.sandbox.v1.Language\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15max_inline_file_bytes\x18\x05 \x01(\x03\"x\n\x13\x45xecuteCodeResponse\x12\x10\n\x06stdout\x18\x01 \x01(\tH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\tH\x00\x12\x34\n\x06result\x18\x03 \x01(\x0b\x32\".parley.sandbox.v1.ExecutionResultH\x00\x42\x07\n\x05\x65vent\"u\n\x18UploadSandboxFileRequest\x12@\n\x08metadata\x18\x01 \x01(\x0b\x32,.parley.sandbox.v1.UploadSandboxFileMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"U\n\x19UploadSandboxFileMetadata\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x16\n\x0esource_file_id\x18\x03 \x01(\t\"g\n\x17ListSandboxFilesRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tdirectory\x18\x04 \x01(\t\"b\n\x18ListSandboxFilesResponse\x12-\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1e.parley.sandbox.v1.SandboxFile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x1a\x44ownloadSandboxFileRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"f\n\x1b\x44ownloadSandboxFileResponse\x12.\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1e.parley.sandbox.v1.SandboxFileH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta2\xb1\x05\n\x0eSandboxService\x12T\n\rCreateSandbox\x12\'.parley.sandbox.v1.CreateSandboxRequest\x1a\x1a.parley.sandbox.v1.Sandbox\x12N\n\nGetSandbox\x12$.parley.sandbox.v1.GetSandboxRequest\x1a\x1a.parley.sandbox.v1.Sandbox\x12P\n\rDeleteSandbox\x12\'.parley.sandbox.v1.DeleteSandboxRequest\x1a\x16.google.protobuf.Empty\x12^\n\x0b\x45xecuteCode\x12%.parley.sandbox.v1.ExecuteCodeRequest\x1a&.parley.sandbox.v1.ExecuteCodeResponse0\x01\x12\x62\n\x11UploadSandboxFile\x12+.parley.sandbox.v1.UploadSandboxFileRequest\x1a\x1e.parley.sandbox.v1.SandboxFile(\x01\x12k\n\x10ListSandboxFiles\x12*.parley.sandbox.v1.ListSandboxFilesRequest\x1a+.parley.sandbox.v1.ListSandboxFilesResponse\x12v\n\x13\x44ownloadSandboxFile\x12-.parley.sandbox.v1.DownloadSandboxFileRequest\x1a..parley.sandbox.v1.DownloadSandboxFileResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSANDBOXREQUEST']._serialized_start=422
   _globals['_GETSANDBOXREQUEST']._serialized_end=461
   _globals['_DELETESANDBOXREQUEST']._serialized_start=463
-  _globals['_DELETESANDBOXREQUEST']._serialized_end=505
-  _globals['_EXECUTECODEREQUEST']._serialized_start=508
-  _globals['_EXECUTECODEREQUEST']._serialized_end=684
-  _globals['_EXECUTECODERESPONSE']._serialized_start=686
-  _globals['_EXECUTECODERESPONSE']._serialized_end=806
-  _globals['_UPLOADSANDBOXFILEREQUEST']._serialized_start=808
-  _globals['_UPLOADSANDBOXFILEREQUEST']._serialized_end=925
-  _globals['_UPLOADSANDBOXFILEMETADATA']._serialized_start=927
-  _globals['_UPLOADSANDBOXFILEMETADATA']._serialized_end=1012
-  _globals['_LISTSANDBOXFILESREQUEST']._serialized_start=1014
-  _globals['_LISTSANDBOXFILESREQUEST']._serialized_end=1117
-  _globals['_LISTSANDBOXFILESRESPONSE']._serialized_start=1119
-  _globals['_LISTSANDBOXFILESRESPONSE']._serialized_end=1217
-  _globals['_DOWNLOADSANDBOXFILEREQUEST']._serialized_start=1219
-  _globals['_DOWNLOADSANDBOXFILEREQUEST']._serialized_end=1281
-  _globals['_DOWNLOADSANDBOXFILERESPONSE']._serialized_start=1283
-  _globals['_DOWNLOADSANDBOXFILERESPONSE']._serialized_end=1385
-  _globals['_SANDBOXSERVICE']._serialized_start=1388
-  _globals['_SANDBOXSERVICE']._serialized_end=2077
+  _globals['_DELETESANDBOXREQUEST']._serialized_end=525
+  _globals['_EXECUTECODEREQUEST']._serialized_start=528
+  _globals['_EXECUTECODEREQUEST']._serialized_end=704
+  _globals['_EXECUTECODERESPONSE']._serialized_start=706
+  _globals['_EXECUTECODERESPONSE']._serialized_end=826
+  _globals['_UPLOADSANDBOXFILEREQUEST']._serialized_start=828
+  _globals['_UPLOADSANDBOXFILEREQUEST']._serialized_end=945
+  _globals['_UPLOADSANDBOXFILEMETADATA']._serialized_start=947
+  _globals['_UPLOADSANDBOXFILEMETADATA']._serialized_end=1032
+  _globals['_LISTSANDBOXFILESREQUEST']._serialized_start=1034
+  _globals['_LISTSANDBOXFILESREQUEST']._serialized_end=1137
+  _globals['_LISTSANDBOXFILESRESPONSE']._serialized_start=1139
+  _globals['_LISTSANDBOXFILESRESPONSE']._serialized_end=1237
+  _globals['_DOWNLOADSANDBOXFILEREQUEST']._serialized_start=1239
+  _globals['_DOWNLOADSANDBOXFILEREQUEST']._serialized_end=1301
+  _globals['_DOWNLOADSANDBOXFILERESPONSE']._serialized_start=1303
+  _globals['_DOWNLOADSANDBOXFILERESPONSE']._serialized_end=1405
+  _globals['_SANDBOXSERVICE']._serialized_start=1408
+  _globals['_SANDBOXSERVICE']._serialized_end=2097
 # @@protoc_insertion_point(module_scope)

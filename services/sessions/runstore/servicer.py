@@ -7,14 +7,17 @@ from google.protobuf.empty_pb2 import Empty
 
 from parley.runstore.v1 import runstore_service_pb2 as api
 from parley.runstore.v1 import runstore_service_pb2_grpc as api_grpc
+from services.runtime import errors
 from services.runtime.interceptors import current_identity
 from services.sessions.runstore import convert
+from services.sessions.runstore.session_deletions import SessionDeletions
 from services.sessions.runstore.store import RunStore
 
 
 class RunStoreServicer(api_grpc.RunStoreServiceServicer):
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, session_deletions: SessionDeletions | None = None) -> None:
         self._store = store
+        self._session_deletions = session_deletions
 
     async def CreateAssistant(self, request, context):
         assistant = await self._store.create_assistant(
@@ -135,6 +138,12 @@ class RunStoreServicer(api_grpc.RunStoreServiceServicer):
         )
         async for change in changes:
             yield convert.run_change_to_proto(change)
+
+    async def WatchSessionDeletions(self, request, context):
+        if self._session_deletions is None:
+            raise errors.Unimplemented("this run store does not announce session deletions")
+        async for deletion in self._session_deletions.watch(current_identity().scopes):
+            yield api.WatchSessionDeletionsResponse(session_id=deletion.session_id, user_id=deletion.user_id)
 
     async def ClaimRuns(self, request, context):
         claims = await self._store.claim_runs(
