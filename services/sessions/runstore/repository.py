@@ -281,6 +281,33 @@ class RunStoreRepository:
             [json.dumps(e.body) for e in events],
         )
 
+    async def append_events(self, conn: asyncpg.Connection, run_id: uuid.UUID, events: list[NewRunEvent]) -> bool:
+        """Inserts consecutive events and moves the run's last_sequence to the last of them, in
+        one statement, if it is just before the first (compare-and-set: the UPDATE's row lock
+        orders concurrent appenders, and the second re-checks against the first's commit).
+        False, writing nothing, if it is not or the run is not visible."""
+        moved = await conn.fetchval(
+            """
+            WITH moved AS (
+                UPDATE runs SET last_sequence = $5, update_time = now()
+                WHERE id = $1 AND last_sequence = $6
+                RETURNING id
+            ), inserted AS (
+                INSERT INTO run_events (run_id, sequence, create_time, body)
+                SELECT moved.id, e.sequence, coalesce(e.create_time, now()), e.body::jsonb
+                FROM moved, unnest($2::bigint[], $3::timestamptz[], $4::text[]) AS e(sequence, create_time, body)
+            )
+            SELECT count(*) FROM moved
+            """,
+            run_id,
+            [e.sequence for e in events],
+            [e.create_time for e in events],
+            [json.dumps(e.body) for e in events],
+            events[-1].sequence,
+            events[0].sequence - 1,
+        )
+        return moved == 1
+
     async def list_events(
         self, conn: asyncpg.Connection, run_id: uuid.UUID, *, after_sequence: int, limit: int
     ) -> list[RunEvent]:

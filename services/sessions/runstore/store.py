@@ -9,6 +9,7 @@ transaction as the write, so they cannot be raced, and a failed check writes not
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -74,6 +75,8 @@ MODEL_MAX_CHARS = 256
 INSTRUCTIONS_MAX_CHARS = 256_000
 MAX_TOOLS = 128
 MAX_EVENTS_PER_APPEND = 1000
+# How long a status-only watch lets a run's changes gather before it reads the status again.
+STATUS_ONLY_COALESCE_SECONDS = 0.25
 
 # Fields each resource keeps as columns; the rest of its writable fields live in `body`.
 RUN_COLUMNS = ("status", "busy_session_strategy", "expire_time")
@@ -477,8 +480,13 @@ class RunStore:
         """Stores the events and returns the run's new last_sequence."""
         rid = parse_id(run_id, "run_id")
         errors.collect(_event_violations(events, rid, required=True))
+        first = events[0].sequence
+        consecutive = [e.sequence for e in events] == list(range(first, first + len(events)))
         async with self._db.transaction(user_id) as conn:
-            # The run row lock orders appenders: the second one sees the first one's sequence.
+            # One statement in the common case (the batch is the run's next events); otherwise
+            # the run row lock orders appenders and the error says what was expected.
+            if consecutive and await self._repo.append_events(conn, rid, events):
+                return events[-1].sequence
             current = await self._repo.lock_run(conn, rid)
             if current is None:
                 raise not_found("run", "run_id", rid)
@@ -511,7 +519,8 @@ class RunStore:
     ) -> AsyncIterator[RunChange]:
         """Every stored event after `after_sequence`, then each new one as its commit lands,
         until the run has ended and its last event was yielded. Sleeps between changes (woken
-        by the run's NOTIFY), never polls."""
+        by the run's NOTIFY), never polls. With `status_only`, the changes of up to
+        STATUS_ONLY_COALESCE_SECONDS are answered by one read (the latest status)."""
         rid = parse_id(run_id, "run_id")
         if after_sequence < 0:
             raise errors.InvalidArgument.for_field("after_sequence", "must not be negative")
@@ -542,6 +551,11 @@ class RunStore:
                 if status not in ACTIVE_RUN_STATUSES:
                     return
                 await changed.wait()
+                if status_only:
+                    # A running run changes at every event batch, and a status watcher
+                    # (the engine, listening for a cancel) needs only the latest status:
+                    # one read per interval instead of one per batch.
+                    await asyncio.sleep(STATUS_ONLY_COALESCE_SECONDS)
 
     # -- the queue (engine scope, across users) ---------------------------------------------
 
