@@ -211,10 +211,17 @@ class RunStoreRepository:
         return [(r["seq"], _run(r)) for r in rows]
 
     async def update_run(
-        self, conn: asyncpg.Connection, run_id: uuid.UUID, writes: ColumnWrites, *, last_sequence: int
+        self, conn: asyncpg.Connection, run_id: uuid.UUID, writes: ColumnWrites, *, last_sequence: int,
+        lease: Lease | None = None,
     ) -> Run:
+        """`lease`: taken (with an owner) or released (without) in the same UPDATE."""
         args: list[Any] = [run_id, last_sequence]
         sets = ["update_time = now()", "last_sequence = $2", *_updates(writes, args)]
+        if lease is not None and lease.owner:
+            args += [lease.owner, timedelta(seconds=lease.seconds)]
+            sets += [f"lease_owner = ${len(args) - 1}", f"lease_expire_time = now() + ${len(args)}"]
+        elif lease is not None:
+            sets += ["lease_owner = NULL", "lease_expire_time = NULL"]
         row = await conn.fetchrow(f"UPDATE runs SET {', '.join(sets)} WHERE id = $1 RETURNING {_RUN_COLUMNS}", *args)
         return _run(row)
 
@@ -335,15 +342,6 @@ class RunStoreRepository:
         return (row["status"], row["last_sequence"]) if row else None
 
     # -- the queue --------------------------------------------------------------------------
-
-    async def set_lease(self, conn: asyncpg.Connection, run_id: uuid.UUID, lease: Lease) -> None:
-        if lease.owner:
-            await conn.execute(
-                "UPDATE runs SET lease_owner = $2, lease_expire_time = now() + $3 WHERE id = $1",
-                run_id, lease.owner, timedelta(seconds=lease.seconds),
-            )
-        else:
-            await conn.execute("UPDATE runs SET lease_owner = NULL, lease_expire_time = NULL WHERE id = $1", run_id)
 
     async def claim_runs(self, conn: asyncpg.Connection, lease: Lease, limit: int) -> list[Claim]:
         rows = await conn.fetch(

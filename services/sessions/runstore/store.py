@@ -407,9 +407,7 @@ class RunStore:
                 _check_sequence(rid, last_sequence, events)
                 last_sequence = events[-1].sequence
                 await self._repo.insert_events(conn, rid, events)
-            if lease is not None:
-                await self._repo.set_lease(conn, rid, lease)
-            return await self._repo.update_run(conn, rid, writes, last_sequence=last_sequence)
+            return await self._repo.update_run(conn, rid, writes, last_sequence=last_sequence, lease=lease)
 
     async def get_active_run(self, user_id: str, session_id: str) -> Run | None:
         sid = parse_id(session_id, "session_id")
