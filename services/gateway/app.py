@@ -23,7 +23,7 @@ from services.gateway.ratelimit import MemoryLimiter, RedisLimiter
 from services.gateway.routes import BACKENDS, backend_service, build_routes, service_names
 from services.gateway.servicer import ApiKeyServicer, api_key_handler
 from services.runtime.config import ConfigError, env_float, env_int, env_secret, env_str
-from services.runtime.db import Database, admin_database_url, migrate, with_credentials
+from services.runtime.db import Database, open_service_database, statement_timeout_from_env
 from services.runtime.identity import DEFAULT_TTL_SECONDS, IdentityMinter
 
 log = logging.getLogger("parley.gateway")
@@ -118,12 +118,11 @@ class GatewaySettings:
 
 
 async def open_database(settings: GatewaySettings) -> Database:
-    admin_url = settings.admin_url or (None if settings.database_url else admin_database_url())
-    if admin_url:
-        await migrate(admin_url, schema=SCHEMA, role=ROLE, role_password=settings.role_password,
-                      migrations_dir=MIGRATIONS)
-    url = settings.database_url or with_credentials(admin_url, ROLE, settings.role_password)
-    return await Database.connect(url, schema=SCHEMA, max_size=settings.pool_size)
+    return await open_service_database(
+        schema=SCHEMA, role=ROLE, migrations_dir=MIGRATIONS, admin_url=settings.admin_url,
+        database_url=settings.database_url, role_password=settings.role_password, pool_size=settings.pool_size,
+        statement_timeout=statement_timeout_from_env("gateway"), jsonb=False,
+    )
 
 
 class GatewayApp:
