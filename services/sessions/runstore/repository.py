@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -212,9 +213,10 @@ class RunStoreRepository:
 
     async def update_run(
         self, conn: asyncpg.Connection, run_id: uuid.UUID, writes: ColumnWrites, *, last_sequence: int,
-        lease: Lease | None = None,
+        lease: Lease | None = None, events: Sequence[NewRunEvent] = (),
     ) -> Run:
-        """`lease`: taken (with an owner) or released (without) in the same UPDATE."""
+        """`lease`: taken (with an owner) or released (without); `events` (already checked to
+        follow the run's last_sequence, under its row lock) inserted — all in one statement."""
         args: list[Any] = [run_id, last_sequence]
         sets = ["update_time = now()", "last_sequence = $2", *_updates(writes, args)]
         if lease is not None and lease.owner:
@@ -222,7 +224,17 @@ class RunStoreRepository:
             sets += [f"lease_owner = ${len(args) - 1}", f"lease_expire_time = now() + ${len(args)}"]
         elif lease is not None:
             sets += ["lease_owner = NULL", "lease_expire_time = NULL"]
-        row = await conn.fetchrow(f"UPDATE runs SET {', '.join(sets)} WHERE id = $1 RETURNING {_RUN_COLUMNS}", *args)
+        inserting = ""
+        if events:
+            args += [[e.sequence for e in events], [e.create_time for e in events], [json.dumps(e.body) for e in events]]
+            n = len(args)
+            inserting = f"""WITH inserted AS (
+                INSERT INTO run_events (run_id, sequence, create_time, body)
+                SELECT $1, e.sequence, coalesce(e.create_time, now()), e.body::jsonb
+                FROM unnest(${n - 2}::bigint[], ${n - 1}::timestamptz[], ${n}::text[]) AS e(sequence, create_time, body)
+            ) """
+        row = await conn.fetchrow(
+            f"{inserting}UPDATE runs SET {', '.join(sets)} WHERE id = $1 RETURNING {_RUN_COLUMNS}", *args)
         return _run(row)
 
     async def set_last_sequence(self, conn: asyncpg.Connection, run_id: uuid.UUID, last_sequence: int) -> None:

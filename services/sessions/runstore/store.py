@@ -406,8 +406,8 @@ class RunStore:
             if events:
                 _check_sequence(rid, last_sequence, events)
                 last_sequence = events[-1].sequence
-                await self._repo.insert_events(conn, rid, events)
-            return await self._repo.update_run(conn, rid, writes, last_sequence=last_sequence, lease=lease)
+            return await self._repo.update_run(conn, rid, writes, last_sequence=last_sequence, lease=lease,
+                                               events=list(events))
 
     async def get_active_run(self, user_id: str, session_id: str) -> Run | None:
         sid = parse_id(session_id, "session_id")
