@@ -28,6 +28,7 @@ import grpc
 from opentelemetry import metrics, trace
 
 from services.runtime.config import DEFAULT_PORTS, ConfigError, env_int, env_str
+from services.runtime.telemetry import serving_task
 
 log = logging.getLogger("parley.metrics")
 call_log = logging.getLogger("parley.rpc.calls")
@@ -209,7 +210,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             span = trace.get_current_span().get_span_context()
             # gRPC runs done-callbacks before it records a cancellation on the context; the
             # call's task knows it was cancelled (the client left, or its deadline passed).
-            task = asyncio.current_task()
+            task = serving_task()
 
             def done(finished) -> None:
                 duration = time.perf_counter() - started

@@ -9,8 +9,11 @@ the request path."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
 
+import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
 from opentelemetry.sdk.resources import Resource
@@ -65,7 +68,75 @@ def server_interceptor(skip_prefixes: tuple[str, ...] = ()):
     """Server spans for every method but infrastructure and `skip_prefixes` (methods whose
     handlers trace themselves). The filter runs on every call, so it is one startswith."""
     skipped = (*_INFRASTRUCTURE, *skip_prefixes)
-    return aio_server_interceptor(filter_=lambda details: not details.method.startswith(skipped))
+    traced = aio_server_interceptor(filter_=lambda details: not details.method.startswith(skipped))
+    return _StreamsInTheirOwnContext(traced, skipped)
+
+
+class _StreamsInTheirOwnContext(grpc.aio.ServerInterceptor):
+    """OpenTelemetry's aio wrapper of a server stream attaches the span's context inside an
+    async generator. When the client goes away while gRPC is sending, gRPC drops that
+    generator without closing it; the event loop closes it later from another context, and
+    the detach fails ("Failed to detach context", with a traceback in the log). Running
+    every step of the stream, and its closing, in one context of its own keeps attach and
+    detach together."""
+
+    def __init__(self, traced: grpc.aio.ServerInterceptor, skipped: tuple[str, ...]) -> None:
+        self._traced = traced
+        self._skipped = skipped
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await self._traced.intercept_service(continuation, handler_call_details)
+        if handler is None or not handler.response_streaming or handler_call_details.method.startswith(self._skipped):
+            return handler
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _in_own_context(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _in_own_context(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        )
+
+
+# The task serving a call, for code that runs inside a stream's steps (each its own task).
+_serving_task: contextvars.ContextVar[asyncio.Task | None] = contextvars.ContextVar("parley_serving_task", default=None)
+
+
+def serving_task() -> asyncio.Task | None:
+    """The task gRPC runs the current call in (the one a client's cancellation reaches)."""
+    return _serving_task.get() or asyncio.current_task()
+
+
+def _in_own_context(behavior):
+    async def handle(request, context):
+        _serving_task.set(asyncio.current_task())
+        own = contextvars.copy_context()
+        stream = behavior(request, context)
+        try:
+            while True:
+                # A task runs in exactly the context it is given; cancelling this handler
+                # cancels the step it waits for.
+                response = await asyncio.create_task(_next(stream), context=own)
+                if response is _END:
+                    return
+                yield response
+        finally:
+            await asyncio.create_task(_close(stream), context=own)
+
+    return handle
+
+
+_END = object()
+
+
+async def _next(stream):
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+async def _close(stream) -> None:
+    await stream.aclose()
 
 
 def client_interceptors():
