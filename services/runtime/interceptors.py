@@ -98,6 +98,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             try:
                 return await behavior(request, context)
             except errors.ParleyError as error:
+                await _drain_requests(request)
                 await _abort(context, error)
             except (AbortError, asyncio.CancelledError):
                 raise
@@ -120,6 +121,29 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await _abort_unexpected(context, method, exc)
 
         return handle
+
+
+# How much of a refused client stream is read before the refusal is sent (see _drain_requests).
+DRAIN_MAX_BYTES = 16 * 1024 * 1024
+DRAIN_MAX_SECONDS = 5.0
+
+
+async def _drain_requests(requests) -> None:
+    """Reads and drops the rest of a refused client stream (bounded in bytes and time) before
+    the refusal is sent. A grpc-aio client still writing when the server finishes the call
+    gets a local `INTERNAL: Internal error from Core` instead of the server's status
+    (grpc/grpc#36066); once it has finished writing, it reads the real one."""
+    if not hasattr(requests, "__anext__"):  # a unary request: nothing to drain
+        return
+    drained = 0
+    try:
+        async with asyncio.timeout(DRAIN_MAX_SECONDS):
+            async for message in requests:
+                drained += message.ByteSize() if hasattr(message, "ByteSize") else 0
+                if drained > DRAIN_MAX_BYTES:
+                    return
+    except Exception:  # noqa: BLE001 - a stream that breaks off or times out while drained: nothing to keep
+        return
 
 
 class IdentityInterceptor(grpc.aio.ServerInterceptor):
