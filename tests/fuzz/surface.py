@@ -11,12 +11,10 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 import parley
 
-# Services no process of the suite serves yet. Only used while that stays true: once a
-# server for one of them is in the launcher's SUITE, it is fuzzed like every other.
-UNREACHABLE: dict[str, str] = {
-    "parley.assistants.v1.AssistantService": "no assistants server in the launcher's SUITE yet (issue 9)",
-    "parley.sandbox.v1.SandboxService": "no sandbox server in the launcher's SUITE yet (issue 10)",
-}
+# Services no process of the suite serves, each with the reason. Empty: every contract has
+# its server in the launcher's table. (The "before" run of docs/fuzzing.md, on the code
+# of the start of the day, listed AssistantService and SandboxService here: no server yet.)
+UNREACHABLE: dict[str, str] = {}
 
 
 def all_services() -> list[ServiceDescriptor]:
