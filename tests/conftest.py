@@ -29,12 +29,14 @@ import grpc
 import pytest
 
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.runtime.config import ServerSettings
 from services.runtime.db import start_embedded_postgres
 from services.runtime.identity import IdentityMinter, IdentityVerifier, generate_private_key_pem, public_key_pem
 from services.runtime.server import RunningServer, ServiceApp, start_server
+from services.runtime.metrics import setup_metrics
 from services.runtime.telemetry import setup_telemetry
 
 # One page-token secret for the test process and the servers it starts (tests/test_launcher's
@@ -44,6 +46,10 @@ os.environ.setdefault("PARLEY_PAGE_TOKEN_SECRET", secrets.token_hex(32))
 # Every span the test process makes, for tests that check tracing.
 span_exporter = InMemorySpanExporter()
 setup_telemetry("tests", extra_processor=SimpleSpanProcessor(span_exporter))
+# Every metric the test process records, and its own /metrics endpoint on a free port: one
+# MeterProvider per process, as in every service (the first one installed is the only one).
+metric_reader = InMemoryMetricReader()
+test_metrics_port = setup_metrics("tests", port=0, extra_readers=(metric_reader,))
 
 
 def _with_database(url: str, database: str) -> str:

@@ -80,10 +80,12 @@ _provider = None
 _endpoint_port: int | None = None
 
 
-def setup_metrics(service: str, *, port: int | None | str = "env") -> int | None:
+def setup_metrics(service: str, *, port: int | None | str = "env", extra_readers: tuple = ()) -> int | None:
     """Installs the process's MeterProvider and starts the /metrics endpoint, once per process
     (later calls return the same port). Returns the port it listens on (None: not exposed). A
-    port that cannot be bound is logged, not fatal: the service still serves."""
+    port that cannot be bound is logged, not fatal: the service still serves. `extra_readers`
+    (a test's in-memory reader) see the same instruments: OpenTelemetry takes only the first
+    global MeterProvider of a process, so a second one could never be installed beside it."""
     global _provider, _endpoint_port
     if _provider is not None:
         return _endpoint_port
@@ -91,7 +93,7 @@ def setup_metrics(service: str, *, port: int | None | str = "env") -> int | None
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
 
-    readers = [PrometheusMetricReader()]
+    readers = [PrometheusMetricReader(), *extra_readers]
     exporters = {e.strip() for e in (env_str("OTEL_METRICS_EXPORTER", "") or "").split(",")}
     if "otlp" in exporters:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter

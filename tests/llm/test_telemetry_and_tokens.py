@@ -7,6 +7,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from parley.llm.v1 import llm_service_pb2 as api
 from services.runtime.telemetry import setup_telemetry
+from tests.conftest import metric_reader
 from tests.llm.helpers import collect, user
 
 
@@ -41,25 +42,32 @@ async def test_count_tokens(stub, as_user):
     assert chat.exact is False  # Anthropic's tokenizer is not public: an estimate, and it says so
 
 
-async def test_metrics_follow_the_usage_records(stub, fakes, as_user):
-    from opentelemetry import metrics
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+def _metric_points() -> dict:
+    found = {}
+    data = metric_reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found[metric.name] = metric
+    return found
 
-    reader = InMemoryMetricReader()
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+def _token_sums(found: dict, model: str) -> dict:
+    usage = found.get("gen_ai.client.token.usage")
+    points = usage.data.data_points if usage else ()
+    return {p.attributes["gen_ai.token.type"]: p.sum for p in points if p.attributes["gen_ai.request.model"] == model}
+
+
+async def test_metrics_follow_the_usage_records(stub, fakes, as_user):
+    # The process's one meter provider is cumulative over the whole test run: compare deltas.
+    before = _token_sums(_metric_points(), "openai/gpt-4o-mini")
     fakes["openai"].script("gpt-4o-mini", {"text": "Counted.", "usage": (21, 4)})
     await collect(stub.StreamGenerate(api.StreamGenerateRequest(model="openai/gpt-4o-mini", messages=[user("m")]),
                                       metadata=as_user("tess")))
     await stub.Generate(api.GenerateRequest(model="openai/limited", messages=[user("q")]), metadata=as_user("tess"))
-    found = {}
-    for resource in reader.get_metrics_data().resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                found[metric.name] = metric
-    tokens = {p.attributes["gen_ai.token.type"]: p.sum for p in found["gen_ai.client.token.usage"].data.data_points
-              if p.attributes["gen_ai.request.model"] == "openai/gpt-4o-mini"}
-    assert tokens == {"input": 21, "output": 4}
+    found = _metric_points()
+    after = _token_sums(found, "openai/gpt-4o-mini")
+    assert {kind: after[kind] - before.get(kind, 0) for kind in after} == {"input": 21, "output": 4}
     calls = [p for p in found["parley.llm.calls"].data.data_points if p.attributes["parley.llm.status"] == "ok"]
     assert sum(p.value for p in calls) >= 1
     assert "parley.llm.time_to_first_token" in found and "parley.llm.cost" in found

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import fresh_database, private_temp_dir
+from tests.conftest import fresh_database, private_temp_dir, test_metrics_port
 from tests.llm.conftest import fakes  # noqa: F401 - fake vendors speaking the vendors' wire formats
 from tests.observability.otlp_receiver import OtlpReceiver
 from tests.observability.processes import Suite
@@ -16,12 +16,9 @@ from tests.observability.processes import Suite
 
 @pytest.fixture(scope="session")
 def metrics_endpoint() -> str:
-    """This test process's own /metrics (the first call installs the MeterProvider)."""
-    from services.runtime import metrics
-
-    port = metrics.setup_metrics("observability-test", port=0)
-    assert port is not None, "the test process's metrics endpoint did not start"
-    return f"http://127.0.0.1:{port}/metrics"
+    """This test process's own /metrics, started with its one MeterProvider in tests/conftest.py."""
+    assert test_metrics_port is not None, "the test process's metrics endpoint did not start"
+    return f"http://127.0.0.1:{test_metrics_port}/metrics"
 
 
 @pytest.fixture(scope="session")
