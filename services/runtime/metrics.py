@@ -219,7 +219,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 status = _status_of(finished, task, call)
                 _call_duration.record(duration, {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name,
                                                  "rpc.response.status_code": status})
-                if call_log.isEnabledFor(logging.INFO):
+                level = logging.DEBUG if status == "OK" and method in _quiet_when_ok else logging.INFO
+                if call_log.isEnabledFor(level):
                     fields = {"rpc.method": method, "rpc.status": status, "duration_ms": round(duration * 1000, 3)}
                     if call.user_id is not None:
                         fields["user_id"] = call.user_id
@@ -227,7 +228,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     if ids.is_valid:
                         fields["trace_id"] = format(ids.trace_id, "032x")
                         fields["span_id"] = format(ids.span_id, "016x")
-                    call_log.info("%s %s %.1fms", method, status, duration * 1000, extra={"fields": fields})
+                    call_log.log(level, "%s %s %.1fms", method, status, duration * 1000, extra={"fields": fields})
 
             context.add_done_callback(done)
             return call
@@ -236,6 +237,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 _BY_NUMBER = {status.value[0]: status.name for status in grpc.StatusCode}
+
+# Methods that a background loop calls every second or so (an engine's queue scan): a successful
+# call of one is logged at DEBUG, so INFO logs show traffic, not polling. Still measured.
+_quiet_when_ok: set[str] = set()
+
+
+def log_quietly_when_ok(*methods: str) -> None:
+    """Marks full method names (`/package.Service/Method`) as routine polls (see above)."""
+    _quiet_when_ok.update(methods)
 
 
 def _status_of(context, task: asyncio.Task | None, call: _Call) -> str:

@@ -16,6 +16,7 @@ from parley.runstore.v1 import runstore_service_pb2, runstore_service_pb2_grpc
 from parley.sessions.v1 import sessions_service_pb2, sessions_service_pb2_grpc
 from services.runtime.config import env_float, env_int, env_str
 from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, Database, open_service_database, statement_timeout_from_env
+from services.runtime.metrics import log_quietly_when_ok
 from services.sessions.domain import Limits, Sessions
 from services.sessions.runstore import RunStore
 from services.sessions.runstore.servicer import RunStoreServicer
@@ -78,6 +79,8 @@ class SessionsApp:
         sessions_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(self.sessions), server)
         runstore_service_pb2_grpc.add_RunStoreServiceServicer_to_server(RunStoreServicer(
             self.run_store, SessionDeletions(self.db.pool)), server)
+        # Every engine replica scans the queue and renews its leases about once a second.
+        log_quietly_when_ok(f"/{RUN_STORE_SERVICE_NAME}/ClaimRuns", f"/{RUN_STORE_SERVICE_NAME}/RenewRunLeases")
 
     async def _purge_forever(self, idle_for: timedelta, interval: float) -> None:
         while True:

@@ -125,6 +125,34 @@ async def test_each_call_is_measured_by_method_and_outcome_and_logged_once(metri
         assert entry["rpc.method"] == record.fields["rpc.method"] and entry["trace_id"] == record.fields["trace_id"]
 
 
+async def test_a_routine_poll_is_logged_at_debug_when_it_succeeds_and_still_measured(metrics_endpoint,
+                                                                                     identity_public_key, as_user,
+                                                                                     caplog):
+    method = "/parley.sessions.v1.SessionService/CreateSession"
+    metrics.log_quietly_when_ok(method)
+    running = await serve_app(_App(), "sessions", identity_public_key)
+    before = scrape(metrics_endpoint)
+    caplog.set_level(logging.DEBUG, logger="parley.rpc.calls")
+    try:
+        async with channel_to(running) as channel:
+            stub = sessions_service_pb2_grpc.SessionServiceStub(channel)
+            await stub.CreateSession(sessions_service_pb2.CreateSessionRequest(title="t"), metadata=as_user("alice"))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.CreateSession(sessions_service_pb2.CreateSessionRequest(title="t"))  # no identity
+            for _ in range(100):
+                if len([r for r in caplog.records if r.name == "parley.rpc.calls"
+                        and r.fields["rpc.method"] == method]) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        metrics._quiet_when_ok.discard(method)
+        await running.stop(0)
+    levels = {r.fields["rpc.status"]: r.levelno for r in caplog.records
+              if r.name == "parley.rpc.calls" and r.fields["rpc.method"] == method}
+    assert levels == {"OK": logging.DEBUG, "UNAUTHENTICATED": logging.INFO}  # a failing poll still shows
+    assert count_of(scrape(metrics_endpoint), "CreateSession", "OK") == count_of(before, "CreateSession", "OK") + 1
+
+
 def test_the_metrics_port_defaults_to_the_grpc_port_plus_1000_and_can_be_turned_off(monkeypatch):
     monkeypatch.delenv("PARLEY_LLM_METRICS_PORT", raising=False)
     monkeypatch.delenv("PARLEY_LLM_PORT", raising=False)
