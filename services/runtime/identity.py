@@ -3,10 +3,15 @@
 The gateway mints a short-lived Ed25519-signed JWT per backend call (user, scopes, request
 id) and sends it as the `x-parley-identity` metadata entry; backends hold only the public
 key, so a compromised backend cannot mint identities. Tests mint with the same helper.
+
+Rotation without downtime: a verifier takes several public keys (PEM blocks one after the
+other) and picks the one a token's `kid` header names (a fingerprint of the public key), so
+backends trust the old and the new key while the minters switch, then drop the old one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -51,6 +56,26 @@ def public_key_pem(private_key_pem: bytes) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """The `kid` of tokens signed by this key's private half: a fingerprint, not a secret."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_public_keys(pem_bundle: bytes) -> dict[str, Ed25519PublicKey]:
+    """Every Ed25519 public key of a PEM bundle, by key id (at least one)."""
+    keys = {}
+    for block in _PEM_BLOCK.findall(pem_bundle) or [pem_bundle]:
+        key = serialization.load_pem_public_key(block)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("the internal identity key must be an Ed25519 public key")
+        keys[key_id(key)] = key
+    return keys
+
+
 class IdentityMinter:
     """Signs identities. Only the gateway (and tests) hold the private key."""
 
@@ -59,6 +84,7 @@ class IdentityMinter:
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError("the internal identity key must be an Ed25519 private key")
         self._key = key
+        self._headers = {"kid": key_id(key.public_key())}
         self._ttl = ttl_seconds
 
     def mint(self, user_id: str, scopes: frozenset[str] | set[str] | tuple[str, ...] = (), request_id: str = "") -> str:
@@ -74,7 +100,7 @@ class IdentityMinter:
             "iat": int(now),
             "exp": int(now + self._ttl),
         }
-        return jwt.encode(claims, self._key, algorithm="EdDSA")
+        return jwt.encode(claims, self._key, algorithm="EdDSA", headers=self._headers)
 
     def metadata(self, user_id: str, scopes=(), request_id: str = "") -> tuple[tuple[str, str], ...]:
         return ((METADATA_KEY, self.mint(user_id, scopes, request_id)),)
@@ -85,10 +111,7 @@ class IdentityVerifier:
     a token for many calls, and a signature check costs more than the call it guards)."""
 
     def __init__(self, public_key_pem: bytes, cache_size: int = 4096) -> None:
-        key = serialization.load_pem_public_key(public_key_pem)
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError("the internal identity key must be an Ed25519 public key")
-        self._key = key
+        self._keys = load_public_keys(public_key_pem)
         self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
         self._cache_size = cache_size
 
@@ -104,7 +127,7 @@ class IdentityVerifier:
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                self._signing_key(token),
                 algorithms=["EdDSA"],
                 audience=AUDIENCE,
                 issuer=ISSUER,
@@ -122,3 +145,13 @@ class IdentityVerifier:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return identity
+
+    def _signing_key(self, token: str) -> Ed25519PublicKey:
+        """The key the token names; a token without `kid` (or an unknown one) with a single
+        trusted key is checked against that key, so its signature decides."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        if isinstance(kid, str) and kid in self._keys:
+            return self._keys[kid]
+        if len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        raise jwt.InvalidKeyError("signed by a key this service does not trust")
