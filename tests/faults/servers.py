@@ -45,6 +45,7 @@ class PostgresServer:
         self.data = directory / "data"
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+        self.starts = 0
         self.user = None
         if os.geteuid() == 0:
             from pgserver.utils import ensure_user_exists
@@ -64,23 +65,29 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self, timeout: float = 60.0) -> PostgresServer:
-        log = open(self.directory / "postgres.log", "ab")  # noqa: SIM115 - the server's for its life
-        self.process = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
-             "-c", f"unix_socket_directories={self.data}", "-c", "max_connections=200",
-             "-c", "shared_buffers=128MB"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, user=self.user, start_new_session=True)
-        log.close()
+        """Starts the server; a start that exits at once (the old postmaster's last backends
+        still holding its shared memory, say) is tried again."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited: {self.log()[-3000:]}")
-            ready = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
-                                   check=False)
-            if ready.returncode == 0:
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"postgres did not start: {self.log()[-3000:]}")
+        for attempt in range(1, 6):
+            self.starts += 1
+            log_path = self.directory / f"postgres-{self.starts}.log"
+            with open(log_path, "wb") as log:
+                self.process = subprocess.Popen(
+                    [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                     "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data}",
+                     "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, user=self.user,
+                    start_new_session=True)
+            while time.monotonic() < deadline and self.process.poll() is None:
+                ready = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q",
+                                        "-U", "postgres"], check=False)
+                if ready.returncode == 0:
+                    return self
+                time.sleep(0.1)
+            if self.process.poll() is None or attempt == 5:
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"postgres did not start: {log_path.read_text(errors='replace')[-3000:]}")
 
     def stop(self, mode: str = "fast") -> None:
         """Stops the server (the postmaster ends its backends first: every connection breaks)."""
@@ -95,7 +102,7 @@ class PostgresServer:
             self.process.wait()
 
     def log(self) -> str:
-        path = self.directory / "postgres.log"
+        path = self.directory / f"postgres-{self.starts}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
 
