@@ -94,8 +94,9 @@ def fault_redis(fault_dir) -> RedisServer:
 async def fault_stack(fault_dir, fault_postgres, fault_redis, fakes) -> FaultStack:  # noqa: F811
     storage_dir = fault_dir / "files-storage"
     storage_dir.mkdir()
+    keep = os.environ.get("PARLEY_FAULTS_LOG_DIR")  # to read the processes' logs after the run
     suite = Suite(fault_dir / "suite", fault_postgres.url, wrappers={"files": _storage_wrapper(storage_dir)},
-                  metrics=False, extra_env={
+                  metrics=False, log_dir=Path(keep) if keep else None, extra_env={
                       "PARLEY_REDIS_URL": fault_redis.url,
                       # The load of the PostgreSQL test is far over the default 3,000 calls a
                       # minute; the Redis test gives its key a limit of its own.
