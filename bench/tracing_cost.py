@@ -24,7 +24,7 @@ from parley.llm.v1 import llm_service_pb2 as api
 from parley.llm.v1 import llm_service_pb2_grpc as api_grpc
 from services.runtime.db import start_embedded_postgres
 from tests.observability.otlp_receiver import OtlpReceiver
-from tests.observability.processes import Suite
+from tests.processes import Suite
 
 WORDS = 100  # tokens per stream: local/echo streams the prompt back word by word
 # concurrency -> streams per measured round

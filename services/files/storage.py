@@ -9,14 +9,42 @@ sweep removes; paths never contain anything the client sent.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from services.runtime import errors
+
+log = logging.getLogger("parley.files.storage")
+
 READ_CHUNK_BYTES = 1024 * 1024
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """A failing disk as a clear status: full (ENOSPC, EDQUOT) is RESOURCE_EXHAUSTED, any other
+    error UNAVAILABLE. The caller's cleanup removes what was written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("file storage is full: an upload was refused")
+            raise errors.ResourceExhausted("the file storage is full; nothing was stored. Delete files or try again "
+                                           "later", reason="STORAGE_FULL") from None
+        log.error("file storage failed: %s", exc.strerror or type(exc).__name__)
+        raise errors.Unavailable("the file storage failed; nothing was stored, try again later",
+                                 reason="STORAGE_UNAVAILABLE") from None
+
+
+async def _in_thread(function: Callable, *args) -> None:
+    with _storage_errors():
+        await asyncio.to_thread(function, *args)
 
 
 class PendingBlob:
@@ -24,7 +52,9 @@ class PendingBlob:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fd = -1
+        with _storage_errors():
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._hash = hashlib.sha256()
         self.size = 0
         self.head = b""  # the first bytes, for content sniffing
@@ -40,7 +70,7 @@ class PendingBlob:
         self.size += len(data)
         if len(self.head) < 8192:
             self.head += data[: 8192 - len(self.head)]
-        await asyncio.to_thread(self._write, data)
+        await _in_thread(self._write, data)
 
     @property
     def sha256(self) -> str:
@@ -52,7 +82,7 @@ class PendingBlob:
         self._fd = -1
 
     async def flush(self) -> None:
-        await asyncio.to_thread(self._flush)
+        await _in_thread(self._flush)
 
     def discard(self) -> None:
         if self._fd >= 0:
@@ -92,7 +122,7 @@ class BlobStore:
 
     async def commit(self, pending: PendingBlob, key: str) -> None:
         """Makes the flushed pending blob durable under `key`."""
-        await asyncio.to_thread(self._commit, pending, key)
+        await _in_thread(self._commit, pending, key)
 
     def read_bytes(self, key: str) -> bytes:
         return self.path_of(key).read_bytes()

@@ -7,6 +7,13 @@ gateway renews while they are open. One call is admitted against all of its subj
 key and its user) at once, or against none. `MemoryLimiter` keeps the counters in this
 process; `RedisLimiter` keeps them in Redis, one Lua script per decision, so that every
 gateway replica shares one limit.
+
+While Redis cannot be reached, `RedisLimiter` limits in this process instead (a
+`MemoryLimiter` of its own), as if it were the only replica: calls keep being answered and
+limited, each replica holding callers to the limit on its own (so with N replicas a caller
+may get up to N times it), and Redis is tried again after `REDIS_RETRY_SECONDS`. Refusing
+every call while Redis is down would make the cache of limits a single point of failure
+of the whole API.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ log = logging.getLogger("parley.gateway.ratelimit")
 WINDOW = 60
 STREAM_LEASE_SECONDS = 90
 STREAM_RENEW_SECONDS = 30
+# After a Redis failure, how long a replica limits on its own before it tries Redis again
+# (so a dead Redis costs one failed attempt per interval, not one per call).
+REDIS_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Admission:
     subjects: Sequence[Subject]
     stream_id: str | None = None
     released: bool = field(default=False)
+    local: bool = False  # admitted by the in-process fallback while Redis was unreachable
 
 
 def _retry_after(prev: float, cur: float, elapsed: float, limit: float, need: float) -> float:
@@ -242,7 +253,7 @@ return 0
 class RedisLimiter:
     """Counters in Redis, shared by every gateway replica using the same URL and prefix."""
 
-    def __init__(self, url: str, prefix: str = "parley:rl:") -> None:
+    def __init__(self, url: str, prefix: str = "parley:rl:", *, clock=time.monotonic) -> None:
         import redis.asyncio as redis
 
         self._redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -254,20 +265,41 @@ class RedisLimiter:
         # Streams that ended while their lease could not be removed: retried each renewal.
         self._unreleased: dict[str, list[str]] = {}
         self._renewer: asyncio.Task | None = None
+        # Limits of this replica alone, while Redis cannot be reached.
+        self._local = MemoryLimiter()
+        self._clock = clock
+        self._redis_retry_at = 0.0
 
-    async def _call(self, script, args):
-        try:
-            return await script(args=args)
-        except Exception as exc:  # noqa: BLE001 - any Redis failure
-            raise errors.Unavailable("the rate limiter is unavailable; try again shortly",
-                                     reason="RATE_LIMITER_UNAVAILABLE", retry_after=1.0) from exc
+    @property
+    def redis_down(self) -> bool:
+        return self._clock() < self._redis_retry_at
+
+    def _redis_failed(self, exc: Exception) -> None:
+        if not self.redis_down:
+            log.warning("Redis is unreachable (%s): limiting in this replica alone; trying Redis again in %.0fs",
+                        type(exc).__name__, REDIS_RETRY_SECONDS)
+        self._redis_retry_at = self._clock() + REDIS_RETRY_SECONDS
+
+    async def _admit_locally(self, subjects: Sequence[Subject], stream: bool) -> Admission:
+        admission = await self._local.admit(subjects, stream=stream)
+        admission.local = True
+        return admission
 
     async def admit(self, subjects: Sequence[Subject], *, stream: bool) -> Admission:
+        if self.redis_down:
+            return await self._admit_locally(subjects, stream)
         stream_id = uuid.uuid4().hex if stream else None
         args: list = [self._prefix, stream_id or "", STREAM_LEASE_SECONDS]
         for s in subjects:
             args += [s.name, s.limits.requests_per_minute, s.limits.concurrent_streams, s.limits.tokens_per_minute]
-        result = await self._call(self._admit, args)
+        try:
+            result = await self._admit(args=args)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure
+            self._redis_failed(exc)
+            return await self._admit_locally(subjects, stream)
+        if self._redis_retry_at:
+            self._redis_retry_at = 0.0
+            log.info("Redis is reachable again: limits are shared by every replica again")
         if int(result[0]) == 1:
             subject = subjects[int(result[1])]
             kind = result[2].decode() if isinstance(result[2], bytes) else result[2]
@@ -286,6 +318,9 @@ class RedisLimiter:
         return Admission(subjects, stream_id)
 
     async def release(self, admission: Admission) -> None:
+        if admission.local:
+            await self._local.release(admission)
+            return
         if admission.released or admission.stream_id is None:
             return
         admission.released = True
@@ -305,10 +340,14 @@ class RedisLimiter:
     async def record_tokens(self, subjects: Sequence[Subject], tokens: int) -> None:
         names = [s.name for s in subjects if s.limits.tokens_per_minute]
         if tokens > 0 and names:
+            if self.redis_down:
+                await self._local.record_tokens(subjects, tokens)
+                return
             try:
                 await self._tokens(args=[self._prefix, int(tokens), *names])
             except Exception as exc:  # noqa: BLE001 - failing a finished call would not bring the count back
-                log.warning("could not count %d tokens against their limits (%s)", tokens, type(exc).__name__)
+                self._redis_failed(exc)
+                await self._local.record_tokens(subjects, tokens)
 
     async def renew(self) -> None:
         """Extends the lease of every stream open here (re-adding leases that lapsed) and

@@ -140,15 +140,23 @@ async def migrate(admin_url: str, *, schema: str, role: str, role_password: str 
     return applied_now
 
 
-_UNAVAILABLE = (
+# What a database that is restarting, shutting down or unreachable raises: UNAVAILABLE
+# (retryable), never INTERNAL. PostgresConnectionError is SQLSTATE class 08 (connection
+# exceptions); query cancellation (class 57 too) is a timeout, mapped on its own.
+UNAVAILABLE_ERRORS = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
 )
+
+
+def database_unavailable() -> errors.Unavailable:
+    return errors.Unavailable("the database is unavailable; try again shortly", reason="DATABASE_UNAVAILABLE")
 
 
 async def _reset_after_transaction(conn: asyncpg.Connection) -> None:
@@ -275,8 +283,8 @@ class Database:
                         pass
                     raise
                 await conn.execute("COMMIT")
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE_ERRORS as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
-            raise errors.Unavailable("the database is unavailable; try again shortly", reason="DATABASE_UNAVAILABLE") from None
+            raise database_unavailable() from None
         except asyncpg.exceptions.QueryCanceledError:
             raise errors.DeadlineExceeded("the database query took too long", reason="DATABASE_TIMEOUT") from None

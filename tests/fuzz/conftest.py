@@ -14,21 +14,10 @@ import grpc
 import pytest
 
 from tests.fuzz.runner import REPORT, Fuzzer, Principal, Route
-from tests.fuzz.stack import (
-    CHANNEL_OPTIONS,
-    Loop,
-    Process,
-    free_port,
-    issue_admin_keys,
-    reflected_services,
-    spawn,
-    stack_env,
-    stop,
-    suite_services,
-    wait_serving,
-)
+from tests.fuzz.stack import CHANNEL_OPTIONS, Loop, fuzz_env, reflected_services, suite_services
 from tests.fuzz.strategies import Pools, harvest
 from tests.fuzz.surface import UNREACHABLE, all_services
+from tests.processes import ServiceProcess, Suite
 
 ALICE, MALLORY = "fuzz-alice", "fuzz-mallory"
 
@@ -66,47 +55,33 @@ async def fuzz_database_url(vector_server_url):
 
 
 @pytest.fixture(scope="session")
-def fuzz_processes(fuzz_database_url, fuzz_vendors, identity_private_key, identity_public_key, tmp_path_factory):
+def fuzz_processes(fuzz_database_url, fuzz_vendors, identity_private_key):
     from tests.conftest import private_temp_dir
 
-    state = private_temp_dir("parley-fuzz-state-")
-    state.chmod(0o711)  # the sandbox's own uids must reach its directory under it
-    keys = tmp_path_factory.mktemp("fuzz-keys")
-    private, public = keys / "identity.pem", keys / "identity.pub.pem"
-    private.write_bytes(identity_private_key)
-    private.chmod(0o600)
-    public.write_bytes(identity_public_key)
-    names = suite_services()
-    ports = {name: free_port() for name in names}
-    env = stack_env(fuzz_database_url, state, private, public, ports,
-                    {name: vendor.base_url for name, vendor in fuzz_vendors.items()})
+    directory = private_temp_dir("parley-fuzz-state-")
+    directory.chmod(0o711)  # the sandbox's own uids must reach its directory under it
     keep = os.environ.get("PARLEY_FUZZ_LOG_DIR")  # to read the processes' logs after the run
-    log_dir = Path(keep) if keep else tmp_path_factory.mktemp("fuzz-logs")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    loop = Loop()
-    processes: dict[str, Process] = {}
+    suite = Suite(directory, fuzz_database_url, services=tuple(suite_services()),
+                  extra_env=fuzz_env({name: vendor.base_url for name, vendor in fuzz_vendors.items()}),
+                  private_key=identity_private_key, metrics=False, log_dir=Path(keep) if keep else None)
+    suite.start(timeout=150)
     try:
-        for name in names:
-            processes[name] = spawn(name, env, log_dir, ports[name])
-            loop.run(wait_serving(processes[name]))
-        yield processes, env
+        yield suite
     finally:
-        loop.close()
-        for process in reversed(list(processes.values())):
-            stop(process)
+        suite.stop()
 
 
 @pytest.fixture(scope="session")
 def fuzzer(fuzz_processes, fuzz_loop, minter) -> Fuzzer:
     from parley.gateway.v1 import gateway_pb2, gateway_service_pb2
 
-    processes, env = fuzz_processes
+    processes = fuzz_processes.processes
     REPORT.code_path = str(Path(__import__("services").__file__).parent)
     channels = {name: fuzz_loop.run(_channel(p.port)) for name, p in processes.items()}
     for name, process in processes.items():
         process.services = fuzz_loop.run(reflected_services(channels[name]))
 
-    secrets = issue_admin_keys(env, [ALICE, MALLORY])
+    secrets = fuzz_processes.admin_keys([ALICE, MALLORY], name="fuzz")
 
     def bearer(secret: str):
         return lambda: (("authorization", f"Bearer {secret}"),)
@@ -164,7 +139,7 @@ async def _unary(channel, path, request, response_class, metadata):
     return await call(request, metadata=metadata, timeout=30)
 
 
-def _routes(processes: dict[str, Process], channels, loop) -> dict[str, Route]:
+def _routes(processes: dict[str, ServiceProcess], channels, loop) -> dict[str, Route]:
     """Public services through the gateway (when it reports their backend SERVING), the
     rest straight to the process whose reflection lists them."""
     from tests.fuzz.stack import health_status

@@ -13,7 +13,8 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
-from tests.fuzz.stack import CHANNEL_OPTIONS, Loop, Process, health_status
+from tests.fuzz.stack import CHANNEL_OPTIONS, Loop, health_status
+from tests.processes import ServiceProcess
 from tests.fuzz.strategies import (
     _WRONG_JSON_VALUES,
     Case,
@@ -131,7 +132,7 @@ class Outcome:
 
 
 class Fuzzer:
-    def __init__(self, loop: Loop, processes: dict[str, Process], routes: dict[str, Route],
+    def __init__(self, loop: Loop, processes: dict[str, ServiceProcess], routes: dict[str, Route],
                  principals: dict[str, Principal], pools: Pools, report: Report) -> None:
         self.loop = loop
         self.processes = processes

@@ -173,3 +173,30 @@ async def test_a_stream_lease_that_lapsed_counts_again_after_the_next_renewal():
     finally:
         await direct.aclose()
         await limiter.aclose()
+
+
+async def test_an_unreachable_redis_limits_in_the_replica_alone_until_it_answers_again():
+    """Redis down: calls are still answered and still limited (by this replica), not refused."""
+    from tests.processes import free_port as unused_port
+
+    now = [0.0]
+    limiter = RedisLimiter(f"redis://127.0.0.1:{unused_port()}/0", f"t:{uuid.uuid4().hex}:", clock=lambda: now[0])
+    try:
+        key = Subject("key:down", RateLimits(requests_per_minute=3, concurrent_streams=1))
+        admitted = [await limiter.admit([key], stream=False) for _ in range(3)]
+        assert limiter.redis_down and all(a.local for a in admitted)
+        with pytest.raises(errors.ResourceExhausted):
+            await limiter.admit([key], stream=False)
+        stream = await limiter.admit([Subject("key:streams", RateLimits(concurrent_streams=1))], stream=True)
+        with pytest.raises(errors.ResourceExhausted):
+            await limiter.admit([Subject("key:streams", RateLimits(concurrent_streams=1))], stream=True)
+        await limiter.release(stream)
+        await limiter.release(await limiter.admit([Subject("key:streams", RateLimits(concurrent_streams=1))],
+                                                  stream=True))
+        # Redis is tried again once the retry interval has passed (here it fails again).
+        now[0] += 2.0
+        assert not limiter.redis_down
+        await limiter.admit([Subject("key:other", RateLimits(requests_per_minute=3))], stream=False)
+        assert limiter.redis_down
+    finally:
+        await limiter.aclose()

@@ -10,16 +10,21 @@ default streamed answer. A step is a dict:
 - `{"hang": True}` — accept the request and answer nothing until the client hangs up
 - `{"text": "...", "endless": True}` — stream deltas every 20 ms until the client hangs up
 - `{"text": "...", "fail_midway": True}` — (OpenAI) stream the text, then an in-stream error
+- `{"text": "...", "hang_after_first": True}` — stream the first chunk of the text, then send
+  nothing more until the client hangs up (a vendor stalled mid-answer)
+- `{"text": "...", "malformed": True}` — stream the text (none: nothing), then an SSE event
+  whose data is not JSON, in the vendor's own framing, and end the response
 
 `GET /v1/models` lists `fake.models`. Every request body is kept in `fake.requests`, and every client hang-up seen in
-`fake.disconnects` (as the model name), so tests can check what the SDKs sent and that a
-cancelled call closed the vendor connection.
+`fake.disconnects` (as the model name, with the moment in `fake.disconnect_times`), so tests
+can check what the SDKs sent and that a cancelled call closed the vendor connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict, deque
 
 from aiohttp import web
@@ -28,6 +33,10 @@ DEFAULT_TEXT = "Hello from the fake vendor."
 # Seconds between text chunks, like a model producing tokens (the service merges deltas that
 # are already waiting, so an unpaced fake would arrive as one delta).
 PACE = 0.01
+
+
+class _HungUp(Exception):
+    """The client closed a stalled request (already recorded)."""
 
 
 def chunks_of(text: str, size: int = 4) -> list[str]:
@@ -40,6 +49,7 @@ class FakeVendor:
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.disconnects: list[str] = []
+        self.disconnect_times: dict[str, float] = {}  # model -> time.monotonic() of its last hang-up
         self.disconnected = asyncio.Event()
         self._scripts: dict[str, deque] = defaultdict(deque)
         # What `GET /v1/models` lists (OpenAI and Anthropic flavours), and how often it was asked.
@@ -101,8 +111,10 @@ class FakeVendor:
         try:
             writer = {"openai": self._openai_stream, "anthropic": self._anthropic_stream,
                       "mistral": self._mistral_stream}[self.flavor]
-            await writer(response, model, step)
+            await writer(response, model, self._stalling(request, model, step))
             await response.write_eof()
+        except _HungUp:
+            pass
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             self._hung_up(model)
         return response
@@ -160,7 +172,28 @@ class FakeVendor:
 
     def _hung_up(self, model: str) -> None:
         self.disconnects.append(model)
+        self.disconnect_times[model] = time.monotonic()
         self.disconnected.set()
+
+    def _stalling(self, request: web.Request, model: str, step: dict) -> dict:
+        """The step, its text cut to the first chunk and a `stall` coroutine added when it
+        hangs after the first token."""
+        if not step.get("hang_after_first"):
+            return step
+
+        async def stall() -> None:
+            try:
+                await self._wait_for_hangup(request, model)
+            except asyncio.CancelledError:  # aiohttp cancels the handler of a closed request
+                self._hung_up(model)
+            raise _HungUp
+
+        return {**step, "text": chunks_of(step.get("text") or "Hi")[0], "stall": stall}
+
+    @staticmethod
+    async def _malformed(response: web.StreamResponse, event: str | None = None) -> None:
+        prefix = f"event: {event}\n" if event else ""
+        await response.write(f'{prefix}data: {{"choices": [{{"delta": {{"content": "trunc\n\n'.encode())
 
     async def _wait_for_hangup(self, request: web.Request, model: str) -> None:
         while request.transport is not None and not request.transport.is_closing():
@@ -194,6 +227,11 @@ class FakeVendor:
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
             await asyncio.sleep(PACE)
+        if step.get("stall"):
+            await step["stall"]()
+        if step.get("malformed"):
+            await self._malformed(response)
+            return
         if step.get("fail_midway"):
             await self._sse(response, {"error": {"message": "upstream model crashed", "type": "server_error"}})
             return
@@ -239,8 +277,16 @@ class FakeVendor:
             for piece in chunks_of(step["text"]):
                 await send_text(piece)
                 await asyncio.sleep(PACE)
+            if step.get("stall"):
+                await step["stall"]()
+            if step.get("malformed"):
+                await self._malformed(response, "content_block_delta")
+                return
             await self._sse(response, {"type": "content_block_stop", "index": 0}, "content_block_stop")
             index = 1
+        elif step.get("malformed"):
+            await self._malformed(response, "content_block_start")
+            return
         for call_id, name, arguments in step.get("tool_calls") or []:
             await self._sse(response, {"type": "content_block_start", "index": index, "content_block": {
                 "type": "tool_use", "id": call_id, "name": name, "input": {}}}, "content_block_start")
@@ -269,6 +315,11 @@ class FakeVendor:
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
             await asyncio.sleep(PACE)
+        if step.get("stall"):
+            await step["stall"]()
+        if step.get("malformed"):
+            await self._malformed(response)
+            return
         usage = step.get("usage", (11, 7))
         usage_body = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]}
         calls = step.get("tool_calls") or []

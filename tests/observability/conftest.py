@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import fresh_database, private_temp_dir, test_metrics_port
 from tests.llm.conftest import fakes  # noqa: F401 - fake vendors speaking the vendors' wire formats
 from tests.observability.otlp_receiver import OtlpReceiver
-from tests.observability.processes import Suite
+from tests.processes import Suite
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from parley.assistants.v1 import assistants_service_pb2, assistants_service_pb2_
 from parley.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
 from services.runtime.identity import IdentityMinter
 from tests.conftest import private_temp_dir
-from tests.observability.processes import free_port
+from tests.processes import free_port
 from tests.observability.test_alerts import RULES, alert_names
 from tests.observability.test_tracing import _composite
 

@@ -25,7 +25,7 @@ from services.runtime.identity import IdentityMinter
 from services.runtime.telemetry import client_interceptors
 from tests.conftest import fresh_database, private_temp_dir, span_exporter
 from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.observability.processes import Suite
+from tests.processes import Suite
 
 # Content that must never reach a span: what the user uploads, writes and asks.
 FILE_TEXT = "Zanzibar-7 quarterly notes: the heron project ships in March. " * 20

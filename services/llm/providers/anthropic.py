@@ -34,6 +34,7 @@ from services.llm.providers.base import (
     ProviderError,
     first_model_ids,
     kind_for_status,
+    malformed_stream,
     parse_retry_after,
 )
 from services.llm.providers.openai import safe_message
@@ -239,6 +240,8 @@ class AnthropicProvider:
                             usage.cached_input_tokens = cached
         except anthropic.AnthropicError as exc:
             raise provider_error(exc) from None
+        except ValueError:  # the SDK's JSON decoding (or its models) of an event that is not Anthropic's format
+            raise malformed_stream() from None
         finally:
             await stream.close()
         if json_blocks and finish == FinishReason.TOOL_CALLS and not tool_index:

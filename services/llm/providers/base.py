@@ -97,6 +97,12 @@ def parse_retry_after(headers) -> float | None:
     return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
 
 
+def malformed_stream() -> ProviderError:
+    """A response the vendor sent whole but that is not its wire format (an SSE event whose data
+    is not JSON, or JSON of the wrong shape): the vendor's fault, and worth another attempt."""
+    return ProviderError("server", "the provider sent a malformed stream chunk")
+
+
 def kind_for_status(status: int) -> str:
     if status == 429:
         return "rate_limited"

@@ -27,7 +27,13 @@ from services.llm.models import (
     ToolCallDelta,
     Usage,
 )
-from services.llm.providers.base import EmbeddingBatch, ProviderError, kind_for_status, parse_retry_after
+from services.llm.providers.base import (
+    EmbeddingBatch,
+    ProviderError,
+    kind_for_status,
+    malformed_stream,
+    parse_retry_after,
+)
 from services.llm.providers.openai import FINISH_REASONS, image_url, safe_message
 from services.llm.tokens import estimate_text
 
@@ -99,6 +105,9 @@ def provider_error(exc: Exception) -> ProviderError:
         return ProviderError("timeout", "the provider did not answer in time")
     if isinstance(exc, (httpx2.TransportError, mistral_errors.NoResponseError)):
         return ProviderError("connection", "could not reach the provider")
+    if isinstance(exc, mistral_errors.MistralError) and 200 <= exc.status_code < 300:
+        # The SDK could not read a successful response (an SSE event whose data is not JSON).
+        return malformed_stream()
     if isinstance(exc, mistral_errors.MistralError):
         status = exc.status_code
         kind = kind_for_status(status)
@@ -189,6 +198,8 @@ class MistralProvider:
                         finish = FINISH_REASONS.get(str(choice.finish_reason), FinishReason.STOP)
         except _ERRORS as exc:
             raise provider_error(exc) from None
+        except ValueError:  # the SDK's models refused an event that is not Mistral's format
+            raise malformed_stream() from None
         finally:
             await stream.close()
         if usage is None:

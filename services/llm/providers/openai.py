@@ -33,6 +33,7 @@ from services.llm.providers.base import (
     ProviderError,
     first_model_ids,
     kind_for_status,
+    malformed_stream,
     parse_retry_after,
 )
 from services.llm.tokens import estimate_text
@@ -188,7 +189,7 @@ class OpenAIProvider:
                     try:
                         chunk = json.loads(data)
                     except ValueError:
-                        raise ProviderError("server", "the provider sent a malformed stream chunk") from None
+                        raise malformed_stream() from None
                     if chunk.get("error"):
                         error = chunk["error"]
                         text = error.get("message") if isinstance(error, dict) else str(error)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.runtime import errors
+from services.runtime.db import UNAVAILABLE_ERRORS, database_unavailable
 from services.sessions.runstore.models import ENGINE_SCOPE
 
 log = logging.getLogger("parley.sessions.runstore.session_deletions")
@@ -54,7 +55,10 @@ class SessionDeletions:
             except (ValueError, KeyError, TypeError):
                 log.warning("ignored a malformed session deletion notification")
 
-        conn = await self._pool.acquire()
+        try:
+            conn = await self._pool.acquire()
+        except UNAVAILABLE_ERRORS:  # a database restarting: the engine watches again
+            raise database_unavailable() from None
         conn.add_termination_listener(lambda _c: queue.put_nowait(None))
         try:
             await conn.add_listener(CHANNEL, on_notify)
