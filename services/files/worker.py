@@ -30,7 +30,7 @@ from services.files.storage import BlobStore
 from opentelemetry import trace
 
 from services.runtime import errors, metrics
-from services.runtime.db import Database
+from services.runtime.db import UNAVAILABLE_ERRORS, Database
 from services.runtime.telemetry import context_of
 
 log = logging.getLogger("parley.files.worker")
@@ -99,6 +99,9 @@ class Processor:
                 await self._claim_once()
             except asyncio.CancelledError:
                 raise
+            except (errors.Unavailable, *UNAVAILABLE_ERRORS) as exc:
+                # A database outage: expected now and then, retried at the next round, no traceback.
+                log.warning("claiming work failed, the database is unavailable: %s", type(exc).__name__)
             except Exception:  # noqa: BLE001 - retried at the next round
                 log.exception("claiming work failed")
             with contextlib.suppress(asyncio.TimeoutError):

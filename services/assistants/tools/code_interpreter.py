@@ -125,7 +125,11 @@ class CodeInterpreterExecutor(ToolExecutor):
             return ToolError(f"The code interpreter is unavailable on this server: {error.details()}")
         if code == grpc.StatusCode.ABORTED:
             return ToolError("Another code_interpreter call is still running in this conversation; try again.")
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        if code == grpc.StatusCode.UNAVAILABLE:
+            # The transport's own words ("Socket closed") mean nothing to a model.
+            return ToolError("The code interpreter could not run the code (unavailable): its sandbox stopped or "
+                             "cannot be reached, and variables and files of this conversation may be lost; try again.")
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return ToolError(f"The code interpreter could not run the code ({code.name.lower()}): {error.details()}")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return ToolError(f"The code interpreter refused the code: {error.details()}")
