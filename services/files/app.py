@@ -148,7 +148,7 @@ async def build_app(settings: FilesSettings | None = None, *, embedder: Embedder
         check_server=lambda url, admin: check_pgvector(url, admin=admin),
     )
     try:
-        async with db.pool.acquire() as conn:
+        async with db.acquire() as conn:
             await conn.fetchval("SELECT $1::text::regconfig", settings.search.text_search_config)
     except asyncpg.PostgresError:
         await db.close()

@@ -111,7 +111,7 @@ class Processor:
         free = self._settings.concurrency - len(self._tasks)
         if free <= 0:
             return
-        async with self._db.pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             jobs = await conn.fetch(
                 "SELECT * FROM claim_jobs($1, $2, $3, $4)",
                 self._worker_id, self._settings.lease_seconds, free, self._settings.max_attempts,
@@ -132,7 +132,7 @@ class Processor:
             if not self._tasks:
                 continue
             try:
-                async with self._db.pool.acquire() as conn:
+                async with self._db.acquire() as conn:
                     await conn.execute("SELECT renew_leases($1, $2)", self._worker_id, self._settings.lease_seconds)
             except asyncio.CancelledError:
                 raise
@@ -148,7 +148,7 @@ class Processor:
             log.exception("start-up storage sweep failed")
         while True:
             try:
-                async with self._db.pool.acquire() as conn:
+                async with self._db.acquire() as conn:
                     expired = await conn.fetchval("SELECT expire_vector_stores()")
                 if expired:
                     log.info("deleted %d chunks of expired vector stores", expired)
@@ -166,7 +166,7 @@ class Processor:
         keys = await asyncio.to_thread(lambda: list(self._storage.stored_keys(age)))
         for begin in range(0, len(keys), 1000):
             batch = keys[begin:begin + 1000]
-            async with self._db.pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 known = {r[0] for r in await conn.fetch("SELECT known_storage_keys($1::text[])", batch)}
             orphans = [key for key in batch if key not in known]
             await asyncio.to_thread(lambda: [self._storage.delete(key) for key in orphans])

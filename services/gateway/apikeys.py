@@ -20,7 +20,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import asyncpg
 
 from services.gateway.models import (
     ADMIN,
@@ -36,7 +35,7 @@ from services.gateway.models import (
 )
 from services.gateway.repository import ApiKeyRepository
 from services.runtime import errors
-from services.runtime.db import Database
+from services.runtime.db import UNAVAILABLE_ERRORS, Database
 from services.runtime.errors import FieldViolation
 from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
 from services.runtime.validation import parse_id, text_violations
@@ -52,10 +51,6 @@ MAX_GRACE = timedelta(days=7)
 LAST_USED_RESOLUTION = 60.0
 # How long a looked-up key may still be trusted while the database cannot be reached.
 STALE_KEY_SECONDS = 300.0
-_DATABASE_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                  asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
-                  asyncpg.exceptions.TooManyConnectionsError)
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -281,9 +276,9 @@ class ApiKeys:
         if cached is not None and now - cached[1] < self._policy.cache_seconds:
             return cached[0]
         try:
-            async with self._db.pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 stored = await self._repo.find_by_hash(conn, digest)
-        except _DATABASE_DOWN as exc:
+        except UNAVAILABLE_ERRORS as exc:
             # Keys seen recently keep working through a short database outage.
             if cached is not None and now - cached[1] < STALE_KEY_SECONDS:
                 log.warning("database unavailable (%s); using a cached API key lookup", type(exc).__name__)
@@ -320,7 +315,7 @@ class ApiKeys:
             return
         pending, self._pending_use = self._pending_use, {}
         try:
-            async with self._db.pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 await self._repo.touch(conn, pending)
         except Exception:  # noqa: BLE001 - a lost update of a last-used time is not worth failing a call
             log.warning("could not record last-used times of %d API keys", len(pending), exc_info=True)

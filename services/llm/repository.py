@@ -106,7 +106,7 @@ class UsageRepository:
                 r.error_reason, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.reasoning_tokens,
                 r.cost_usd, r.latency_ms, r.time_to_first_token_ms, r.queue_ms, r.cache_hit, r.streamed, r.metadata,
             ))
-        async with self.db.pool.acquire() as conn:
+        async with self.db.acquire() as conn:
             async with conn.transaction():
                 for user_id, rows in by_user.items():
                     await conn.execute(f"SELECT set_config('app.user_id', {quote_literal(user_id)}, true)")

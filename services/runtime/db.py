@@ -152,6 +152,9 @@ UNAVAILABLE_ERRORS = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
+    # A connection whose server went away mid-reply is left in a protocol state where its
+    # next statement raises this ("cannot switch to state …; another operation is in progress").
+    asyncpg.exceptions._base.InternalClientError,
 )
 
 
@@ -262,6 +265,18 @@ class Database:
         await self.pool.close()
 
     @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection that is discarded, not handed out again, when a statement on it
+        failed because the database went away: its protocol state can no longer be trusted,
+        and the pool's reset (a rollback only when a transaction is open) would not notice."""
+        async with self.pool.acquire() as conn:
+            try:
+                yield conn
+            except UNAVAILABLE_ERRORS:
+                conn.terminate()
+                raise
+
+    @asynccontextmanager
     async def transaction(self, user_id: str, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
         """One transaction in which RLS sees `user_id` as the current user.
 
@@ -272,7 +287,7 @@ class Database:
             raise errors.Unauthenticated("user id is not acceptable", reason="IDENTITY_INVALID")
         begin = "BEGIN READ ONLY" if readonly else "BEGIN"
         try:
-            async with self.pool.acquire() as conn:
+            async with self.acquire() as conn:
                 await conn.execute(f"{begin}; SELECT set_config('app.user_id', {quote_literal(user_id)}, true)")
                 try:
                     yield conn

@@ -302,7 +302,7 @@ class Sessions:
         cutoff = datetime.now(timezone.utc) - idle_for
         total = 0
         while True:
-            async with self._db.pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 purged = await self._repo.purge_idle_sessions(conn, cutoff, batch)
             total += purged
             if purged < batch:

@@ -3,6 +3,8 @@ Python objects, and a statement_timeout on every pooled connection."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from services.runtime import errors
@@ -70,3 +72,53 @@ def test_the_timeout_comes_from_the_service_setting_then_the_shared_one(monkeypa
     monkeypatch.setenv("PARLEY_SESSIONS_STATEMENT_TIMEOUT_SECONDS", "3.5")
     assert statement_timeout_from_env("sessions") == 3.5
     assert statement_timeout_from_env("files") == 12
+
+
+async def test_connections_cut_by_the_server_answer_unavailable_then_are_replaced(admin_url, migrations):
+    """What a PostgreSQL restart does to a pool: every backend is terminated under it. The next
+    transactions answer UNAVAILABLE (retryable), never an unexpected error, and the pool
+    recovers without a restart of the service."""
+    import asyncpg
+
+    db = await _open(admin_url, migrations)
+    user = f"cut-{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        async with db.transaction(user) as conn:
+            await conn.execute("INSERT INTO notes (body) VALUES ('1')")
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE usename = 'parley_runtime_db_test'")
+        outcomes = []
+        for _ in range(4):
+            try:
+                async with db.transaction(user, readonly=True) as conn:
+                    outcomes.append(await conn.fetchval("SELECT count(*) FROM notes"))
+            except errors.Unavailable:
+                outcomes.append("unavailable")
+        assert outcomes[-1] == 1 and set(outcomes) <= {1, "unavailable"}, outcomes
+    finally:
+        await admin.close()
+        await db.close()
+
+
+async def test_a_connection_left_in_a_broken_protocol_state_is_never_handed_out_again(admin_url, migrations):
+    import asyncpg
+
+    db = await _open(admin_url, migrations, pool_size=1)
+    try:
+        async with db.acquire() as conn:
+            broken_pid = conn.get_server_pid()
+        with pytest.raises(asyncpg.exceptions._base.InternalClientError):
+            async with db.acquire() as conn:
+                assert conn.get_server_pid() == broken_pid
+                # What asyncpg raises on a connection whose server went away mid-reply.
+                raise asyncpg.exceptions._base.InternalClientError("cannot switch to state 15; another operation (2) "
+                                                                   "is in progress")
+        async with db.acquire() as conn:
+            assert conn.get_server_pid() != broken_pid
+            assert await conn.fetchval("SELECT 1") == 1
+        with pytest.raises(errors.Unavailable):
+            async with db.transaction("alice"):
+                raise asyncpg.exceptions._base.InternalClientError("cannot switch to state 12")
+    finally:
+        await db.close()
