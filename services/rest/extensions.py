@@ -240,6 +240,39 @@ async def run_events(request: Request, thread_id: str, run_id: str):
                         _settings(request).heartbeat_seconds)
 
 
+# ---- models ----------------------------------------------------------------------------------
+
+_CAPABILITIES = {lpb.MODEL_CAPABILITY_STREAMING: "streaming", lpb.MODEL_CAPABILITY_TOOLS: "tools",
+                 lpb.MODEL_CAPABILITY_VISION: "vision", lpb.MODEL_CAPABILITY_EMBEDDINGS: "embeddings",
+                 lpb.MODEL_CAPABILITY_JSON_OUTPUT: "json_output", lpb.MODEL_CAPABILITY_JSON_SCHEMA: "json_schema"}
+_AVAILABILITY = {lpb.MODEL_AVAILABILITY_AVAILABLE: "available", lpb.MODEL_AVAILABILITY_COOLDOWN: "cooldown",
+                 lpb.MODEL_AVAILABILITY_UNCONFIGURED: "unconfigured"}
+
+
+def model_out(model: lpb.Model) -> dict:
+    return {"id": model.id, "object": "parley.model", "provider": model.provider,
+            "display_name": model.display_name or model.id, "description": model.description,
+            "aliases": list(model.aliases), "capabilities": [_CAPABILITIES[c] for c in model.capabilities
+                                                             if c in _CAPABILITIES],
+            "context_window": model.context_window, "max_output_tokens": model.max_output_tokens,
+            "pricing": {"input_usd_per_million": model.pricing.input_usd_per_million,
+                        "output_usd_per_million": model.pricing.output_usd_per_million,
+                        "cached_input_usd_per_million": model.pricing.cached_input_usd_per_million},
+            "availability": _AVAILABILITY.get(model.availability, "available")}
+
+
+@router.get("/models", summary="Every model with its capabilities, limits, prices and availability")
+async def list_models(request: Request):
+    gateway, models, token = _gateway(request), [], ""
+    while True:
+        page = await gateway.call(request, gateway.llm.ListModels, lapi.ListModelsRequest(page_size=100,
+                                                                                          page_token=token))
+        models.extend(model_out(m) for m in page.models)
+        token = page.next_page_token
+        if not token:
+            return json_response({"object": "list", "data": models})
+
+
 # ---- usage and budgets -----------------------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ default streamed answer. A step is a dict:
 - `{"hang": True}` — accept the request and answer nothing until the client hangs up
 - `{"text": "...", "endless": True}` — stream deltas every 20 ms until the client hangs up
 - `{"text": "...", "fail_midway": True}` — (OpenAI) stream the text, then an in-stream error
+- `"pace": seconds` in a text step — the pause between text chunks (default PACE), for a
+  client that must see an answer arrive piece by piece
 
 `GET /v1/models` lists `fake.models`. Every request body is kept in `fake.requests`, and every client hang-up seen in
 `fake.disconnects` (as the model name), so tests can check what the SDKs sent and that a
@@ -193,7 +195,7 @@ class FakeVendor:
             await self._endless(response, lambda text: send_choice({"content": text}))
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
-            await asyncio.sleep(PACE)
+            await asyncio.sleep(step.get("pace", PACE))
         if step.get("fail_midway"):
             await self._sse(response, {"error": {"message": "upstream model crashed", "type": "server_error"}})
             return
@@ -238,7 +240,7 @@ class FakeVendor:
                 await self._endless(response, send_text)
             for piece in chunks_of(step["text"]):
                 await send_text(piece)
-                await asyncio.sleep(PACE)
+                await asyncio.sleep(step.get("pace", PACE))
             await self._sse(response, {"type": "content_block_stop", "index": 0}, "content_block_stop")
             index = 1
         for call_id, name, arguments in step.get("tool_calls") or []:
@@ -268,7 +270,7 @@ class FakeVendor:
             await self._endless(response, lambda text: send_choice({"content": text}))
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
-            await asyncio.sleep(PACE)
+            await asyncio.sleep(step.get("pace", PACE))
         usage = step.get("usage", (11, 7))
         usage_body = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]}
         calls = step.get("tool_calls") or []

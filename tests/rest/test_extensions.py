@@ -205,6 +205,14 @@ async def test_runs_fill_template_variables(edge, http):
     assert status == 400 and reply["error"]["param"] == "variables"
 
 
+async def test_models_with_their_capabilities(edge, http):
+    models = {m["id"]: m for m in (await http.ok("GET", "/parley/models"))["data"]}
+    chat = models["openai/m0"]
+    assert chat["object"] == "parley.model" and chat["provider"] == "openai" and chat["context_window"] == 16000
+    assert {"streaming", "tools", "vision"} <= set(chat["capabilities"]) and chat["availability"] == "available"
+    assert "embeddings" in models["local/all-MiniLM-L6-v2"]["capabilities"]
+
+
 async def test_usage_by_model_and_day_and_budgets(edge, http):
     model = edge.stack.model("openai")
     edge.stack.fakes["openai"].script(model.split("/")[1], {"text": "Counted.", "usage": (120, 30, 0)})
