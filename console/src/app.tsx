@@ -1,6 +1,7 @@
 // The console's frame: sign-in, the top bar (sections, theme, help, sign out), the routes, the
 // keyboard shortcuts and the notices.
 import { createContext } from "preact";
+import { MoonIcon, SunIcon } from "./icons";
 import { useCallback, useContext, useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { Link, Redirect, Route, Switch, useLocation } from "wouter-preact";
 import { Api, ApiError } from "./api";
@@ -41,12 +42,18 @@ export function useConsole(): Console {
 export const COMPOSER_ID = "composer-input";
 
 export function focusComposer(): void {
-  // After a navigation the composer may not be there yet.
+  // After a navigation the new chat's box replaces the old one a moment later: focus whichever
+  // is there until the focus stays on a box that is still in the page.
   let tries = 0;
+  let focused: HTMLElement | null = null;
   const attempt = () => {
+    if (focused && focused.isConnected && document.activeElement === focused) return;
     const input = document.getElementById(COMPOSER_ID) as HTMLTextAreaElement | null;
-    if (input) input.focus();
-    else if (tries++ < 20) setTimeout(attempt, 25);
+    if (input && !input.disabled) {
+      input.focus();
+      focused = input;
+    }
+    if (tries++ < 40) setTimeout(attempt, 30);
   };
   attempt();
 }
@@ -145,7 +152,7 @@ export function App() {
   const themeButton = (
     <button type="button" class="icon-button" data-testid="theme-toggle" aria-label={`Switch to ${nextTheme} theme`}
       title={`Switch to ${nextTheme} theme`} onClick={() => setTheme(nextTheme)}>
-      {currentTheme === "dark" ? "☀" : "☾"}
+      {currentTheme === "dark" ? <SunIcon /> : <MoonIcon />}
     </button>
   );
 

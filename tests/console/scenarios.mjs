@@ -4,6 +4,7 @@
 // that prepared the data and checks the server's side. Any failed check, page error or
 // Content-Security-Policy violation fails the scenario (a screenshot of the moment is saved).
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
@@ -153,7 +154,7 @@ const SCENARIOS = {
     const lengths = [...new Set(samples.map((s) => s.length).filter((l) => l > 0))];
     const partial = samples.filter((s) => s.length > 0 && s.length < config.expected.length);
     check(texts.length === 1 && texts[0].trim() === config.expected, `the answer, whole and once: ${JSON.stringify(texts)}`);
-    check(partial.length >= 3 && lengths.length >= 3, `the answer grew piece by piece (${lengths.length} lengths seen)`);
+    check(partial.length >= 3 && lengths.length >= 3, `the answer grew piece by piece (${lengths.length} lengths seen): ${JSON.stringify(samples.filter((s, i) => i % 5 === 0))}`);
     check(partial.every((s) => s.typing), "the typing indicator showed while the answer was written");
     check(!samples[samples.length - 1].typing, "the typing indicator hid at the end");
     return { lengths: lengths.length, thread: threadIdOf(page) };
@@ -477,11 +478,18 @@ const SCENARIOS = {
     await page.fill("[data-testid=feedback] textarea", "Clear and short.");
     await page.click("[data-testid=feedback] form button[type=submit]");
     await page.waitForSelector("[data-testid=feedback] form", { state: "detached", timeout: WAIT });
-    const download = await Promise.all([page.waitForEvent("download", { timeout: WAIT }), page.click("[data-testid=export-markdown]")]);
-    const markdownPath = await download[0].path();
-    const markdown = fs.readFileSync(markdownPath, "utf8");
-    const json = await Promise.all([page.waitForEvent("download", { timeout: WAIT }), page.click("[data-testid=export-json]")]);
-    const document_ = JSON.parse(fs.readFileSync(await json[0].path(), "utf8"));
+    const saved = async (button) => {
+      const [download] = await Promise.all([page.waitForEvent("download", { timeout: WAIT }), page.click(button)]);
+      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "parley-export-")), download.suggestedFilename());
+      await download.saveAs(file); // the browser is remote: its copy is fetched
+      return { download, text: fs.readFileSync(file, "utf8") };
+    };
+    const markdownFile = await saved("[data-testid=export-markdown]");
+    const jsonFile = await saved("[data-testid=export-json]");
+    const download = [markdownFile.download];
+    const json = [jsonFile.download];
+    const markdown = markdownFile.text;
+    const document_ = JSON.parse(jsonFile.text);
     return { markdown, markdownName: download[0].suggestedFilename(), json: document_, jsonName: json[0].suggestedFilename() };
   },
 
@@ -536,9 +544,9 @@ const SCENARIOS = {
     await page.click("[data-testid=new-chat]");
     await choose(page, `model:${config.model}`);
     await send(page, "How do resumable streams work?");
-    await waitForText(page, Math.floor(config.expected.length / 2));
-    await accessibility(page, "chat while streaming");
+    await waitForText(page, Math.floor(config.expected.length / 3));
     await shot(page, "chat-streaming");
+    await accessibility(page, "chat while streaming");
     await waitIdle(page);
     await page.click("nav >> text=Assistants");
     await page.click(`[data-testid=assistant-item][href="/assistants/${config.assistant}"]`);

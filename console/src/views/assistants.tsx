@@ -5,7 +5,7 @@ import { Link, useLocation } from "wouter-preact";
 import { describe, type Page } from "../api";
 import { useConsole } from "../app";
 import { MODEL_CHAT_KEY, type Assistant, type FunctionTool, type Model, type Tool, type VectorStore } from "../types";
-import { templateVariables } from "./chat";
+import { modelLabel, templateVariables } from "./chat";
 
 interface Draft {
   name: string;
@@ -124,7 +124,7 @@ function Editor(props: { assistant: Assistant | null; models: Model[]; stores: V
         <label for="assistant-model">Model</label>
         <select id="assistant-model" value={draft.model} onChange={(e) => set({ model: (e.target as HTMLSelectElement).value })}>
           {!props.models.some((m) => m.id === draft.model) && draft.model && <option value={draft.model}>{draft.model}</option>}
-          {props.models.map((m) => <option key={m.id} value={m.id}>{m.display_name || m.id}</option>)}
+          {props.models.map((m) => <option key={m.id} value={m.id}>{modelLabel(m)}</option>)}
         </select>
       </div>
       <div class="field">

@@ -2,6 +2,7 @@
 // the conversation: messages, a run's answer streamed token by token (resumed after a network
 // drop or a reload), tool steps, function calls answered by hand, attachments, export.
 import { useCallback, useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { CloseIcon, PaperclipIcon, PencilIcon, TrashIcon } from "../icons";
 import { Link, useLocation, useSearch } from "wouter-preact";
 import { ApiError, describe, saveBlob, type Page } from "../api";
 import { COMPOSER_ID, useConsole } from "../app";
@@ -30,6 +31,12 @@ const decodeTarget = (value: string): Target | null => {
   const id = rest.join(":");
   return (kind === "assistant" || kind === "model") && id ? { kind, id } : null;
 };
+
+/** A model as a person picks it: its id, and its display name where that says more. */
+export function modelLabel(model: Model): string {
+  const name = model.display_name;
+  return name && name !== model.id && !model.id.endsWith(`/${name}`) ? `${name} (${model.id})` : model.id;
+}
 
 export function templateVariables(instructions: string | null | undefined): string[] {
   const names = new Set<string>();
@@ -167,8 +174,8 @@ function SessionItem(props: { thread: Thread; active: boolean; onChanged: () => 
         </span>
       ) : (
         <span class="session-actions">
-          <button type="button" class="icon-button small" aria-label={`Rename ${label}`} onClick={() => setRenaming(true)}>✎</button>
-          <button type="button" class="icon-button small" aria-label={`Delete ${label}`} onClick={() => setConfirming(true)}>🗑</button>
+          <button type="button" class="icon-button small" aria-label={`Rename ${label}`} onClick={() => setRenaming(true)}><PencilIcon /></button>
+          <button type="button" class="icon-button small" aria-label={`Delete ${label}`} onClick={() => setConfirming(true)}><TrashIcon /></button>
         </span>
       )}
     </li>
@@ -187,6 +194,10 @@ interface Attachment {
 }
 
 let attachmentCounter = 0;
+
+// A run just started in a new chat, handed to that chat's view so that it follows the run at
+// once instead of finding it after loading the chat.
+const startedRuns = new Map<string, string>();
 
 function Composer(props: {
   disabled: boolean;
@@ -219,20 +230,20 @@ function Composer(props: {
         <ul class="attachments" aria-label="Attachments">
           {props.attachments.map((a) => (
             <li key={a.key} class="attachment" data-testid="attachment">
-              <span class="attachment-name">{a.image ? "🖼" : "📎"} {a.name}</span>
+              <span class="attachment-name">{a.image ? "Image: " : ""}{a.name}</span>
               {!a.fileId && !a.error && (
                 <progress max={1} value={a.progress} aria-label={`Uploading ${a.name}`} data-testid="attachment-progress" />
               )}
               {a.fileId && <span class="badge completed">uploaded</span>}
               {a.error && <span class="error">{a.error}</span>}
-              <button type="button" class="icon-button small" aria-label={`Remove ${a.name}`} onClick={() => props.onRemove(a.key)}>✕</button>
+              <button type="button" class="icon-button small" aria-label={`Remove ${a.name}`} onClick={() => props.onRemove(a.key)}><CloseIcon /></button>
             </li>
           ))}
         </ul>
       )}
       <div class="composer-row">
         <button type="button" class="icon-button" aria-label="Attach files" title="Attach files (or drop them here)"
-          onClick={() => picker.current?.click()} disabled={props.disabled}>📎</button>
+          onClick={() => picker.current?.click()} disabled={props.disabled}><PaperclipIcon /></button>
         <input ref={picker} type="file" multiple class="visually-hidden" tabIndex={-1} aria-hidden="true"
           data-testid="attach-input"
           onChange={(e) => {
@@ -333,6 +344,10 @@ function Conversation(props: {
   const [attachments, setAttachments] = useState<Attachment[]>([]);
   const [dragging, setDragging] = useState(false);
   const [chosen, setChosen] = useState<Target | null>(props.threadId ? null : props.preselect);
+  // How the last run ended when it did not complete (stopped, failed, …), shown until the next one.
+  const [outcome, setOutcome] = useState<{ run: Run | null; error: string | null } | null>(null);
+  const liveRef = useRef<LiveRun | null>(null);
+  liveRef.current = live;
   const following = useRef<AbortController | null>(null);
   const end = useRef<HTMLDivElement>(null);
 
@@ -368,6 +383,7 @@ function Conversation(props: {
     const controller = new AbortController();
     following.current = controller;
     setLive(emptyRun());
+    setOutcome(null);
     setStopping(false);
     follow(api, id, runId, {
       after: 0,
@@ -382,10 +398,11 @@ function Conversation(props: {
       // The run is over: show what is stored (the answer under the same id), then drop the live copy.
       const stored = await loadStored(id);
       if (controller.signal.aborted) return;
+      const last = liveRef.current;
       setThread(stored.thread);
       setMessages(stored.messages);
       setSteps(stored.steps);
-      setLive((state) => (state ? { ...state, ended: true } : state));
+      if (last && (last.error || (last.run && last.run.status !== "completed"))) setOutcome({ run: last.run, error: last.error });
       setLive(null);
       setStopping(false);
     }).catch((error) => {
@@ -398,6 +415,9 @@ function Conversation(props: {
     if (!threadId) return;
     let live = true;
     setLoading(true);
+    const started = startedRuns.get(threadId);
+    startedRuns.delete(threadId);
+    if (started) followRun(threadId, started);
     loadStored(threadId)
       .then((stored) => {
         if (!live) return;
@@ -408,7 +428,7 @@ function Conversation(props: {
         // A run still going (after a reload, or started from another tab): follow it from its
         // first event, which rebuilds the answer written so far.
         const active = stored.runs.find((run) => ACTIVE_RUN.has(run.status));
-        if (active) followRun(threadId, active.id);
+        if (active && active.id !== started) followRun(threadId, active.id);
       })
       .catch((error) => live && setLoadError(error instanceof ApiError && error.status === 404
         ? "This chat does not exist (or was deleted)." : describe(error)))
@@ -492,13 +512,14 @@ function Conversation(props: {
       });
       setAttachments([]);
       if (id !== threadId) {
-        navigate(`/chat/${id}`); // the new chat's view finds the run and follows it
+        startedRuns.set(id, run.id);
+        navigate(`/chat/${id}`);
         return true;
       }
+      followRun(id, run.id);
       const stored = await loadStored(id);
       setMessages(stored.messages);
       setSteps(stored.steps);
-      followRun(id, run.id);
       return true;
     } catch (error) {
       notify("error", `Not sent: ${describe(error)}`);
@@ -554,7 +575,7 @@ function Conversation(props: {
         )}
         {choices.models.length > 0 && (
           <optgroup label="Models">
-            {choices.models.map((m) => <option key={m.id} value={`model:${m.id}`}>{m.display_name || m.id}</option>)}
+            {choices.models.map((m) => <option key={m.id} value={`model:${m.id}`}>{modelLabel(m)}</option>)}
           </optgroup>
         )}
       </select>
@@ -623,13 +644,17 @@ function Conversation(props: {
         {live?.run?.status === "requires_action" && threadId && (
           <FunctionCallForm key={live.run.id} threadId={threadId} run={live.run} onError={(text) => notify("error", text)} />
         )}
-        {live?.error && <p class="error" role="alert" data-testid="run-error">{live.error}</p>}
-        {live?.run && ["failed", "cancelled", "incomplete", "expired"].includes(live.run.status) && (
-          <p class="muted" data-testid="run-status">
-            The run {live.run.status === "cancelled" ? "was stopped" : live.run.status}
-            {live.run.last_error ? `: ${live.run.last_error.message}` : "."}
-          </p>
-        )}
+        {(live ?? outcome)?.error && <p class="error" role="alert" data-testid="run-error">{(live ?? outcome)!.error}</p>}
+        {(() => {
+          const ended = live?.run ?? outcome?.run;
+          if (!ended || !["failed", "cancelled", "incomplete", "expired"].includes(ended.status)) return null;
+          return (
+            <p class="muted" data-testid="run-status">
+              The run {ended.status === "cancelled" ? "was stopped" : ended.status}
+              {ended.last_error ? `: ${ended.last_error.message}` : "."}
+            </p>
+          );
+        })()}
         <div ref={end} />
       </div>
       {dragging && <div class="drop-hint" aria-hidden="true">Drop files to attach them</div>}

@@ -1,6 +1,7 @@
 // One message (user text, or an assistant's Markdown with its citations, images and feedback)
 // and a run's tool steps as collapsible entries.
 import { useEffect, useState } from "preact/hooks";
+import { ThumbDownIcon, ThumbUpIcon } from "../icons";
 import { Link, useLocation } from "wouter-preact";
 import { describe } from "../api";
 import { useConsole } from "../app";
@@ -94,9 +95,9 @@ function FeedbackControls(props: { threadId: string; message: Message }) {
   return (
     <div class="feedback" data-testid="feedback">
       <button type="button" class="icon-button small" aria-label="Good answer" aria-pressed={rating === "thumbs_up"}
-        disabled={saving} onClick={() => save("thumbs_up", comment)}>👍</button>
+        disabled={saving} onClick={() => save("thumbs_up", comment)}><ThumbUpIcon /></button>
       <button type="button" class="icon-button small" aria-label="Bad answer" aria-pressed={rating === "thumbs_down"}
-        disabled={saving} onClick={() => save("thumbs_down", comment)}>👎</button>
+        disabled={saving} onClick={() => save("thumbs_down", comment)}><ThumbDownIcon /></button>
       <button type="button" class="link-button" aria-expanded={commenting} onClick={() => setCommenting(!commenting)}>
         {feedback?.comment ? "Edit comment" : "Comment"}
       </button>
@@ -136,7 +137,7 @@ export function MessageView(props: { threadId: string | null; message: Message; 
         })}
         {(message.attachments?.length ?? 0) > 0 && (
           <ul class="attachment-list" aria-label="Attachments">
-            {message.attachments!.map((a) => <li key={a.file_id}><Link href={`/files/${a.file_id}`}>📎 {a.file_id}</Link></li>)}
+            {message.attachments!.map((a) => <li key={a.file_id}><Link href={`/files/${a.file_id}`}>Attachment {a.file_id}</Link></li>)}
           </ul>
         )}
       </div>
