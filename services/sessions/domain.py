@@ -110,7 +110,8 @@ class Sessions:
             raise _session_not_found(sid)
         return session
 
-    async def list_sessions(self, user_id: str, *, status: int, size: int, token: str, title_contains: str = "") -> Page:
+    async def list_sessions(self, user_id: str, *, status: int, size: int, token: str,
+                            title_contains: str = "") -> Page:
         errors.collect(_enum_value(status, SessionStatus, "status", allow_unspecified=True)
                        + text_violations(title_contains, "title_contains", max_chars=TITLE_MAX_CHARS, single_line=True))
         limit = page_size(size, default=20, maximum=100)

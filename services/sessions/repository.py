@@ -99,10 +99,11 @@ class SessionRepository:
             args.append(status)
             conditions.append(f"status = ${len(args)}")
         if title_contains:
-            # A filter on the walk of the caller's own index (user_id, create_time DESC, id DESC):
-            # the scan stops once the page is full. A trigram index would not help here: under
-            # row-level security PostgreSQL evaluates a non-leakproof ILIKE only after the
-            # policy, never inside an index scan.
+            # A filter on the caller's own rows, read through the per-user index (user_id,
+            # create_time DESC, id DESC): an ordered walk that stops when the page is full, or a
+            # bitmap of the user's rows and a sort. A trigram index would not help: under
+            # row-level security PostgreSQL applies a non-leakproof ILIKE only after the policy,
+            # never inside an index scan.
             args.append(_like_escape(title_contains))
             conditions.append(f"title ILIKE '%' || ${len(args)} || '%'")
         if after is not None:

@@ -47,7 +47,8 @@ def pytest_collection_modifyitems(items):
 def _require_tools() -> None:
     missing = []
     if not (BUILD / "index.html").is_file():
-        missing.append(f"the console's build ({BUILD}/index.html): run `make install` (npm ci and the build in console/)")
+        missing.append(f"the console's build ({BUILD}/index.html): run `make install` "
+                       "(npm ci and the build in console/)")
     if not (ROOT / "node_modules" / "playwright-core" / "package.json").is_file():
         missing.append("playwright-core in node_modules: run `make install` (npm ci)")
     if not os.access(CHROMIUM, os.X_OK):

@@ -10,8 +10,9 @@ import json
 
 STORY = ("Resumable streams number every event. A client that loses its connection asks for the "
          "events after the last number it saw, and the server replays exactly those, once, in order.")
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather of a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 REFUNDS = b"Refund policy.\n\nRefunds are accepted within 45 days of purchase, with the receipt.\n"
 
 

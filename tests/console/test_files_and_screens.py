@@ -32,9 +32,11 @@ async def test_the_main_screens_are_accessible_and_photographed(console, theme):
         "tools": [{"type": "file_search"}, {"type": "function", "function": {
             "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
         "tool_resources": {"file_search": {"vector_store_ids": [store["id"]]}}})
-    thread = await console.call("POST", "/parley/threads", {"title": "Refunds and weather", "assistant_id": assistant["id"]})
+    thread = await console.call("POST", "/parley/threads", {"title": "Refunds and weather",
+                                                             "assistant_id": assistant["id"]})
     run = await console.call("POST", f"/threads/{thread['id']}/runs", {
-        "assistant_id": assistant["id"], "additional_messages": [{"role": "user", "content": "Refunds? And the weather?"}]})
+        "assistant_id": assistant["id"],
+        "additional_messages": [{"role": "user", "content": "Refunds? And the weather?"}]})
     for _ in range(300):
         current = await console.call("GET", f"/threads/{thread['id']}/runs/{run['id']}")
         if current["status"] == "requires_action":

@@ -239,8 +239,8 @@ async def test_usage_by_model_and_day_and_budgets(edge, http):
     assert status == 403
 
     assert (await http.ok("GET", "/parley/budget"))["limits"] == []
-    budget = await http.ok("POST", "/parley/budget", {"limits": [{"period": "day", "unit": "usd", "amount": 2.5},
-                                                                {"period": "month", "unit": "tokens", "amount": 10000}]})
+    budget = await http.ok("POST", "/parley/budget", {"limits": [
+        {"period": "day", "unit": "usd", "amount": 2.5}, {"period": "month", "unit": "tokens", "amount": 10000}]})
     by_period = {limit["period"]: limit for limit in budget["limits"]}
     assert by_period["day"]["unit"] == "usd" and by_period["day"]["amount"] == 2.5
     assert by_period["month"]["unit"] == "tokens" and by_period["month"]["amount"] == 10000

@@ -131,7 +131,8 @@ async def test_sessions_are_searched_by_title(sessions_stub, as_user):
     assert [s.id for s in first.sessions] == [made["refunds in 2024"]] and first.next_page_token
     second = await search("refund", page_size=1, page_token=first.next_page_token)
     assert [s.id for s in second.sessions] == [made["Refund policy"]] and not second.next_page_token
-    reason, fields = await expect_error(search("ship", page_token=first.next_page_token), grpc.StatusCode.INVALID_ARGUMENT)
+    reason, fields = await expect_error(search("ship", page_token=first.next_page_token),
+                                        grpc.StatusCode.INVALID_ARGUMENT)
     assert reason == "PAGE_TOKEN_MISMATCH" and fields == ["page_token"]
     _, fields = await expect_error(search("two\nlines"), grpc.StatusCode.INVALID_ARGUMENT)
     assert fields == ["title_contains"]

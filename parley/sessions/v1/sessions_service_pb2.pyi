@@ -140,8 +140,8 @@ class ListSessionsRequest(_message.Message):
     """Only sessions in this status; unspecified lists all."""
     title_contains: _builtins.str
     """Only sessions whose title contains this text, ignoring case (at most 256 characters, one
-    line); empty lists all. Matching walks the caller's sessions newest first, so a page
-    costs the caller's sessions up to its last match, never anyone else's.
+    line); empty lists all. Matching reads only the caller's own sessions, through their
+    per-user index.
     """
     def __init__(
         self,
