@@ -233,6 +233,47 @@ const SCENARIOS = {
     return { statuses, store, distinct: new Set(values).size };
   },
 
+  async attachments({ page, context }) {
+    await signIn(page);
+    await choose(page, `model:${config.model}`);
+    const cdp = await context.newCDPSession(page);
+    await cdp.send("Network.enable");
+    await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: config.throughput });
+    await page.evaluate(() => {
+      window.__bars = [];
+      window.__barSampler = setInterval(() => {
+        for (const bar of document.querySelectorAll("[data-testid=attachment-progress]")) window.__bars.push(bar.value);
+      }, 15);
+    });
+    // Dropped on the conversation, as a person drags files from their desktop.
+    await page.evaluate(({ notes, png }) => {
+      const files = new DataTransfer();
+      files.items.add(new File([notes], "notes.txt", { type: "text/plain" }));
+      files.items.add(new File([Uint8Array.from(atob(png), (c) => c.charCodeAt(0))], "dot.png", { type: "image/png" }));
+      const target = document.querySelector("[data-testid=conversation]");
+      target.dispatchEvent(new DragEvent("dragover", { dataTransfer: files, bubbles: true, cancelable: true }));
+      target.dispatchEvent(new DragEvent("drop", { dataTransfer: files, bubbles: true, cancelable: true }));
+    }, { notes: config.notes, png: config.png });
+    await page.waitForFunction(() => document.querySelectorAll("[data-testid=attachment] .badge.completed").length === 2, null, { timeout: WAIT * 2 });
+    await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+    const bars = await page.evaluate(() => {
+      clearInterval(window.__barSampler);
+      return window.__bars;
+    });
+    check(bars.some((v) => v > 0 && v < 1), `the upload bars moved: ${JSON.stringify([...new Set(bars)].slice(0, 10))}`);
+    await send(page, "What do you make of these?");
+    await page.waitForFunction((expected) => [...document.querySelectorAll("[data-testid=assistant-message]")]
+      .some((m) => m.textContent.includes(expected)), config.expected, { timeout: WAIT });
+    await waitIdle(page);
+    const question = page.locator("[data-testid=user-message]").first();
+    await question.locator("img.message-image").waitFor({ timeout: WAIT });
+    const source = await question.locator("img.message-image").getAttribute("src");
+    check(source.startsWith("blob:"), `the image is fetched with the key and shown from a blob: ${source}`);
+    check((await question.textContent()).includes("Attachment file-"), "the attached file is listed");
+    check(await page.$$eval("[data-testid=attachment]", (n) => n.length) === 0, "the composer is cleared");
+    return { thread: threadIdOf(page) };
+  },
+
   async citation({ page }) {
     await signIn(page);
     await choose(page, `assistant:${config.assistant}`);

@@ -55,6 +55,22 @@ async def test_a_function_call_answered_in_the_browser_completes_the_run(console
     assert any(m.get("role") == "tool" and "celsius" in json.dumps(m) for m in second["messages"])
 
 
+async def test_files_dropped_on_a_chat_upload_with_progress_and_go_with_the_message(console):
+    model = console.model()
+    console.script(model, {"text": "A note and a dot."})
+    dot = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    notes = "Meeting notes.\n" + "\n" * 150_000
+    report = await console.run("attachments", model=model, notes=notes, png=dot, throughput=100_000,
+                               expected="A note and a dot.")
+    question = (await console.call("GET", f"/parley/threads/{report['thread']}/messages"))["data"][0]
+    kinds = [part["type"] for part in question["content"]]
+    assert kinds == ["text", "image_file"] and len(question["attachments"]) == 1
+    assert question["attachments"][0]["tools"] == [{"type": "file_search"}]
+    sent = console.fake.requests_for(model.split("/")[1])[-1]["messages"]
+    user = next(m for m in sent if m["role"] == "user")
+    assert any(part.get("type") == "image_url" for part in user["content"])  # the image reached the model
+
+
 async def test_a_citation_links_to_its_file(console):
     store, uploaded = await console.store_with("refunds.txt", REFUNDS)
     model = console.model()
