@@ -201,6 +201,7 @@ async def export_thread(request: Request, thread_id: str):
     call = gateway.stream(request, gateway.sessions.ExportSession, sapi.ExportSessionRequest(
         session_id=session_id, format=_EXPORT_FORMATS[wanted]))
     first, rest = await first_and_rest(call)  # NOT_FOUND and the like as an HTTP status
+    first = first or sapi.ExportSessionResponse()
 
     async def body():
         try:

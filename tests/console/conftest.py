@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.assistants.conftest import assistant_fakes, free_port, stack  # noqa: F401 - fixtures
+from tests.assistants.conftest import free_port
 from tests.rest.conftest import Edge
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,7 @@
 """The REST edge as a real `python -m services.rest` process in front of the real gateway of
-the assistants stack (tests/assistants/conftest.py: the real llm, sessions, files and engine
-services, fake OpenAI/Anthropic/Mistral vendors), driven by the official `openai` SDKs."""
+the assistants stack (tests/assistants/conftest.py, shared through tests/conftest.py with the
+console's tests: the real llm, sessions, files and engine services, fake OpenAI/Anthropic/Mistral
+vendors), driven by the official `openai` SDKs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import uuid
 import openai
 import pytest
 
-from tests.assistants.conftest import assistant_fakes, free_port, stack  # noqa: F401 - fixtures
+from tests.assistants.conftest import free_port
 
 WAIT = 120.0
 
