@@ -151,7 +151,10 @@ export function App() {
   const nextTheme: Theme = currentTheme === "dark" ? "light" : "dark";
   const themeButton = (
     <button type="button" class="icon-button" data-testid="theme-toggle" aria-label={`Switch to ${nextTheme} theme`}
-      title={`Switch to ${nextTheme} theme`} onClick={() => setTheme(nextTheme)}>
+      title={`Switch to ${nextTheme} theme`} onClick={() => {
+        applyTheme(nextTheme); // at once, not after the next render
+        setTheme(nextTheme);
+      }}>
       {currentTheme === "dark" ? <SunIcon /> : <MoonIcon />}
     </button>
   );
