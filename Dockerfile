@@ -2,9 +2,11 @@
 #   docker run parley python -m services.llm
 # Stages: `build` installs Parley and its dependencies into /opt/parley/venv, `sandbox-runtime`
 # builds the code interpreter's own Python environment (what a sandbox sees, read-only),
-# `runtime` is the slim image that runs as an unprivileged user.
+# `console` builds the web console (served by the REST edge at /), `runtime` is the slim image
+# that runs as an unprivileged user.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
 
 FROM ${PYTHON_IMAGE} AS build
 # torch is pinned in constraints.txt; on Linux PyPI's wheel of it is the CUDA build, so the CPU
@@ -27,6 +29,14 @@ COPY constraints.txt services/sandbox/runtime-requirements.txt /src/
 RUN python -m venv /opt/parley/sandbox \
  && /opt/parley/sandbox/bin/pip install -c /src/constraints.txt -r /src/runtime-requirements.txt
 
+FROM ${NODE_IMAGE} AS console
+# The single-page app: only its static build goes into the runtime image (no Node.js there).
+WORKDIR /src/console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY console ./
+RUN npm run build
+
 FROM ${PYTHON_IMAGE} AS runtime
 # bubblewrap and libseccomp are the sandbox's walls (services/sandbox/walls.py); tini reaps
 # the kernels' processes and forwards SIGTERM for the graceful shutdown.
@@ -37,6 +47,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid parley --home-dir /var/lib/parley --create-home parley
 COPY --from=build /opt/parley/venv /opt/parley/venv
 COPY --from=sandbox-runtime /opt/parley/sandbox /opt/parley/sandbox
+COPY --from=console /src/console/dist /opt/parley/console
 COPY deploy/healthcheck.py /opt/parley/bin/grpc-health
 COPY deploy/init_secrets.py /opt/parley/bin/parley-init-secrets
 # /run/parley holds the shared secrets (a volume: it takes this directory's owner when created).
@@ -46,7 +57,8 @@ ENV PATH=/opt/parley/venv/bin:/opt/parley/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PARLEY_HOST=0.0.0.0 \
     PARLEY_STATE_DIR=/var/lib/parley \
-    PARLEY_SANDBOX_RUNTIME=/opt/parley/sandbox
+    PARLEY_SANDBOX_RUNTIME=/opt/parley/sandbox \
+    PARLEY_REST_CONSOLE_DIR=/opt/parley/console
 USER 10001:10001
 WORKDIR /var/lib/parley
 ENTRYPOINT ["/usr/bin/tini", "--"]

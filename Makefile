@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: install run test protos check-protos lint-protos bench clean bubblewrap system-tools redis-server
+.PHONY: install run test protos check-protos lint-protos bench clean bubblewrap system-tools redis-server chromium
 
 # The virtual environment, with Parley and its development tools installed in it.
 $(STAMP): pyproject.toml constraints.txt
@@ -14,10 +14,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# buf (protobuf linter) comes from npm.
+# buf (protobuf linter), the openai SDK, playwright-core and axe-core (the tests' tools) come from npm.
 $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The web console (console/: TypeScript, Preact, Vite), built into console/dist, which the REST
+# edge serves at /. Rebuilt when its sources or its lock file change.
+CONSOLE_BUILD   := console/dist/index.html
+CONSOLE_SOURCES := $(shell find console/src console/public -type f 2>/dev/null) console/index.html \
+                   console/vite.config.ts console/tsconfig.json
+
+console/node_modules/.installed: console/package.json console/package-lock.json
+	cd console && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(CONSOLE_BUILD): console/node_modules/.installed $(CONSOLE_SOURCES)
+	cd console && npm run --silent build
 
 # The sandbox's own Python (ipykernel, numpy, pandas, matplotlib), mounted read-only in every
 # sandbox. Its interpreter must be readable by the sandboxes' unprivileged uids, so the
@@ -61,7 +74,18 @@ redis-server:
 	  command -v redis-server >/dev/null 2>&1 || \
 	  echo "make: redis-server is not installed; the Redis tests need it (Debian's 'redis-server' package) or PARLEY_TEST_REDIS_URL"
 
-install: $(STAMP) $(BUF) $(SANDBOX_STAMP) bubblewrap system-tools redis-server
+# Debian's chromium, for the console's browser tests (tests/console drive it with playwright-core;
+# no browser is downloaded): installed when we are root and it is missing. It is large, so without
+# recommended packages.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
+	  command -v chromium >/dev/null 2>&1 || \
+	  echo "make: chromium is not installed; the console's browser tests need it (Debian's 'chromium' package)"
+
+install: $(STAMP) $(BUF) $(CONSOLE_BUILD) $(SANDBOX_STAMP) bubblewrap system-tools redis-server chromium
 
 run: $(STAMP)
 	$(PY) -m services
@@ -81,4 +105,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) node_modules console/node_modules console/dist .pytest_cache

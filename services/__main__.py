@@ -225,6 +225,11 @@ def main() -> int:
         print("\nParley is running:", flush=True)
         for service in SUITE:
             print(f"  {service:<10} 127.0.0.1:{_port(service)}")
+        console = f"http://127.0.0.1:{_port('rest')}/"
+        console_dir = env.get("PARLEY_REST_CONSOLE_DIR") or Path(__file__).resolve().parent.parent / "console" / "dist"
+        built = (Path(console_dir) / "index.html").is_file()
+        print(f"\nThe web console: {console}" + ("  (sign in with the key below)" if built else
+                                                  "  (not built yet: run `make install`)"))
         print(f"\nA development API key (user 'dev', admin scope), also in {key_file}:\n\n  {api_key}\n")
         print(f"  export PARLEY_TARGET=127.0.0.1:{_port('gateway')} PARLEY_API_KEY=$(cat {key_file})")
         print("  parley chat -m local/echo 'Hello, Parley'\n")

@@ -265,3 +265,10 @@ async def expect_error(call, code: grpc.StatusCode) -> tuple[str, list[str]]:
     got, reason, fields = rich_error(caught.value)
     assert got == code, f"expected {code}, got {got}: {caught.value.details()}"
     return reason, fields
+
+
+# The assistants stack (tests/assistants/conftest.py), registered here once so that the suites
+# in front of it — tests/rest (the REST edge) and tests/console (the web console) — share one
+# instance for the session instead of starting one each (each holds its own databases and
+# connection pools). tests/assistants keeps its own. Imported last: that module imports this one.
+from tests.assistants.conftest import assistant_fakes, stack  # noqa: E402, F401 - fixtures

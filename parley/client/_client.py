@@ -104,10 +104,10 @@ class Sessions:
     async def get(self, session_id: str) -> sessions_pb2.Session:
         return await self.stub.GetSession(sessions_api.GetSessionRequest(session_id=session_id), timeout=self._timeout)
 
-    async def list(self, *, page_size: int = 20, page_token: str = "") -> sessions_api.ListSessionsResponse:
-        return await self.stub.ListSessions(sessions_api.ListSessionsRequest(page_size=page_size,
-                                                                             page_token=page_token),
-                                            timeout=self._timeout)
+    async def list(self, *, page_size: int = 20, page_token: str = "",
+                   title_contains: str = "") -> sessions_api.ListSessionsResponse:
+        return await self.stub.ListSessions(sessions_api.ListSessionsRequest(
+            page_size=page_size, page_token=page_token, title_contains=title_contains), timeout=self._timeout)
 
     async def delete(self, session_id: str) -> None:
         await self.stub.DeleteSession(sessions_api.DeleteSessionRequest(session_id=session_id), timeout=self._timeout)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from services.rest.console import Console, default_directory
 from services.rest.errors import ApiError
 from services.rest.gateway import Gateway
 from services.rest.http import error_response, json_response
@@ -35,6 +37,7 @@ def build_app(settings: RestSettings) -> FastAPI:
                               "APIs over Parley. See docs/rest.md for what differs from OpenAI.",
                   lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.settings = settings
+    app.state.console = Console(Path(settings.console_dir) if settings.console_dir else default_directory())
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
@@ -43,6 +46,10 @@ def build_app(settings: RestSettings) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         status = error.status_code
+        if status == 404:
+            page = app.state.console.respond(request)
+            if page is not None:
+                return page
         message = ("Invalid URL" + f" ({request.method} {request.url.path})") if status == 404 else str(error.detail)
         return error_response(ApiError(status, message, code="unknown_url" if status == 404 else None))
 
@@ -65,9 +72,9 @@ def build_app(settings: RestSettings) -> FastAPI:
     async def healthz():
         return json_response({"status": "SERVING"})
 
-    from services.rest import assistants, chat, files, runs
+    from services.rest import assistants, chat, extensions, files, runs
 
     # runs first: POST /threads/runs must win over POST /threads/{thread_id}.
-    for module in (chat, files, runs, assistants):
+    for module in (chat, files, runs, assistants, extensions):
         app.include_router(module.router, prefix="/v1")
     return app

@@ -245,8 +245,10 @@ def annotation_out(annotation: apb.Annotation, index: int | None = None) -> dict
                 **base}
         return body if index is not None else dump(FilePathAnnotation.model_construct(**body))
     citation = annotation.file_citation
+    # file_name and page are Parley's additions (OpenAI's citation names only the file).
     body = {"type": "file_citation", **base, "file_citation": {
-        "file_id": ids.public("file", citation.file_id), "quote": citation.quote}}
+        "file_id": ids.public("file", citation.file_id), "quote": citation.quote, "file_name": citation.filename,
+        "page": citation.page or None}}
     return body if index is not None else dump(FileCitationAnnotation.model_construct(**body))
 
 

@@ -77,7 +77,18 @@ def run_request(body: dict, session_id: str = "") -> aapi.CreateRunRequest:
         create.tool_resources.CopyFrom(tool_resources_in(body["tool_resources"]))
     for index, message in enumerate(body.get("additional_messages") or []):
         create.additional_messages.append(message_in(message, f"additional_messages[{index}]"))
+    create.variables.update(_variables(body.get("variables")))
     return create
+
+
+def _variables(value) -> dict[str, str]:
+    """`variables` (a Parley extension): the values of the instructions' `{{name}}` templates."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ApiError(400, "Invalid 'variables': expected an object of string values.", param="variables",
+                       code="invalid_value")
+    return value
 
 
 async def _thread_resources(request: Request, session_id: str) -> apb.ToolResources | None:
@@ -136,7 +147,7 @@ async def list_runs(request: Request, thread_id: str):
     return json_response(await paginate(request, f"runs:{session_id}", fetch))
 
 
-async def _get_run(request: Request, thread_id: str, run_id: str) -> apb.Run:
+async def get_run_of_thread(request: Request, thread_id: str, run_id: str) -> apb.Run:
     session_id = ids.internal("thread", thread_id)
     gateway = _gateway(request)
     run = await gateway.call(request, gateway.assistants.GetRun, aapi.GetRunRequest(run_id=ids.internal("run", run_id)))
@@ -147,19 +158,19 @@ async def _get_run(request: Request, thread_id: str, run_id: str) -> apb.Run:
 
 @router.get("/threads/{thread_id}/runs/{run_id}", summary="Retrieve a run")
 async def get_run(request: Request, thread_id: str, run_id: str):
-    return json_response(run_out(await _get_run(request, thread_id, run_id)), headers=_poll(request))
+    return json_response(run_out(await get_run_of_thread(request, thread_id, run_id)), headers=_poll(request))
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}", summary="Modify a run (not supported)")
 async def update_run(request: Request, thread_id: str, run_id: str):
-    await _get_run(request, thread_id, run_id)
+    await get_run_of_thread(request, thread_id, run_id)
     raise ApiError(422, "Modifying a run is not supported by Parley: a run's metadata is fixed when it is created.",
                    param="metadata", code="unsupported_parameter")
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
 async def cancel_run(request: Request, thread_id: str, run_id: str):
-    run = await _get_run(request, thread_id, run_id)
+    run = await get_run_of_thread(request, thread_id, run_id)
     gateway = _gateway(request)
     cancelled = await gateway.call(request, gateway.assistants.CancelRun, aapi.CancelRunRequest(run_id=run.id))
     return json_response(run_out(cancelled))
@@ -170,7 +181,7 @@ async def submit_tool_outputs(request: Request, thread_id: str, run_id: str):
     body = await read_json(request, _settings(request).max_body_bytes,
                            run_submit_tool_outputs_params.RunSubmitToolOutputsParamsBase,
                            path={"thread_id": thread_id})
-    run = await _get_run(request, thread_id, run_id)
+    run = await get_run_of_thread(request, thread_id, run_id)
     submit = aapi.SubmitToolOutputsRequest(run_id=run.id, tool_outputs=[
         aapi.ToolOutput(tool_call_id=o.get("tool_call_id") or "", output=o.get("output") or "")
         for o in body["tool_outputs"]])
@@ -198,7 +209,7 @@ async def _steps(request: Request, run: apb.Run):
 
 @router.get("/threads/{thread_id}/runs/{run_id}/steps", summary="List a run's steps")
 async def list_steps(request: Request, thread_id: str, run_id: str):
-    run, gateway = await _get_run(request, thread_id, run_id), _gateway(request)
+    run, gateway = await get_run_of_thread(request, thread_id, run_id), _gateway(request)
 
     async def fetch(token, size):
         page = await gateway.call(request, gateway.assistants.ListRunSteps,
@@ -211,7 +222,7 @@ async def list_steps(request: Request, thread_id: str, run_id: str):
 @router.get("/threads/{thread_id}/runs/{run_id}/steps/{step_id}", summary="Retrieve a run step")
 async def get_step(request: Request, thread_id: str, run_id: str, step_id: str):
     wanted = ids.internal("step", step_id)
-    run = await _get_run(request, thread_id, run_id)
+    run = await get_run_of_thread(request, thread_id, run_id)
     async for step in _steps(request, run):
         if step.id == wanted:
             return json_response(step_out(step))
@@ -235,10 +246,16 @@ _CALL_TYPES = {apb.TOOL_CALL_TYPE_FUNCTION: "function", apb.TOOL_CALL_TYPE_FILE_
 
 class RunEvents:
     """Parley's typed run events as the Assistants v2 stream: thread.run.*, thread.run.step.*
-    and thread.message.* events, `error`, and `event: done` / `data: [DONE]` at the end."""
+    and thread.message.* events, `error`, and `event: done` / `data: [DONE]` at the end.
 
-    def __init__(self, created: bool) -> None:
+    The SSE events of one run event are written together, the last of them carrying `id:` the
+    run event's sequence number, so a client's Last-Event-ID names the last run event it has
+    whole. `after`: the run events up to this sequence are translated (the stream's state —
+    which message a step writes, a call's type — is rebuilt from them) but not sent."""
+
+    def __init__(self, created: bool, after: int = 0) -> None:
         self.announce_created = created
+        self.after = after
         self.message_steps: dict[str, dict] = {}  # step id → the message being streamed
         self.call_types: dict[tuple[str, int], str] = {}
 
@@ -246,8 +263,10 @@ class RunEvents:
         try:
             event = first
             while event is not None:
-                for chunk in self.translate(event.event):
-                    yield chunk
+                chunks = list(self.translate(event.event))
+                if chunks and event.event.sequence > self.after:
+                    chunks[-1] = b"id: %d\n" % event.event.sequence + chunks[-1]
+                    yield b"".join(chunks)
                 try:
                     event = await rest.__anext__()
                 except StopAsyncIteration:

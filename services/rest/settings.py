@@ -26,6 +26,8 @@ class RestSettings:
     # `openai-poll-after-ms` on run and vector-store-file retrievals.
     poll_after_ms: int = 200
     max_grpc_message_bytes: int = 64 * 1024 * 1024
+    # The built web console served at `/` (empty: console/dist of the source tree).
+    console_dir: str = ""
 
     @classmethod
     def from_env(cls) -> RestSettings:
@@ -41,4 +43,5 @@ class RestSettings:
             poll_after_ms=env_int("PARLEY_REST_POLL_AFTER_MS", cls.poll_after_ms, minimum=1),
             max_grpc_message_bytes=env_int("PARLEY_MAX_GRPC_MESSAGE_BYTES", cls.max_grpc_message_bytes,
                                            minimum=1024),
+            console_dir=env_str("PARLEY_REST_CONSOLE_DIR", ""),
         )

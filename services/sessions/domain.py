@@ -110,13 +110,17 @@ class Sessions:
             raise _session_not_found(sid)
         return session
 
-    async def list_sessions(self, user_id: str, *, status: int, size: int, token: str) -> Page:
-        errors.collect(_enum_value(status, SessionStatus, "status", allow_unspecified=True))
+    async def list_sessions(self, user_id: str, *, status: int, size: int, token: str,
+                            title_contains: str = "") -> Page:
+        errors.collect(_enum_value(status, SessionStatus, "status", allow_unspecified=True)
+                       + text_violations(title_contains, "title_contains", max_chars=TITLE_MAX_CHARS, single_line=True))
         limit = page_size(size, default=20, maximum=100)
-        query_key = f"sessions|{user_id}|{status}"
+        # The filter is part of the listing a page token is bound to.
+        query_key = f"sessions|{user_id}|{status}|{title_contains}"
         after = decode_time_and_id(token, query_key)
         async with self._db.transaction(user_id, readonly=True) as conn:
-            rows = await self._repo.list_sessions(conn, status=status, after=after, limit=limit + 1)
+            rows = await self._repo.list_sessions(conn, status=status, after=after, limit=limit + 1,
+                                                  title_contains=title_contains)
         items, more = rows[:limit], len(rows) > limit
         next_token = encode_time_and_id(query_key, items[-1].create_time, items[-1].id) if more else ""
         return Page(items=items, next_page_token=next_token)

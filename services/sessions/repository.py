@@ -91,12 +91,21 @@ class SessionRepository:
         return _session(row) if row else None
 
     async def list_sessions(
-        self, conn: asyncpg.Connection, *, status: int, after: tuple[datetime, uuid.UUID] | None, limit: int
+        self, conn: asyncpg.Connection, *, status: int, after: tuple[datetime, uuid.UUID] | None, limit: int,
+        title_contains: str = "",
     ) -> list[Session]:
         conditions, args = [], []
         if status:
             args.append(status)
             conditions.append(f"status = ${len(args)}")
+        if title_contains:
+            # A filter on the caller's own rows, read through the per-user index (user_id,
+            # create_time DESC, id DESC): an ordered walk that stops when the page is full, or a
+            # bitmap of the user's rows and a sort. A trigram index would not help: under
+            # row-level security PostgreSQL applies a non-leakproof ILIKE only after the policy,
+            # never inside an index scan.
+            args.append(_like_escape(title_contains))
+            conditions.append(f"title ILIKE '%' || ${len(args)} || '%'")
         if after is not None:
             args.extend(after)
             conditions.append(f"(create_time, id) < (${len(args) - 1}, ${len(args)})")
@@ -236,3 +245,8 @@ class SessionRepository:
 
     async def purge_idle_sessions(self, conn: asyncpg.Connection, idle_before: datetime, max_rows: int) -> int:
         return await conn.fetchval("SELECT purge_idle_sessions($1, $2)", idle_before, max_rows)
+
+
+def _like_escape(text: str) -> str:
+    """`text` matched literally inside a LIKE pattern (backslash is LIKE's default escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -25,7 +25,8 @@ class SessionServicer(api_grpc.SessionServiceServicer):
 
     async def ListSessions(self, request, context):
         page = await self._sessions.list_sessions(
-            current_identity().user_id, status=request.status, size=request.page_size, token=request.page_token
+            current_identity().user_id, status=request.status, size=request.page_size, token=request.page_token,
+            title_contains=request.title_contains,
         )
         return api.ListSessionsResponse(
             sessions=[convert.session_to_proto(s) for s in page.items], next_page_token=page.next_page_token

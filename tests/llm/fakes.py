@@ -14,6 +14,8 @@ default streamed answer. A step is a dict:
   nothing more until the client hangs up (a vendor stalled mid-answer)
 - `{"text": "...", "malformed": True}` — stream the text (none: nothing), then an SSE event
   whose data is not JSON, in the vendor's own framing, and end the response
+- `"pace": seconds` in a text step — the pause between text chunks (default PACE), for a
+  client that must see an answer arrive piece by piece
 
 `GET /v1/models` lists `fake.models`. Every request body is kept in `fake.requests`, and every client hang-up seen in
 `fake.disconnects` (as the model name, with the moment in `fake.disconnect_times`), so tests
@@ -226,7 +228,7 @@ class FakeVendor:
             await self._endless(response, lambda text: send_choice({"content": text}))
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
-            await asyncio.sleep(PACE)
+            await asyncio.sleep(step.get("pace", PACE))
         if step.get("stall"):
             await step["stall"]()
         if step.get("malformed"):
@@ -276,7 +278,7 @@ class FakeVendor:
                 await self._endless(response, send_text)
             for piece in chunks_of(step["text"]):
                 await send_text(piece)
-                await asyncio.sleep(PACE)
+                await asyncio.sleep(step.get("pace", PACE))
             if step.get("stall"):
                 await step["stall"]()
             if step.get("malformed"):
@@ -314,7 +316,7 @@ class FakeVendor:
             await self._endless(response, lambda text: send_choice({"content": text}))
         for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
             await send_choice({"content": piece})
-            await asyncio.sleep(PACE)
+            await asyncio.sleep(step.get("pace", PACE))
         if step.get("stall"):
             await step["stall"]()
         if step.get("malformed"):

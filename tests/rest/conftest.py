@@ -1,6 +1,7 @@
 """The REST edge as a real `python -m services.rest` process in front of the real gateway of
-the assistants stack (tests/assistants/conftest.py: the real llm, sessions, files and engine
-services, fake OpenAI/Anthropic/Mistral vendors), driven by the official `openai` SDKs."""
+the assistants stack (tests/assistants/conftest.py, shared through tests/conftest.py with the
+console's tests: the real llm, sessions, files and engine services, fake OpenAI/Anthropic/Mistral
+vendors), driven by the official `openai` SDKs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import uuid
 import openai
 import pytest
 
-from tests.assistants.conftest import assistant_fakes, free_port, stack  # noqa: F401 - fixtures
+from tests.assistants.conftest import free_port
 
 WAIT = 120.0
 
@@ -27,7 +28,7 @@ def pytest_collection_modifyitems(items):
 
 
 class Edge:
-    def __init__(self, stack, log_path) -> None:  # noqa: F811
+    def __init__(self, stack, log_path, **env: str) -> None:  # noqa: F811
         self.stack = stack
         self.port = free_port()
         self.log_path = log_path
@@ -35,7 +36,7 @@ class Edge:
         env = {**os.environ, "PARLEY_REST_PORT": str(self.port), "PARLEY_GATEWAY_TARGET": f"127.0.0.1:{stack.gateway_port}",
                "PARLEY_REST_HEARTBEAT_SECONDS": "0.5", "PARLEY_REST_POLL_AFTER_MS": "50",
                "PARLEY_REST_MAX_BODY_BYTES": str(256 * 1024), "PARLEY_REST_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
-               "PARLEY_SHUTDOWN_GRACE_SECONDS": "1"}
+               "PARLEY_SHUTDOWN_GRACE_SECONDS": "1", **env}
         self.process = subprocess.Popen([sys.executable, "-m", "services.rest"], env=env, stdout=self._log,
                                         stderr=self._log)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

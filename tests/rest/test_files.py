@@ -81,8 +81,11 @@ async def test_a_file_search_run_cites_the_file(edge, client):
     citation = text.annotations[0]
     assert citation.type == "file_citation" and citation.file_citation.file_id == entry.id
     assert text.value[citation.start_index:citation.end_index] == citation.text
+    # Parley's additions to a citation: the file's name and (for paged files) the page.
+    assert citation.file_citation.file_name == "refunds.txt" and citation.file_citation.page is None
     stored = (await client.beta.threads.messages.list(thread.id)).data[0]
     assert stored.content[0].text.annotations[0].file_citation.file_id == entry.id
+    assert stored.content[0].text.annotations[0].file_citation.file_name == "refunds.txt"
     steps = [s async for s in client.beta.threads.runs.steps.list(final.run_id, thread_id=thread.id, order="asc")]
     search = steps[0].step_details.tool_calls[0]
     assert search.type == "file_search" and search.file_search.results[0].file_name == "refunds.txt"

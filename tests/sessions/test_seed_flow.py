@@ -107,3 +107,32 @@ async def test_update_title_and_metadata_and_close(sessions_stub, as_user):
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert reason == "SESSION_CLOSED"
+
+
+async def test_sessions_are_searched_by_title(sessions_stub, as_user):
+    """Case-insensitive substring of the title, newest first, paginated; LIKE's wildcards are
+    plain text; another user's matching sessions stay invisible; the token is bound to the text."""
+    me, other = as_user("title-search-user"), as_user("title-search-other")
+    made = {}
+    for title in ("Refund policy", "refunds in 2024", "Shipping", "100% off", "a_b", "axb"):
+        made[title] = (await sessions_stub.CreateSession(api.CreateSessionRequest(title=title), metadata=me)).id
+    await sessions_stub.CreateSession(api.CreateSessionRequest(title="Refund for someone else"), metadata=other)
+
+    async def search(text: str, **options) -> api.ListSessionsResponse:
+        return await sessions_stub.ListSessions(api.ListSessionsRequest(title_contains=text, **options), metadata=me)
+
+    assert [s.id for s in (await search("REFUND")).sessions] == [made["refunds in 2024"], made["Refund policy"]]
+    assert [s.title for s in (await search("%")).sessions] == ["100% off"]
+    assert [s.title for s in (await search("_")).sessions] == ["a_b"]
+    assert (await search("nothing like it")).sessions == []
+    assert len((await search("")).sessions) == 6
+
+    first = await search("refund", page_size=1)
+    assert [s.id for s in first.sessions] == [made["refunds in 2024"]] and first.next_page_token
+    second = await search("refund", page_size=1, page_token=first.next_page_token)
+    assert [s.id for s in second.sessions] == [made["Refund policy"]] and not second.next_page_token
+    reason, fields = await expect_error(search("ship", page_token=first.next_page_token),
+                                        grpc.StatusCode.INVALID_ARGUMENT)
+    assert reason == "PAGE_TOKEN_MISMATCH" and fields == ["page_token"]
+    _, fields = await expect_error(search("two\nlines"), grpc.StatusCode.INVALID_ARGUMENT)
+    assert fields == ["title_contains"]

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from parley.sessions.v1 import sessions_pb2 as parley_dot_sessions_dot_v1_dot_sessions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)parley/sessions/v1/sessions_service.proto\x12\x12parley.sessions.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a!parley/sessions/v1/sessions.proto\"\xb6\x01\n\x14\x43reateSessionRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12H\n\x08metadata\x18\x02 \x03(\x0b\x32\x36.parley.sessions.v1.CreateSessionRequest.MetadataEntry\x12\x14\n\x0c\x61ssistant_id\x18\x03 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"o\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.parley.sessions.v1.SessionStatus\"^\n\x14ListSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.parley.sessions.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x14UpdateSessionRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.parley.sessions.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa2\x03\n\x14\x43reateMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.parley.sessions.v1.Role\x12\x30\n\x07\x63ontent\x18\x03 \x03(\x0b\x32\x1f.parley.sessions.v1.ContentPart\x12\x33\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x1e.parley.sessions.v1.Attachment\x12\x30\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1c.parley.sessions.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x06 \x01(\t\x12H\n\x08metadata\x18\x07 \x03(\x0b\x32\x36.parley.sessions.v1.CreateMessageRequest.MetadataEntry\x12\x14\n\x0c\x61ssistant_id\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11GetMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\x8e\x01\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12,\n\x05order\x18\x04 \x01(\x0e\x32\x1d.parley.sessions.v1.SortOrder\x12\x0e\n\x06run_id\x18\x05 \x01(\t\"^\n\x14ListMessagesResponse\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.parley.sessions.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x14\x44\x65leteMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\\\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x06\x66ormat\x18\x02 \x01(\x0e\x32 .parley.sessions.v1.ExportFormat\"K\n\x15\x45xportSessionResponse\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"|\n\x15SubmitFeedbackRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12*\n\x06rating\x18\x03 \x01(\x0e\x32\x1a.parley.sessions.v1.Rating\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x01\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x02*a\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16\x45XPORT_FORMAT_MARKDOWN\x10\x02\x32\xeb\x07\n\x0eSessionService\x12V\n\rCreateSession\x12(.parley.sessions.v1.CreateSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12P\n\nGetSession\x12%.parley.sessions.v1.GetSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12\x61\n\x0cListSessions\x12\'.parley.sessions.v1.ListSessionsRequest\x1a(.parley.sessions.v1.ListSessionsResponse\x12V\n\rUpdateSession\x12(.parley.sessions.v1.UpdateSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12Q\n\rDeleteSession\x12(.parley.sessions.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12V\n\rCreateMessage\x12(.parley.sessions.v1.CreateMessageRequest\x1a\x1b.parley.sessions.v1.Message\x12P\n\nGetMessage\x12%.parley.sessions.v1.GetMessageRequest\x1a\x1b.parley.sessions.v1.Message\x12\x61\n\x0cListMessages\x12\'.parley.sessions.v1.ListMessagesRequest\x1a(.parley.sessions.v1.ListMessagesResponse\x12Q\n\rDeleteMessage\x12(.parley.sessions.v1.DeleteMessageRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\rExportSession\x12(.parley.sessions.v1.ExportSessionRequest\x1a).parley.sessions.v1.ExportSessionResponse0\x01\x12Y\n\x0eSubmitFeedback\x12).parley.sessions.v1.SubmitFeedbackRequest\x1a\x1c.parley.sessions.v1.Feedbackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)parley/sessions/v1/sessions_service.proto\x12\x12parley.sessions.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a!parley/sessions/v1/sessions.proto\"\xb6\x01\n\x14\x43reateSessionRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12H\n\x08metadata\x18\x02 \x03(\x0b\x32\x36.parley.sessions.v1.CreateSessionRequest.MetadataEntry\x12\x14\n\x0c\x61ssistant_id\x18\x03 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x87\x01\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.parley.sessions.v1.SessionStatus\x12\x16\n\x0etitle_contains\x18\x04 \x01(\t\"^\n\x14ListSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.parley.sessions.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x14UpdateSessionRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.parley.sessions.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa2\x03\n\x14\x43reateMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.parley.sessions.v1.Role\x12\x30\n\x07\x63ontent\x18\x03 \x03(\x0b\x32\x1f.parley.sessions.v1.ContentPart\x12\x33\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x1e.parley.sessions.v1.Attachment\x12\x30\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1c.parley.sessions.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x06 \x01(\t\x12H\n\x08metadata\x18\x07 \x03(\x0b\x32\x36.parley.sessions.v1.CreateMessageRequest.MetadataEntry\x12\x14\n\x0c\x61ssistant_id\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11GetMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\x8e\x01\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12,\n\x05order\x18\x04 \x01(\x0e\x32\x1d.parley.sessions.v1.SortOrder\x12\x0e\n\x06run_id\x18\x05 \x01(\t\"^\n\x14ListMessagesResponse\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.parley.sessions.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x14\x44\x65leteMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\\\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x06\x66ormat\x18\x02 \x01(\x0e\x32 .parley.sessions.v1.ExportFormat\"K\n\x15\x45xportSessionResponse\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"|\n\x15SubmitFeedbackRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12*\n\x06rating\x18\x03 \x01(\x0e\x32\x1a.parley.sessions.v1.Rating\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x01\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x02*a\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16\x45XPORT_FORMAT_MARKDOWN\x10\x02\x32\xeb\x07\n\x0eSessionService\x12V\n\rCreateSession\x12(.parley.sessions.v1.CreateSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12P\n\nGetSession\x12%.parley.sessions.v1.GetSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12\x61\n\x0cListSessions\x12\'.parley.sessions.v1.ListSessionsRequest\x1a(.parley.sessions.v1.ListSessionsResponse\x12V\n\rUpdateSession\x12(.parley.sessions.v1.UpdateSessionRequest\x1a\x1b.parley.sessions.v1.Session\x12Q\n\rDeleteSession\x12(.parley.sessions.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12V\n\rCreateMessage\x12(.parley.sessions.v1.CreateMessageRequest\x1a\x1b.parley.sessions.v1.Message\x12P\n\nGetMessage\x12%.parley.sessions.v1.GetMessageRequest\x1a\x1b.parley.sessions.v1.Message\x12\x61\n\x0cListMessages\x12\'.parley.sessions.v1.ListMessagesRequest\x1a(.parley.sessions.v1.ListMessagesResponse\x12Q\n\rDeleteMessage\x12(.parley.sessions.v1.DeleteMessageRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\rExportSession\x12(.parley.sessions.v1.ExportSessionRequest\x1a).parley.sessions.v1.ExportSessionResponse0\x01\x12Y\n\x0eSubmitFeedback\x12).parley.sessions.v1.SubmitFeedbackRequest\x1a\x1c.parley.sessions.v1.Feedbackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,42 +38,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SORTORDER']._serialized_start=1845
-  _globals['_SORTORDER']._serialized_end=1937
-  _globals['_EXPORTFORMAT']._serialized_start=1939
-  _globals['_EXPORTFORMAT']._serialized_end=2036
+  _globals['_SORTORDER']._serialized_start=1870
+  _globals['_SORTORDER']._serialized_end=1962
+  _globals['_EXPORTFORMAT']._serialized_start=1964
+  _globals['_EXPORTFORMAT']._serialized_end=2061
   _globals['_CREATESESSIONREQUEST']._serialized_start=164
   _globals['_CREATESESSIONREQUEST']._serialized_end=346
   _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_start=299
   _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_end=346
   _globals['_GETSESSIONREQUEST']._serialized_start=348
   _globals['_GETSESSIONREQUEST']._serialized_end=387
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=389
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=500
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=502
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=596
-  _globals['_UPDATESESSIONREQUEST']._serialized_start=598
-  _globals['_UPDATESESSIONREQUEST']._serialized_end=715
-  _globals['_DELETESESSIONREQUEST']._serialized_start=717
-  _globals['_DELETESESSIONREQUEST']._serialized_end=759
-  _globals['_CREATEMESSAGEREQUEST']._serialized_start=762
-  _globals['_CREATEMESSAGEREQUEST']._serialized_end=1180
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=390
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=525
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=527
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=621
+  _globals['_UPDATESESSIONREQUEST']._serialized_start=623
+  _globals['_UPDATESESSIONREQUEST']._serialized_end=740
+  _globals['_DELETESESSIONREQUEST']._serialized_start=742
+  _globals['_DELETESESSIONREQUEST']._serialized_end=784
+  _globals['_CREATEMESSAGEREQUEST']._serialized_start=787
+  _globals['_CREATEMESSAGEREQUEST']._serialized_end=1205
   _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._serialized_start=299
   _globals['_CREATEMESSAGEREQUEST_METADATAENTRY']._serialized_end=346
-  _globals['_GETMESSAGEREQUEST']._serialized_start=1182
-  _globals['_GETMESSAGEREQUEST']._serialized_end=1241
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1244
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1386
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1388
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1482
-  _globals['_DELETEMESSAGEREQUEST']._serialized_start=1484
-  _globals['_DELETEMESSAGEREQUEST']._serialized_end=1546
-  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1548
-  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1640
-  _globals['_EXPORTSESSIONRESPONSE']._serialized_start=1642
-  _globals['_EXPORTSESSIONRESPONSE']._serialized_end=1717
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1719
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1843
-  _globals['_SESSIONSERVICE']._serialized_start=2039
-  _globals['_SESSIONSERVICE']._serialized_end=3042
+  _globals['_GETMESSAGEREQUEST']._serialized_start=1207
+  _globals['_GETMESSAGEREQUEST']._serialized_end=1266
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1269
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1411
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1413
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1507
+  _globals['_DELETEMESSAGEREQUEST']._serialized_start=1509
+  _globals['_DELETEMESSAGEREQUEST']._serialized_end=1571
+  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1573
+  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1665
+  _globals['_EXPORTSESSIONRESPONSE']._serialized_start=1667
+  _globals['_EXPORTSESSIONRESPONSE']._serialized_end=1742
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1744
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1868
+  _globals['_SESSIONSERVICE']._serialized_start=2064
+  _globals['_SESSIONSERVICE']._serialized_end=3067
 # @@protoc_insertion_point(module_scope)

@@ -131,22 +131,29 @@ class ListSessionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    TITLE_CONTAINS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """1 to 100; 0 means the default of 20."""
     page_token: _builtins.str
     """From a previous response's next_page_token, with the same filter."""
     status: _sessions_pb2.SessionStatus.ValueType
     """Only sessions in this status; unspecified lists all."""
+    title_contains: _builtins.str
+    """Only sessions whose title contains this text, ignoring case (at most 256 characters, one
+    line); empty lists all. Matching reads only the caller's own sessions, through their
+    per-user index.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         status: _sessions_pb2.SessionStatus.ValueType = ...,
+        title_contains: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status", "title_contains", b"title_contains"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,7 +41,7 @@ class SessionServiceStub:
     CreateSession: _grpc.UnaryUnaryMultiCallable[_sessions_service_pb2.CreateSessionRequest, _sessions_pb2.Session]
     GetSession: _grpc.UnaryUnaryMultiCallable[_sessions_service_pb2.GetSessionRequest, _sessions_pb2.Session]
     ListSessions: _grpc.UnaryUnaryMultiCallable[_sessions_service_pb2.ListSessionsRequest, _sessions_service_pb2.ListSessionsResponse]
-    """The caller's sessions, newest first."""
+    """The caller's sessions, newest first, optionally only those whose title contains a text."""
     UpdateSession: _grpc.UnaryUnaryMultiCallable[_sessions_service_pb2.UpdateSessionRequest, _sessions_pb2.Session]
     """Changes title, status and/or metadata, as named by `update_mask`."""
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_sessions_service_pb2.DeleteSessionRequest, _empty_pb2.Empty]
@@ -66,7 +66,7 @@ class SessionServiceAsyncStub(SessionServiceStub):
     CreateSession: _aio.UnaryUnaryMultiCallable[_sessions_service_pb2.CreateSessionRequest, _sessions_pb2.Session]  # type: ignore[assignment]
     GetSession: _aio.UnaryUnaryMultiCallable[_sessions_service_pb2.GetSessionRequest, _sessions_pb2.Session]  # type: ignore[assignment]
     ListSessions: _aio.UnaryUnaryMultiCallable[_sessions_service_pb2.ListSessionsRequest, _sessions_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
-    """The caller's sessions, newest first."""
+    """The caller's sessions, newest first, optionally only those whose title contains a text."""
     UpdateSession: _aio.UnaryUnaryMultiCallable[_sessions_service_pb2.UpdateSessionRequest, _sessions_pb2.Session]  # type: ignore[assignment]
     """Changes title, status and/or metadata, as named by `update_mask`."""
     DeleteSession: _aio.UnaryUnaryMultiCallable[_sessions_service_pb2.DeleteSessionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
@@ -106,7 +106,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sessions_service_pb2.ListSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_service_pb2.ListSessionsResponse, _abc.Awaitable[_sessions_service_pb2.ListSessionsResponse]]:
-        """The caller's sessions, newest first."""
+        """The caller's sessions, newest first, optionally only those whose title contains a text."""
 
     @_abc_1.abstractmethod
     def UpdateSession(
