@@ -30,6 +30,7 @@ log = logging.getLogger("parley.rpc")
 UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 _current_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("parley_identity", default=None)
+_current_token: contextvars.ContextVar[str] = contextvars.ContextVar("parley_identity_token", default="")
 
 
 def current_identity() -> Identity:
@@ -38,6 +39,16 @@ def current_identity() -> Identity:
     if identity is None:
         raise errors.Unauthenticated("no verified identity for this call", reason="IDENTITY_MISSING")
     return identity
+
+
+def forwarded_identity() -> tuple[tuple[str, str], ...]:
+    """The verified caller's own identity, as metadata for a call this service makes to
+    another internal service on the caller's behalf (the engine asking the sandbox to delete
+    a user's sandboxes for the administrator who asked it): nothing is minted or widened."""
+    token = _current_token.get()
+    if not token:
+        raise errors.Unauthenticated("no verified identity for this call", reason="IDENTITY_MISSING")
+    return ((METADATA_KEY, token),)
 
 
 def is_unguarded(method: str) -> bool:
@@ -191,9 +202,11 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
                 note_caller(identity.user_id)  # the call's log line (services/runtime/metrics.py)
                 audit.note_actor(identity.user_id)
                 reset = _current_identity.set(identity)
+                token_reset = _current_token.set(token)
                 try:
                     return await behavior(request, context)
                 finally:
+                    _current_token.reset(token_reset)
                     _current_identity.reset(reset)
 
             return handle
@@ -205,6 +218,7 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
                 note_caller(identity.user_id)
                 audit.note_actor(identity.user_id)
                 _current_identity.set(identity)
+                _current_token.set(token)
                 async for response in behavior(request, context):
                     yield response
 
