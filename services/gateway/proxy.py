@@ -180,10 +180,15 @@ class Proxy(grpc.GenericRpcHandler):
             elif key in _TRACE_KEYS:
                 trace_headers[key] = value
         try:
-            principal = await self._gate.authenticate(authorization)
-            self._gate.authorize(principal, route.scope, route.service)
-        except (errors.Unauthenticated, errors.PermissionDenied) as error:
+            principal = await self._gate.authenticate_call(authorization, context, route.path)
+        except errors.Unauthenticated as error:
             log.info("refused %s: %s", route.path, error.reason)
+            raise
+        try:
+            self._gate.authorize(principal, route.scope, route.service)
+        except errors.PermissionDenied as error:
+            log.info("refused %s: %s", route.path, error.reason)
+            self._gate.denied(principal, error, route.path, context)
             raise
         if not request_id or not _REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex

@@ -183,6 +183,11 @@ def _call_request_id(call: _Call | None) -> str:
     return ""
 
 
+def current_request_id() -> str:
+    """The x-request-id of the call being served, or ""."""
+    return _call_request_id(_call.get())
+
+
 def _trace_id() -> str:
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else ""
@@ -286,6 +291,8 @@ class AuditLog:
         self._tasks: list[asyncio.Task] = []
         self._dropped = 0
         self.written = 0
+        # Called as the log closes, before its last flush (e.g. summaries still pending).
+        self.before_close: list = []
 
     @classmethod
     def discarding(cls) -> AuditLog:
@@ -407,6 +414,8 @@ class AuditLog:
             await asyncio.sleep(self.settings.retention_interval_seconds)
 
     async def aclose(self, timeout: float = 5.0) -> None:
+        for hook in self.before_close:
+            hook()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
