@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bparley/admin/v1/audit.proto\x12\x0fparley.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\ractor_user_id\x18\x05 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x13\n\x0bresource_id\x18\n \x01(\t\x12.\n\x07outcome\x18\x0b \x01(\x0e\x32\x1d.parley.admin.v1.AuditOutcome\x12(\n\x07\x64\x65tails\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\"\xaf\x01\n\x10\x41uditEventFilter\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\x15\n\ractor_user_id\x18\x04 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x05 \x01(\t\"(\n\x15\x44\x65leteUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"b\n\x16\x44\x65leteUserDataResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x37\n\tdeletions\x18\x02 \x03(\x0b\x32$.parley.admin.v1.ServiceDataDeletion\"\xa8\x01\n\x13ServiceDataDeletion\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x42\n\x07removed\x18\x02 \x03(\x0b\x32\x31.parley.admin.v1.ServiceDataDeletion.RemovedEntry\x12\x0c\n\x04kept\x18\x03 \x03(\t\x1a.\n\x0cRemovedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*}\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n\x15\x41UDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bparley/admin/v1/audit.proto\x12\x0fparley.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\ractor_user_id\x18\x05 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x13\n\x0bresource_id\x18\n \x01(\t\x12.\n\x07outcome\x18\x0b \x01(\x0e\x32\x1d.parley.admin.v1.AuditOutcome\x12(\n\x07\x64\x65tails\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\"\xaf\x01\n\x10\x41uditEventFilter\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\x15\n\ractor_user_id\x18\x04 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x05 \x01(\t\"(\n\x15\x44\x65leteUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"b\n\x16\x44\x65leteUserDataResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x37\n\tdeletions\x18\x02 \x03(\x0b\x32$.parley.admin.v1.ServiceDataDeletion\"\xc0\x01\n\x13ServiceDataDeletion\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x42\n\x07removed\x18\x02 \x03(\x0b\x32\x31.parley.admin.v1.ServiceDataDeletion.RemovedEntry\x12\x0c\n\x04kept\x18\x03 \x03(\t\x12\x16\n\x0enot_configured\x18\x04 \x01(\x08\x1a.\n\x0cRemovedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*}\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n\x15\x41UDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVICEDATADELETION_REMOVEDENTRY']._loaded_options = None
   _globals['_SERVICEDATADELETION_REMOVEDENTRY']._serialized_options = b'8\001'
-  _globals['_AUDITOUTCOME']._serialized_start=921
-  _globals['_AUDITOUTCOME']._serialized_end=1046
+  _globals['_AUDITOUTCOME']._serialized_start=945
+  _globals['_AUDITOUTCOME']._serialized_end=1070
   _globals['_AUDITEVENT']._serialized_start=112
   _globals['_AUDITEVENT']._serialized_end=428
   _globals['_AUDITEVENTFILTER']._serialized_start=431
@@ -46,7 +46,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEUSERDATARESPONSE']._serialized_start=650
   _globals['_DELETEUSERDATARESPONSE']._serialized_end=748
   _globals['_SERVICEDATADELETION']._serialized_start=751
-  _globals['_SERVICEDATADELETION']._serialized_end=919
-  _globals['_SERVICEDATADELETION_REMOVEDENTRY']._serialized_start=873
-  _globals['_SERVICEDATADELETION_REMOVEDENTRY']._serialized_end=919
+  _globals['_SERVICEDATADELETION']._serialized_end=943
+  _globals['_SERVICEDATADELETION_REMOVEDENTRY']._serialized_start=897
+  _globals['_SERVICEDATADELETION_REMOVEDENTRY']._serialized_end=943
 # @@protoc_insertion_point(module_scope)

@@ -234,8 +234,11 @@ class ServiceDataDeletion(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
     KEPT_FIELD_NUMBER: _builtins.int
+    NOT_CONFIGURED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """"assistants", "sandbox", "sessions", "files", "llm", "gateway"."""
+    not_configured: _builtins.bool
+    """This gateway routes to no such service, so nothing was deleted there."""
     @_builtins.property
     def removed(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """How many of each kind of thing were removed (rows by table, stored files, sandboxes,
@@ -252,10 +255,11 @@ class ServiceDataDeletion(_message.Message):
         service: _builtins.str = ...,
         removed: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         kept: _abc.Iterable[_builtins.str] | None = ...,
+        not_configured: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kept", b"kept", "removed", b"removed", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kept", b"kept", "not_configured", b"not_configured", "removed", b"removed", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
