@@ -13,7 +13,7 @@ from services.gateway import convert
 from services.gateway.apikeys import MAX_GRACE, utcnow
 from services.gateway.gate import Gate
 from services.gateway.models import Principal
-from services.runtime import errors
+from services.runtime import audit, errors
 from services.runtime.validation import duration_to_timedelta
 
 
@@ -60,6 +60,7 @@ class ApiKeyServicer(api_grpc.ApiKeyServiceServicer):
 
 async def authenticated(gate: Gate, context, method: str) -> Principal:
     """The caller of one of the gateway's own services, authenticated (a failure audited)."""
+    audit.current_request_id()  # the call's audit events share one, made up if the caller sent none
     authorization = None
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":

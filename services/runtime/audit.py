@@ -30,6 +30,7 @@ import enum
 import json
 import logging
 import math
+import re
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -125,22 +126,25 @@ class _Call:
     """What an event learns from the call it happens in. Filled lazily: most calls record
     nothing, so nothing is looked up until an event is made."""
 
-    __slots__ = ("metadata", "context", "actor")
+    __slots__ = ("metadata", "context", "actor", "request_id")
 
-    def __init__(self, metadata, context) -> None:
+    def __init__(self, metadata, context, request_id: str | None = None) -> None:
         self.metadata = metadata
         self.context = context
         self.actor = ""
+        self.request_id = request_id  # None: not looked up yet
 
 
 _call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("parley_audit_call", default=None)
 REQUEST_ID_KEY = "x-request-id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-def begin_call(metadata, context) -> None:
+def begin_call(metadata, context, request_id: str | None = None) -> None:
     """Called by the error mapping as each call starts (the gateway's forwarding does it
-    itself): `metadata` the call's invocation metadata, `context` its servicer context."""
-    _call.set(_Call(metadata, context))
+    itself, with the request id it settled on): `metadata` the call's invocation metadata,
+    `context` its servicer context."""
+    _call.set(_Call(metadata, context, request_id))
 
 
 def note_actor(user_id: str) -> None:
@@ -177,15 +181,24 @@ def call_source() -> str:
 def _call_request_id(call: _Call | None) -> str:
     if call is None:
         return ""
-    for key, value in call.metadata or ():
-        if key == REQUEST_ID_KEY:
-            return str(value)[:64]
-    return ""
+    if call.request_id is None:
+        call.request_id = ""
+        for key, value in call.metadata or ():
+            if key == REQUEST_ID_KEY and _REQUEST_ID.match(str(value)):
+                call.request_id = str(value)
+                break
+    return call.request_id
 
 
 def current_request_id() -> str:
-    """The x-request-id of the call being served, or ""."""
-    return _call_request_id(_call.get())
+    """The request id of the call being served: the caller's x-request-id, else one made up
+    now (the gateway's own services, called without one); "" outside a call."""
+    call = _call.get()
+    if call is None:
+        return ""
+    if not _call_request_id(call):
+        call.request_id = uuid.uuid4().hex
+    return call.request_id
 
 
 def _trace_id() -> str:
