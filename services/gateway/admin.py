@@ -118,10 +118,9 @@ class Admin:
             raise errors.InvalidArgument.for_field("page_token", "is not a page token issued by this service",
                                                    reason="PAGE_TOKEN_INVALID")
         cursors = dict(zip(chosen, (Cursor(p) for p in position))) if position else {s: Cursor() for s in chosen}
-        if not token:
-            self._audit.record(Kind.AUDIT_LOG_READ, actor=admin.user_id, subject=query.subject_user_id,
-                               details=_filter_details(query, chosen))
         events, cursors = await self._page(admin, query, cursors, limit)
+        if not token:  # once per listing, after its first page (which therefore never shows it)
+            self._audit.record(Kind.AUDIT_LOG_READ, actor=admin.user_id, details=_filter_details(query, chosen))
         more = not all(c.done for c in cursors.values())
         return events, encode_token(query_key, [cursors[s].raw for s in chosen]) if more else ""
 
@@ -146,8 +145,7 @@ class Admin:
     async def export(self, admin: Principal, query: AuditFilter, services: Sequence[str]) -> AsyncIterator[bytes]:
         """Every matching event as JSON lines, newest first, in chunks of about 64 KiB."""
         chosen = self._sources_of(services)
-        self._audit.record(Kind.AUDIT_LOG_EXPORTED, actor=admin.user_id, subject=query.subject_user_id,
-                           details=_filter_details(query, chosen))
+        self._audit.record(Kind.AUDIT_LOG_EXPORTED, actor=admin.user_id, details=_filter_details(query, chosen))
         cursors = {s: Cursor() for s in chosen}
         buffer = bytearray()
         while not all(c.done for c in cursors.values()):
@@ -185,8 +183,10 @@ class Admin:
 
 
 def _filter_details(query: AuditFilter, services: Sequence[str]) -> dict[str, object]:
+    """What an administrator looked at. The user a filter was about is named here, not as the
+    event's subject: "events about a user" should list what happened to them, not each look."""
     return {"services": ",".join(services), "kinds": ",".join(sorted(query.kinds)),
-            "actor_user_id": query.actor_user_id,
+            "actor_user_id": query.actor_user_id, "subject_user_id": query.subject_user_id,
             "start": query.start.isoformat() if query.start else "", "end": query.end.isoformat() if query.end else ""}
 
 

@@ -301,6 +301,7 @@ class AuditLog:
         self.enabled = enabled
         self._buffer: deque[AuditEvent] = deque()
         self._wake: asyncio.Event | None = None  # made by start(), inside the running loop
+        self._flushing = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._dropped = 0
         self.written = 0
@@ -377,16 +378,18 @@ class AuditLog:
 
     async def flush(self) -> int:
         """Writes every queued event (in batches, one statement each); raises on a database
-        failure, keeping what was not written."""
+        failure, keeping what was not written. One flush at a time (the background flusher and
+        a shutdown, or a test, may ask together): a batch is never written twice."""
         written = 0
-        while self._buffer and self.db is not None:
-            batch = [self._buffer[i] for i in range(min(self.settings.batch_size, len(self._buffer)))]
-            columns = list(zip(*(_row(e) for e in batch)))
-            async with self.db.pool.acquire() as conn:
-                await conn.execute(_INSERT_MANY, *columns)
-            for _ in batch:
-                self._buffer.popleft()
-            written += len(batch)
+        async with self._flushing:
+            while self._buffer and self.db is not None:
+                batch = [self._buffer[i] for i in range(min(self.settings.batch_size, len(self._buffer)))]
+                columns = list(zip(*(_row(e) for e in batch)))
+                async with self.db.pool.acquire() as conn:
+                    await conn.execute(_INSERT_MANY, *columns)
+                for _ in batch:
+                    self._buffer.popleft()
+                written += len(batch)
         self.written += written
         return written
 

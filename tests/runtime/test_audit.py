@@ -244,3 +244,10 @@ async def test_a_write_in_flight_during_a_deletion_sees_the_mark_and_one_before_
     async with db.transaction(user) as conn:
         assert await deleted_since(conn, user, started)
         assert not await deleted_since(conn, user, datetime.now(timezone.utc) + timedelta(seconds=1))
+
+
+async def test_two_flushes_at_once_write_each_event_once(db, admin_url):
+    log = AuditLog("twice", db, AuditSettings(retention_days=0, batch_size=4))
+    events = [log.record(Kind.AUTH_FAILED, outcome=Outcome.DENIED, source=f"10.9.0.{i}") for i in range(10)]
+    assert sum(await asyncio.gather(log.flush(), log.flush(), log.flush())) == 10
+    assert await count(admin_url, "id = ANY($1::uuid[])", [e.id for e in events]) == 10
