@@ -251,3 +251,13 @@ async def test_two_flushes_at_once_write_each_event_once(db, admin_url):
     events = [log.record(Kind.AUTH_FAILED, outcome=Outcome.DENIED, source=f"10.9.0.{i}") for i in range(10)]
     assert sum(await asyncio.gather(log.flush(), log.flush(), log.flush())) == 10
     assert await count(admin_url, "id = ANY($1::uuid[])", [e.id for e in events]) == 10
+
+
+async def test_a_batch_written_again_after_an_unanswered_commit_is_not_doubled(db, admin_url):
+    log = AuditLog("again", db, AuditSettings(retention_days=0))
+    events = [log.record(Kind.AUTH_FAILED, outcome=Outcome.DENIED, source="10.8.0.1") for _ in range(3)]
+    await log.flush()
+    for event in events:  # as if the commit had gone through but its answer was lost
+        log._buffer.append(event)
+    assert await log.flush() == 3
+    assert await count(admin_url, "id = ANY($1::uuid[])", [e.id for e in events]) == 3
