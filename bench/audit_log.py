@@ -9,7 +9,11 @@ work without auditing measured in the same run (services/runtime/audit.py).
      on the request path, and the database's cost per event of a batch of 500;
    - or written at once, one transaction per event (the alternative): its cost per event.
 3. The same through gRPC: a call the error mapping answers PERMISSION_DENIED (and audits),
-   on a real server, with the service's audit log and with a log that records nothing.
+   on a real server, with the service's audit log and with a log that records nothing; the
+   audited rounds include writing their events.
+
+The machine these figures come from is shared, so each comparison is made of paired rounds
+(alternating which goes first) and reports medians.
 
 Run with `python -m bench.audit_log`."""
 
@@ -35,11 +39,13 @@ from services.sessions.app import MIGRATIONS, ROLE, SCHEMA
 from services.sessions.domain import Sessions
 from services.sessions.models import NewSession
 
-DELETES = {1: 1500, 16: 4000}
+ROUNDS = 15
+# Calls per round (each round pairs one run without auditing with one with).
+DELETES = {1: 100, 16: 400}
 RECORDS = 100_000
 FLUSHED = 20_000
 SINGLE = 2_000
-DENIALS = {1: 2000, 16: 6000}
+DENIALS = {1: 400, 16: 1600}
 
 
 def us(seconds: float) -> str:
@@ -68,20 +74,33 @@ async def in_transaction(db) -> None:
     plain, audited = Sessions(db), Sessions(db, audit=log)
     await deletes(plain, await fresh_sessions(plain, 200), 4)  # warm up
     print("### 1. An event written in the change's transaction (DeleteSession, domain call)\n")
-    print("| clients | without audit: calls/s | with audit: calls/s | ratio | p50 without | p50 with | "
-          "added per event (p50) |")
+    print("| clients | without audit: calls/s | with audit: calls/s | time ratio | p50 without | p50 with | "
+          "added per event |")
     print("|---|---|---|---|---|---|---|")
-    for clients, total in DELETES.items():
-        rounds = []
-        for _ in range(3):  # alternate, and keep the best of three of each
-            a = await deletes(plain, await fresh_sessions(plain, total), clients)
-            b = await deletes(audited, await fresh_sessions(plain, total), clients)
-            rounds.append((a, b))
-        (wall_a, lat_a) = min((r[0] for r in rounds), key=lambda x: x[0])
-        (wall_b, lat_b) = min((r[1] for r in rounds), key=lambda x: x[0])
-        p50_a, p50_b = percentile(lat_a, 0.5), percentile(lat_b, 0.5)
-        print(f"| {clients} | {total / wall_a:,.0f} | {total / wall_b:,.0f} | {wall_b / wall_a:.2f}× | "
-              f"{p50_a * 1e3:.2f} ms | {p50_b * 1e3:.2f} ms | {us(p50_b - p50_a)} |", flush=True)
+    for clients, per_round in DELETES.items():
+        pairs = []
+        for i in range(ROUNDS):  # paired rounds, alternating which goes first: the machine is shared
+            ids_a, ids_b = await fresh_sessions(plain, per_round), await fresh_sessions(plain, per_round)
+            if i % 2:
+                b = await deletes(audited, ids_b, clients)
+                a = await deletes(plain, ids_a, clients)
+            else:
+                a = await deletes(plain, ids_a, clients)
+                b = await deletes(audited, ids_b, clients)
+            pairs.append((a, b))
+        print(_paired_row(clients, per_round, pairs), flush=True)
+
+
+def _paired_row(clients: int, per_round: int, pairs) -> str:
+    """Medians over paired rounds: rates, the time ratio, p50s and the added time per call."""
+    rate_a = statistics.median(per_round / a[0] for a, _ in pairs)
+    rate_b = statistics.median(per_round / b[0] for _, b in pairs)
+    ratio = statistics.median(b[0] / a[0] for a, b in pairs)
+    added = statistics.median((b[0] - a[0]) / per_round for a, b in pairs)
+    p50_a = statistics.median(percentile(a[1], 0.5) for a, _ in pairs)
+    p50_b = statistics.median(percentile(b[1], 0.5) for _, b in pairs)
+    return (f"| {clients} | {rate_a:,.0f} | {rate_b:,.0f} | {ratio:.2f}× | {p50_a * 1e3:.3f} ms | "
+            f"{p50_b * 1e3:.3f} ms | {us(added)} |")
 
 
 async def off_the_request_path(db) -> None:
@@ -146,32 +165,47 @@ async def through_grpc(db) -> None:
     settings = ServerSettings(service="bench", host="127.0.0.1", port=0, shutdown_grace=0.5,
                               max_message_bytes=1 << 20, identity_public_key=None)
     request = audit_pb2.DeleteUserDataRequest(user_id="someone")
-    results = {}
-    for name, log in (("without audit", AuditLog.discarding()),
-                      ("with audit", AuditLog("bench", db, AuditSettings(retention_days=0)))):
-        running = await start_server(DeniedApp(log), settings, verifier=verifier)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = ugrpc.UserDataServiceStub(channel)
+    logs = {"without audit": AuditLog.discarding(),
+            "with audit": AuditLog("bench", db, AuditSettings(retention_days=0))}
+    servers = {name: await start_server(DeniedApp(log), settings, verifier=verifier) for name, log in logs.items()}
+    channels = {name: grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") for name, running in servers.items()}
 
-            async def denied():
-                try:
-                    await stub.DeleteUserData(request, metadata=metadata)
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+    def denied(name: str):
+        stub = ugrpc.UserDataServiceStub(channels[name])
 
-            await run_concurrently(denied, 8, 500)  # warm up
-            results[name] = {clients: await run_concurrently(denied, clients, total)
-                             for clients, total in DENIALS.items()}
+        async def call():
+            try:
+                await stub.DeleteUserData(request, metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        return call
+
+    for name in logs:
+        await run_concurrently(denied(name), 8, 500)  # warm up
+    rows = []
+    for clients, per_round in DENIALS.items():
+        pairs = []
+        for i in range(ROUNDS):  # paired rounds, alternating which goes first
+            order = ("without audit", "with audit") if i % 2 == 0 else ("with audit", "without audit")
+            got = {}
+            for name in order:
+                wall, latencies = await run_concurrently(denied(name), clients, per_round)
+                began = time.perf_counter()
+                await logs[name].flush()  # the audited round pays for writing its events, not the next round
+                got[name] = (wall + time.perf_counter() - began, latencies)
+            pairs.append((got["without audit"], got["with audit"]))
+        rows.append(_paired_row(clients, per_round, pairs))
+    for name, running in servers.items():
+        await channels[name].close()
         await running.stop(0.5)
-        written = log.written
+    written = logs["with audit"].written
     print("\n### 3. A call answered PERMISSION_DENIED through gRPC (the error mapping audits it)\n")
-    print("| clients | without audit: calls/s | with audit: calls/s | ratio | p50 without | p50 with |")
-    print("|---|---|---|---|---|---|")
-    for clients, total in DENIALS.items():
-        wall_a, lat_a = results["without audit"][clients]
-        wall_b, lat_b = results["with audit"][clients]
-        print(f"| {clients} | {total / wall_a:,.0f} | {total / wall_b:,.0f} | {wall_a / wall_b:.2f}× | "
-              f"{percentile(lat_a, 0.5) * 1e3:.3f} ms | {percentile(lat_b, 0.5) * 1e3:.3f} ms |")
+    print("| clients | without audit: calls/s | with audit: calls/s | time ratio | p50 without | p50 with | "
+          "added per call |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
     print(f"\n({written:,} denial events written by the flusher during the audited runs and at shutdown.)")
 
 

@@ -250,6 +250,10 @@ class AuditFilter:
 Position = tuple[datetime, uuid.UUID]
 
 
+def _text(value: enum.StrEnum | str) -> str:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
 # --- the log --------------------------------------------------------------------------------
 
 _COLUMNS = ("id, event_time, service, kind, actor_user_id, subject_user_id, request_id, trace_id, source, "
@@ -336,7 +340,8 @@ class AuditLog:
         no source) of the call being served."""
         call = _call.get()
         return AuditEvent(
-            kind=str(kind), service=self.service, id=uuid7(), event_time=datetime.now(timezone.utc), outcome=str(outcome),
+            kind=_text(kind), service=self.service, id=uuid7(), event_time=datetime.now(timezone.utc),
+            outcome=_text(outcome),
             actor_user_id=(call.actor if actor is None and call is not None else actor or "")[:MAX_FIELD_TEXT],
             subject_user_id=subject[:MAX_FIELD_TEXT], request_id=_call_request_id(call), trace_id=_trace_id(),
             source=(source or "")[:MAX_FIELD_TEXT], resource_id=resource[:MAX_FIELD_TEXT],
