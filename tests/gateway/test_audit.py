@@ -315,3 +315,25 @@ async def test_reading_and_exporting_the_log_is_itself_recorded(gw_channel, make
     assert details(events[1])["kinds"] == "auth.failed" and details(events[1])["subject_user_id"] == "whoever"
     assert events[1].subject_user_id == ""  # looking at a user's trail is not an event of that user's
     assert details(events[0])["services"] == "gateway"
+
+
+async def test_the_backends_internal_admin_services_are_not_served_by_the_gateway(gw_channel, admin_key):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from parley.admin.v1 import audit_log_service_pb2 as lapi
+    from parley.admin.v1 import audit_log_service_pb2_grpc as lgrpc
+    from parley.admin.v1 import user_data_service_pb2_grpc as ugrpc
+
+    await expect_error(ugrpc.UserDataServiceStub(gw_channel).DeleteUserData(
+        audit_pb2.DeleteUserDataRequest(user_id="someone"), metadata=bearer(admin_key)), grpc.StatusCode.UNIMPLEMENTED)
+    await expect_error(lgrpc.AuditLogServiceStub(gw_channel).ListServiceAuditEvents(
+        lapi.ListServiceAuditEventsRequest(), metadata=bearer(admin_key)), grpc.StatusCode.UNIMPLEMENTED)
+
+    async def requests():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    names = set()
+    async for response in reflection_pb2_grpc.ServerReflectionStub(gw_channel).ServerReflectionInfo(requests()):
+        names |= {s.name for s in response.list_services_response.service}
+    assert "parley.admin.v1.AdminService" in names
+    assert not names & {"parley.admin.v1.UserDataService", "parley.admin.v1.AuditLogService"}
