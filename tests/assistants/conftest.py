@@ -271,12 +271,13 @@ class CodeInterpreterStack:
     engine: EngineProcess
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def code_interpreter_stack(stack, postgres_server_url, identity_private_key, identity_public_key):
     """A sandbox service, an engine process that uses it on its own sessions service (so the
     stack's other engine, which has no sandbox, never claims these runs from the queue), and
-    a gateway in front of them; llm and files are the stack's. Shared by the code interpreter's
-    end-to-end tests and the user data deletion's."""
+    a gateway in front of them; llm and files are the stack's. Used by the code interpreter's
+    end-to-end tests and the user data deletion's; per module, so that its connections are
+    closed before the tests after them (the embedded PostgreSQL takes 100)."""
     from services.gateway.jwt_auth import JwtSettings
     from services.sandbox.app import build_app as build_sandbox_app
     from services.sessions.app import build_app as build_sessions_app
