@@ -337,3 +337,30 @@ async def test_the_backends_internal_admin_services_are_not_served_by_the_gatewa
         names |= {s.name for s in response.list_services_response.service}
     assert "parley.admin.v1.AdminService" in names
     assert not names & {"parley.admin.v1.UserDataService", "parley.admin.v1.AuditLogService"}
+
+
+@pytest.mark.parametrize("service", ["gateway", "llm", "sessions", "files"])
+async def test_every_services_role_may_only_append_to_and_read_its_log(service, admin_url, files_admin_url, servers):
+    """The runtime test covers the mechanism; here each real service's role, on its real schema."""
+    import asyncpg
+
+    from services.runtime.db import with_credentials
+
+    url = with_credentials(files_admin_url if service == "files" else admin_url, f"parley_{service}", None)
+    conn = await asyncpg.connect(url, server_settings={"search_path": service})
+    try:
+        event_id = uuid.uuid4()
+        async with conn.transaction():
+            await conn.execute("INSERT INTO audit_events (id, event_time, service, kind, outcome) "
+                               "VALUES ($1, now(), $2, 'auth.failed', 'denied')", event_id, service)
+            await conn.execute("SELECT set_config('app.audit_reader', 'on', true)")
+            assert await conn.fetchval("SELECT count(*) FROM audit_events WHERE id = $1", event_id) == 1
+        for statement in ("UPDATE audit_events SET kind = 'x'", "DELETE FROM audit_events", "TRUNCATE audit_events"):
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.execute(statement)
+        privileges = await conn.fetchval(
+            "SELECT array_agg(privilege_type ORDER BY privilege_type) FROM information_schema.role_table_grants "
+            "WHERE grantee = current_user AND table_schema = $1 AND table_name = 'audit_events'", service)
+        assert privileges == ["INSERT", "SELECT"]
+    finally:
+        await conn.close()
