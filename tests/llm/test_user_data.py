@@ -5,6 +5,7 @@ written after it does not bring the user back, and only administrators may ask."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -120,3 +121,12 @@ async def test_only_administrators_may_delete_and_bad_ids_are_refused(deleting_l
     assert reason == "CANNOT_DELETE_SELF"
     await expect_error(stub.DeleteUserData(audit_pb2.DeleteUserDataRequest(user_id="someone")),
                        grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_two_ledger_flushes_at_once_write_each_record_once(deleting_llm, admin_url):
+    app = deleting_llm[0]
+    user = f"llm-flush-{uuid.uuid4().hex[:8]}"
+    for _ in range(7):
+        app.ledger.record(record(user, datetime.now(timezone.utc)))
+    assert sum(await asyncio.gather(app.ledger.flush(), app.ledger.flush(), app.ledger.flush())) == 7
+    assert (await counts(admin_url, user))[0] == 7
