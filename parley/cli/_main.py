@@ -10,6 +10,9 @@
     parley files upload PATH [--purpose P] | list | delete ID
     parley keys create NAME --scope S [--scope S ...] [--ttl-days N] | list | revoke ID | rotate ID [--grace-hours H]
     parley usage [--days N] [--by model|day|user ...]
+    parley audit list [--kind K ...] [--user U] [--actor A] [--since 7d|ISO] [--until ...] [--service S] [--limit N]
+    parley audit export [the same filters] > audit.jsonl      every matching event as JSON lines
+    parley admin delete-user USER_ID [--yes]                  remove a user's data everywhere (asks first)
 
 The gateway comes from --target or PARLEY_TARGET (default 127.0.0.1:50051), the credential
 from --api-key, PARLEY_API_KEY or the development key `make run` writes to
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -27,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from parley.admin.v1 import audit_pb2
 from parley.cli import _assistants
 from parley.client import ParleyClient, error_details, user_message
 from parley.files.v1 import files_pb2
@@ -220,6 +225,74 @@ async def usage(client: ParleyClient, args) -> int:
     return 0
 
 
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def moment(text: str) -> datetime:
+    """`7d`, `24h`, `30m` (that long ago) or an ISO 8601 time (UTC unless it says otherwise)."""
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        return datetime.now(timezone.utc) - timedelta(**{_UNITS[relative.group(2)]: float(relative.group(1))})
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (use e.g. 7d, 24h or 2025-01-31T12:00)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _audit_filters(args) -> dict:
+    return {"kinds": args.kind, "actor": args.actor, "subject": args.user, "since": args.since, "until": args.until,
+            "services": args.service}
+
+
+async def audit(client: ParleyClient, args) -> int:
+    if args.action == "export":
+        async for chunk in client.admin.export_audit_events(**_audit_filters(args)):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        return 0
+    async for event in client.admin.audit_events(limit=args.limit, **_audit_filters(args)):
+        if args.json:
+            _out(args, event)
+            continue
+        outcome = audit_pb2.AuditOutcome.Name(event.outcome).removeprefix("AUDIT_OUTCOME_").lower()
+        who = event.actor_user_id or "-"
+        if event.subject_user_id and event.subject_user_id != event.actor_user_id:
+            who += f" -> {event.subject_user_id}"
+        stamp = event.event_time.ToDatetime(tzinfo=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        extra = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in
+                         MessageToDict(event.details).items())
+        print(f"{stamp}  {event.service:<9} {event.kind:<22} {outcome:<8} {who:<32} {event.resource_id or '-'}"
+              f"{'  ' + event.source if event.source else ''}{'  ' + extra if extra else ''}")
+    return 0
+
+
+async def admin(client: ParleyClient, args) -> int:
+    user_id = args.rest[0]
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("parley admin delete-user: refusing without --yes when not on a terminal", file=sys.stderr)
+            return 2
+        answer = input(f"Delete every session, run, file, vector, sandbox, budget, usage record and API key of "
+                       f"{user_id!r} in every service? This cannot be undone. Type the user id to confirm: ")
+        if answer.strip() != user_id:
+            print("not deleted", file=sys.stderr)
+            return 1
+    reply = await client.admin.delete_user_data(user_id)
+    if args.json:
+        _out(args, reply)
+        return 0
+    for deletion in reply.deletions:
+        if deletion.not_configured:
+            print(f"{deletion.service:<11} not configured on this gateway: nothing deleted there")
+            continue
+        removed = ", ".join(f"{k} {v}" for k, v in sorted(deletion.removed.items())) or "nothing"
+        kept = f" (kept: {', '.join(deletion.kept)})" if deletion.kept else ""
+        print(f"{deletion.service:<11} {removed}{kept}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="parley", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,6 +347,23 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--by", action="append", choices=sorted(GROUP_BY), default=[])
     u.set_defaults(run=usage)
 
+    au = commands.add_parser("audit", help="the audit log of every service (admin keys)")
+    au.add_argument("action", choices=["list", "export"])
+    au.add_argument("--kind", action="append", default=[], help="e.g. auth.failed, api_key.created (repeatable)")
+    au.add_argument("--user", default="", help="events about this user (the subject)")
+    au.add_argument("--actor", default="", help="events done by this user")
+    au.add_argument("--since", type=moment, default=None, help="7d, 24h, 30m or an ISO time")
+    au.add_argument("--until", type=moment, default=None)
+    au.add_argument("--service", action="append", default=[], choices=["gateway", "llm", "sessions", "files"])
+    au.add_argument("--limit", type=int, default=100, help="list: at most this many events (newest first)")
+    au.set_defaults(run=audit)
+
+    ad = commands.add_parser("admin", help="administration (admin keys)")
+    ad.add_argument("action", choices=["delete-user"])
+    ad.add_argument("rest", nargs="*")
+    ad.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    ad.set_defaults(run=admin)
+
     _assistants.register(commands)
     return root
 
@@ -286,7 +376,7 @@ async def _run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     needs = {"sessions": ("show", "delete", "export"), "files": ("upload", "delete"), "keys": ("revoke", "rotate"),
-             **_assistants.NEEDS_ARGUMENT}
+             "admin": ("delete-user",), **_assistants.NEEDS_ARGUMENT}
     if args.command in needs and args.action in needs[args.command] and not args.rest:
         print(f"parley {args.command} {args.action}: an argument is missing", file=sys.stderr)
         return 2

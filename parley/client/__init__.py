@@ -16,6 +16,7 @@ streams.
                 print(event.text, end="")
 """
 
+from parley.client._admin import Admin, audit_filter
 from parley.client._assistants import (
     Assistants,
     code_interpreter_tool,
@@ -52,6 +53,7 @@ from parley.client._streams import TokenStream
 
 __all__ = [
     "DEFAULT_TARGET",
+    "Admin",
     "Assistants",
     "Citation",
     "ErrorDetails",
@@ -72,6 +74,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "Usage",
+    "audit_filter",
     "code_interpreter_tool",
     "error_details",
     "file_search_tool",

@@ -20,6 +20,8 @@ IDEMPOTENT: dict[str, Sequence[str]] = {
     "parley.assistants.v1.AssistantService": ("GetAssistant", "ListAssistants", "GetRun", "ListRuns",
                                               "ListRunSteps", "WatchRun"),
     "parley.gateway.v1.ApiKeyService": ("ListApiKeys", "GetApiKey", "RevokeApiKey"),
+    # A deletion of a user's data is idempotent by contract: repeating it finishes the job.
+    "parley.admin.v1.AdminService": ("ListAuditEvents", "ExportAuditEvents", "DeleteUserData"),
 }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from parley.client._admin import Admin
 from parley.client._assistants import Assistants
 from parley.client._channel import open_channel
 from parley.client._config import resolve_api_key, resolve_target
@@ -231,6 +232,7 @@ class ParleyClient:
         self.files = Files(self.channel, timeout)
         self.keys = ApiKeys(self.channel, timeout)
         self.assistants = Assistants(self.channel, timeout)
+        self.admin = Admin(self.channel, timeout)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -21,6 +21,8 @@ from services.assistants.servicer import AssistantServicer
 from services.assistants.settings import EngineSettings
 from services.assistants.tools import load_executors
 from services.assistants.tools.base import StoredFile, ToolDeps
+from services.assistants.user_data import UserData
+from services.runtime.audit import AuditLog
 from services.runtime.config import ConfigError, env_float, env_int, env_secret, env_str
 from services.runtime.identity import IdentityMinter
 
@@ -113,6 +115,10 @@ class AssistantsApp:
         # With the code interpreter, a session's sandbox goes when the session does.
         self.session_sandboxes = SessionSandboxes(settings.sessions_target, settings.sandbox_target, self.identities) \
             if "code_interpreter" in self.executors else None
+        # No database: audit events are log lines (the gateway records a deletion as a whole).
+        self.audit_log = AuditLog("assistants")
+        self._user_data = UserData(self.runs, self.audit_log, settings.sandbox_target
+                                   if "code_interpreter" in self.executors else None)
 
     def register(self, server: grpc.aio.Server) -> None:
         assistants_service_pb2_grpc.add_AssistantServiceServicer_to_server(
@@ -121,7 +127,11 @@ class AssistantsApp:
         if self.session_sandboxes is not None:
             self.session_sandboxes.start()
 
+    async def delete_user_data(self, user_id: str):
+        return await self._user_data.delete(user_id)
+
     async def aclose(self) -> None:
+        await self._user_data.aclose()
         if self.session_sandboxes is not None:
             await self.session_sandboxes.aclose()
         await self.runs.aclose()

@@ -19,7 +19,9 @@ from services.files.repository import vector_codec
 from services.files.servicer import FileServicer
 from services.files.storage import BlobStore
 from services.files.stores import SearchSettings, VectorStores
+from services.files.user_data import delete_user_data
 from services.files.worker import Processor, WorkerSettings
+from services.runtime.audit import AuditLog
 from services.runtime.config import ConfigError, env_int, env_float, env_secret, env_str, state_dir
 from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, Database, open_service_database, statement_timeout_from_env
 from services.runtime.identity import IdentityMinter
@@ -89,15 +91,21 @@ class FilesSettings:
 class FilesApp:
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, db: Database, files: Files, stores: VectorStores, processor: Processor, embedder: Embedder) -> None:
+    def __init__(self, db: Database, files: Files, stores: VectorStores, processor: Processor, embedder: Embedder,
+                 storage: BlobStore, audit_log: AuditLog) -> None:
         self.db = db
         self.files = files
         self.stores = stores
         self.processor = processor
         self._embedder = embedder
+        self.storage = storage
+        self.audit_log = audit_log
 
     def register(self, server: grpc.aio.Server) -> None:
         files_service_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.files, self.stores), server)
+
+    async def delete_user_data(self, user_id: str):
+        return await delete_user_data(self.db, self.audit_log, self.storage, user_id)
 
     async def aclose(self) -> None:
         await self.processor.stop()
@@ -145,7 +153,7 @@ async def build_app(settings: FilesSettings | None = None, *, embedder: Embedder
         schema=SCHEMA, role=ROLE, migrations_dir=MIGRATIONS, admin_url=settings.admin_url,
         database_url=settings.database_url, role_password=settings.role_password, pool_size=settings.pool_size,
         statement_timeout=settings.statement_timeout, init=vector_codec,
-        check_server=lambda url, admin: check_pgvector(url, admin=admin),
+        check_server=lambda url, admin: check_pgvector(url, admin=admin), audit=True,
     )
     try:
         async with db.acquire() as conn:
@@ -155,9 +163,10 @@ async def build_app(settings: FilesSettings | None = None, *, embedder: Embedder
         raise ConfigError(f"PARLEY_FILES_TEXT_SEARCH_CONFIG: {settings.search.text_search_config!r} is not a "
                           "PostgreSQL text search configuration (e.g. english, simple, german)") from None
     storage = BlobStore(settings.storage_dir)
+    audit_log = AuditLog("files", db)
     processor = Processor(db, storage, embedder, settings.worker, settings.extraction,
-                          settings.search.text_search_config)
-    files = Files(db, storage, settings.upload, on_uploaded=processor.wake)
-    stores = VectorStores(db, embedder, settings.search, on_added=processor.wake)
+                          settings.search.text_search_config, audit=audit_log)
+    files = Files(db, storage, settings.upload, on_uploaded=processor.wake, audit=audit_log)
+    stores = VectorStores(db, embedder, settings.search, on_added=processor.wake, audit=audit_log)
     processor.start()
-    return FilesApp(db, files, stores, processor, embedder)
+    return FilesApp(db, files, stores, processor, embedder, storage, audit_log)

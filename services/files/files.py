@@ -9,15 +9,18 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from services.files import sniff
 from services.files.models import AttributeValue, File, FilePurpose, FileStatus, Page, UploadMetadata
 from services.files.repository import FileRepository
 from services.files.storage import BlobStore
 from services.runtime import errors
+from services.runtime.audit import AuditLog, Kind
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
 from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
+from services.runtime.user_data import deleted_since, stale_write
 from services.runtime.validation import has_control_characters, parse_id, uuid7
 
 log = logging.getLogger("parley.files")
@@ -56,13 +59,15 @@ def attribute_violations(attributes: dict[str, AttributeValue], field: str) -> l
 
 class Files:
     def __init__(self, db: Database, storage: BlobStore, limits: UploadLimits | None = None,
-                 repository: FileRepository | None = None, on_uploaded: Callable[[], None] | None = None) -> None:
+                 repository: FileRepository | None = None, on_uploaded: Callable[[], None] | None = None,
+                 audit: AuditLog | None = None) -> None:
         self._db = db
         self._storage = storage
         self._repo = repository or FileRepository()
         self.limits = limits or UploadLimits()
         # Called after a file commits, to wake the background processor.
         self._on_uploaded = on_uploaded or (lambda: None)
+        self._audit = audit or AuditLog.discarding()
 
     def _check_metadata(self, metadata: UploadMetadata) -> str:
         violations: list[FieldViolation] = []
@@ -95,6 +100,7 @@ class Files:
         with the rename into place. Any failure or cancellation (a client that goes away)
         removes the temporary file: nothing is left behind."""
         filename = self._check_metadata(metadata)
+        started = datetime.now(timezone.utc)
         limit = self.limits.max_file_bytes
         pending = self._storage.new_pending()
         committed_key: str | None = None
@@ -133,6 +139,9 @@ class Files:
             file_id = uuid7()
             key = self._storage.key_for(file_id)
             async with self._db.transaction(user_id) as conn:
+                # An upload still streaming when the user's data was deleted stores nothing.
+                if await deleted_since(conn, user_id, started):
+                    raise stale_write()
                 created = await self._repo.insert_file(
                     conn, file_id=file_id, filename=filename, size=pending.size, media_type=media_type,
                     declared=sniff.normalize_declared(metadata.declared_media_type), purpose=metadata.purpose,
@@ -178,6 +187,8 @@ class Files:
         fid = parse_id(file_id, "file_id")
         async with self._db.transaction(user_id) as conn:
             key = await self._repo.delete_file(conn, fid)
+            if key is not None:
+                await self._audit.write(conn, Kind.FILE_DELETED, subject=user_id, resource=str(fid))
         if key is None:
             raise file_not_found(fid)
         try:

@@ -38,6 +38,7 @@ from services.files.models import (
 )
 from services.files.repository import FileRepository
 from services.runtime import errors
+from services.runtime.audit import AuditLog, Kind
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
 from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
@@ -125,12 +126,14 @@ def fusion_weights(vector_weight: float, text_weight: float) -> tuple[float, flo
 
 class VectorStores:
     def __init__(self, db: Database, embedder: Embedder, settings: SearchSettings | None = None,
-                 repository: FileRepository | None = None, on_added: Callable[[], None] | None = None) -> None:
+                 repository: FileRepository | None = None, on_added: Callable[[], None] | None = None,
+                 audit: AuditLog | None = None) -> None:
         self._db = db
         self._embedder = embedder
         self._repo = repository or FileRepository()
         self.settings = settings or SearchSettings()
         self._on_added = on_added or (lambda: None)
+        self._audit = audit or AuditLog.discarding()
 
     async def _model(self, user_id: str, model: str) -> ModelInfo:
         info = await self._embedder.model_info(user_id, model or DEFAULT_EMBEDDING_MODEL)
@@ -229,6 +232,7 @@ class VectorStores:
         async with self._db.transaction(user_id) as conn:
             if not await self._repo.delete_store(conn, sid):
                 raise store_not_found(sid)
+            await self._audit.write(conn, Kind.VECTOR_STORE_DELETED, subject=user_id, resource=str(sid))
 
     async def _usable_store(self, conn, sid: uuid.UUID) -> VectorStore:
         store = await self._repo.get_store(conn, sid)

@@ -30,6 +30,7 @@ from services.files.storage import BlobStore
 from opentelemetry import trace
 
 from services.runtime import errors, metrics
+from services.runtime.audit import AuditLog, Kind
 from services.runtime.db import UNAVAILABLE_ERRORS, Database
 from services.runtime.telemetry import context_of
 
@@ -60,8 +61,10 @@ class JobTiming:
 
 class Processor:
     def __init__(self, db: Database, storage: BlobStore, embedder: Embedder, settings: WorkerSettings,
-                 extract_limits: Limits, text_search_config: str, repository: FileRepository | None = None) -> None:
+                 extract_limits: Limits, text_search_config: str, repository: FileRepository | None = None,
+                 audit: AuditLog | None = None) -> None:
         self._db = db
+        self._audit = audit or AuditLog.discarding()
         self._storage = storage
         self._embedder = embedder
         self._settings = settings
@@ -148,8 +151,7 @@ class Processor:
             log.exception("start-up storage sweep failed")
         while True:
             try:
-                async with self._db.acquire() as conn:
-                    expired = await conn.fetchval("SELECT expire_vector_stores()")
+                expired = await self.expire_vector_stores()
                 if expired:
                     log.info("deleted %d chunks of expired vector stores", expired)
             except asyncio.CancelledError:
@@ -157,6 +159,16 @@ class Processor:
             except Exception:  # noqa: BLE001
                 log.warning("expiring vector stores failed", exc_info=True)
             await asyncio.sleep(self._settings.expiry_interval_seconds)
+
+    async def expire_vector_stores(self) -> int:
+        """Expires the stores idle past their expiration (their chunks go), with a
+        `retention.purged` audit event in the same transaction; the chunks deleted."""
+        async with self._db.acquire() as conn, conn.transaction():
+            expired = await conn.fetchval("SELECT expire_vector_stores()")
+            if expired:
+                await self._audit.write(conn, Kind.RETENTION_PURGED, actor="", details={
+                    "table": "chunks", "count": expired, "reason": "vector_store_expired"})
+        return expired
 
     async def sweep_storage(self) -> None:
         """Removes temporary uploads and blobs without a row (a crash between the rename and

@@ -26,6 +26,7 @@ async def _with_keys(action):
     from services.gateway.apikeys import ApiKeys, KeyPolicy
     from services.gateway.app import open_database
     from services.gateway.models import RateLimits
+    from services.runtime.audit import AuditLog
     from services.runtime.config import env_str
 
     class _Settings:  # only what open_database needs: no identity key required for this
@@ -36,7 +37,9 @@ async def _with_keys(action):
 
     db = await open_database(_Settings)  # type: ignore[arg-type]
     try:
-        return await action(ApiKeys(db, KeyPolicy(default_limits=RateLimits(), cache_seconds=0)))
+        # Keys made here are audited like any (api_key.created, in the key's transaction).
+        return await action(ApiKeys(db, KeyPolicy(default_limits=RateLimits(), cache_seconds=0),
+                                    audit=AuditLog("gateway", db)))
     finally:
         await db.close()
 

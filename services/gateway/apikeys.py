@@ -35,9 +35,11 @@ from services.gateway.models import (
 )
 from services.gateway.repository import ApiKeyRepository
 from services.runtime import errors
+from services.runtime.audit import AuditLog, Kind
 from services.runtime.db import UNAVAILABLE_ERRORS, Database
 from services.runtime.errors import FieldViolation
 from services.runtime.pagination import decode_time_and_id, encode_time_and_id, page_size
+from services.runtime.user_data import Removed, delete_rows, deletion
 from services.runtime.validation import parse_id, text_violations
 
 log = logging.getLogger("parley.gateway.keys")
@@ -79,8 +81,17 @@ class KeyPolicy:
     last_used_resolution_seconds: float = LAST_USED_RESOLUTION
 
 
-def _unauthenticated(message: str, reason: str) -> errors.Unauthenticated:
-    return errors.Unauthenticated(message, reason=reason)
+def _unauthenticated(message: str, reason: str, key: ApiKey | None = None) -> errors.Unauthenticated:
+    error = errors.Unauthenticated(message, reason=reason)
+    # A real key that no longer works (revoked, expired, rotated away): its id and owner go
+    # to the audit event of the failure, never to the caller.
+    error.api_key = key
+    return error
+
+
+def failed_key(error: errors.Unauthenticated) -> ApiKey | None:
+    """The real key an authentication failure was about, if it was one."""
+    return getattr(error, "api_key", None)
 
 
 def _not_found(key_id: object) -> errors.NotFound:
@@ -88,11 +99,19 @@ def _not_found(key_id: object) -> errors.NotFound:
                            metadata={"api_key_id": str(key_id)})
 
 
+def _key_details(caller: Principal, key: ApiKey) -> dict[str, object]:
+    """What a key event says about the key: its scopes, and how the caller acted (never its
+    name, which is the owner's text, nor any part of its secret)."""
+    return {"scopes": ",".join(key.scopes), "caller": caller.kind}
+
+
 class ApiKeys:
-    def __init__(self, db: Database, policy: KeyPolicy, repo: ApiKeyRepository | None = None) -> None:
+    def __init__(self, db: Database, policy: KeyPolicy, repo: ApiKeyRepository | None = None,
+                 audit: AuditLog | None = None) -> None:
         self._db = db
         self._repo = repo or ApiKeyRepository()
         self._policy = policy
+        self._audit = audit or AuditLog.discarding()
         # sha256(secret) → (found key or None, fetched at monotonic time)
         self._cache: OrderedDict[bytes, tuple[StoredKey | None, float]] = OrderedDict()
         self._cache_size = 10_000
@@ -135,6 +154,8 @@ class ApiKeys:
         secret = new_secret()
         async with self._db.transaction(caller.user_id) as conn:
             key = await self._repo.insert(conn, uuid.uuid4(), new, secret[:DISPLAY_PREFIX_CHARS], hash_secret(secret))
+            await self._audit.write(conn, Kind.API_KEY_CREATED, actor=caller.user_id, subject=caller.user_id,
+                                    resource=str(key.id), details=_key_details(caller, key))
         log.info("API key %s created for user %s with scopes %s", key.id, caller.user_id, ",".join(key.scopes))
         return key, secret
 
@@ -175,6 +196,9 @@ class ApiKeys:
         kid = parse_id(key_id, "api_key_id")
         async with self._db.transaction(caller.user_id) as conn:
             key = await self._repo.revoke(conn, kid)
+            if key is not None:
+                await self._audit.write(conn, Kind.API_KEY_REVOKED, actor=caller.user_id, subject=caller.user_id,
+                                        resource=str(kid), details=_key_details(caller, key))
         if key is None:
             raise _not_found(kid)
         await self._changed(kid)
@@ -200,9 +224,37 @@ class ApiKeys:
                 )
             key = await self._repo.rotate(conn, kid, secret[:DISPLAY_PREFIX_CHARS], hash_secret(secret),
                                           utcnow() + grace)
+            await self._audit.write(conn, Kind.API_KEY_ROTATED, actor=caller.user_id, subject=caller.user_id,
+                                    resource=str(kid), details={**_key_details(caller, key),
+                                                                "grace_seconds": int(grace.total_seconds())})
         await self._changed(kid)
         log.info("API key %s rotated by user %s (grace %ds)", kid, caller.user_id, int(grace.total_seconds()))
         return key, secret
+
+    # --- one user's keys, for the deletion of their data ---------------------------------
+
+    async def revoke_all(self, user_id: str) -> int:
+        """Revokes every active key of the user at once (on every replica), so that nothing
+        new of theirs starts while their data is being deleted; how many were active."""
+        async with self._db.transaction(user_id) as conn:
+            revoked = await self._repo.revoke_all(conn)
+        await self._changed_all(revoked)
+        return len(revoked)
+
+    async def delete_all(self, user_id: str, summary: dict[str, object]) -> Removed:
+        """Deletes every key of the user, with the deletion's overall audit event
+        (`summary`: what every service removed) in the same transaction."""
+        async with deletion(self._db, user_id) as conn:
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM api_keys")]
+            counts = await delete_rows(conn, ("api_keys",))
+            await self._audit.write(conn, Kind.USER_DATA_DELETED, subject=user_id, resource=user_id,
+                                    details={**summary, "gateway.api_keys": counts["api_keys"]})
+        await self._changed_all(ids)
+        return Removed("gateway", counts)
+
+    async def _changed_all(self, key_ids: list[uuid.UUID]) -> None:
+        for key_id in key_ids:
+            await self._changed(key_id)
 
     def announce_changes(self, events) -> None:
         """Tells other replicas about keys changed here (and forgets keys changed there)."""
@@ -249,15 +301,16 @@ class ApiKeys:
             pass
         elif stored.previous_secret_hash is not None and hmac.compare_digest(digest, stored.previous_secret_hash):
             if key.previous_secret_expire_time is None or key.previous_secret_expire_time <= now:
-                raise _unauthenticated("the API key was rotated and its grace period has ended", "API_KEY_ROTATED")
+                raise _unauthenticated("the API key was rotated and its grace period has ended", "API_KEY_ROTATED",
+                                       key)
             valid_until = min(valid_until, key.previous_secret_expire_time.timestamp())
         else:  # a cached entry for a secret since replaced twice
             raise _unauthenticated("the API key is not known", "API_KEY_UNKNOWN")
         state = key.state(now)
         if state is ApiKeyState.REVOKED:
-            raise _unauthenticated("the API key has been revoked", "API_KEY_REVOKED")
+            raise _unauthenticated("the API key has been revoked", "API_KEY_REVOKED", key)
         if state is ApiKeyState.EXPIRED:
-            raise _unauthenticated("the API key has expired", "API_KEY_EXPIRED")
+            raise _unauthenticated("the API key has expired", "API_KEY_EXPIRED", key)
         self.note_use(key.id)
         principal = Principal(
             user_id=key.user_id,

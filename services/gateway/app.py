@@ -12,7 +12,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
+from parley.admin.v1 import admin_service_pb2_grpc
 from parley.gateway.v1 import gateway_service_pb2
+from services.gateway.admin import AUDIT_SOURCES, DELETION_ORDER, Admin, own_source
+from services.gateway.admin_servicer import SERVICE as ADMIN_SERVICE
+from services.gateway.admin_servicer import AdminServicer, audit_source, deleter
 from services.gateway.apikeys import ApiKeys, KeyPolicy
 from services.gateway.gate import Gate
 from services.gateway.jwt_auth import JwtSettings, JwtVerifier
@@ -22,6 +26,7 @@ from services.gateway.proxy import DEFAULT_MAX_DEADLINE_SECONDS, Backend, Proxy
 from services.gateway.ratelimit import MemoryLimiter, RedisLimiter
 from services.gateway.routes import BACKENDS, backend_service, build_routes, service_names
 from services.gateway.servicer import ApiKeyServicer, api_key_handler
+from services.runtime.audit import AuditLog
 from services.runtime.config import ConfigError, env_float, env_int, env_secret, env_str
 from services.runtime.db import Database, open_service_database, statement_timeout_from_env
 from services.runtime.identity import DEFAULT_TTL_SECONDS, IdentityMinter
@@ -65,6 +70,8 @@ class GatewaySettings:
     redis_prefix: str = "parley:rl:"
     # The longest deadline a backend call gets; also what calls without one get.
     max_deadline_seconds: float = DEFAULT_MAX_DEADLINE_SECONDS
+    # Authentication failures audited one by one per source and minute (then one summary).
+    auth_failure_events_per_minute: int = 10
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -114,6 +121,7 @@ class GatewaySettings:
             redis_prefix=env_str("PARLEY_GATEWAY_REDIS_PREFIX", "parley:rl:"),
             max_deadline_seconds=env_float("PARLEY_GATEWAY_MAX_DEADLINE_SECONDS", DEFAULT_MAX_DEADLINE_SECONDS,
                                            minimum=1),
+            auth_failure_events_per_minute=env_int("PARLEY_GATEWAY_AUTH_FAILURE_EVENTS_PER_MINUTE", 10, minimum=1),
         )
 
 
@@ -121,7 +129,7 @@ async def open_database(settings: GatewaySettings) -> Database:
     return await open_service_database(
         schema=SCHEMA, role=ROLE, migrations_dir=MIGRATIONS, admin_url=settings.admin_url,
         database_url=settings.database_url, role_password=settings.role_password, pool_size=settings.pool_size,
-        statement_timeout=statement_timeout_from_env("gateway"), jsonb=False,
+        statement_timeout=statement_timeout_from_env("gateway"), jsonb=False, audit=True,
     )
 
 
@@ -134,7 +142,16 @@ class GatewayApp:
         self.gate = gate
         self.backends = backends
         self.routes = build_routes(settings.max_request_bytes)
-        self.service_names = (*service_names(), API_KEY_SERVICE)
+        self.service_names = (*service_names(), API_KEY_SERVICE, ADMIN_SERVICE)
+        self.audit_log = gate.audit
+        self.audit_log.before_close.append(lambda: gate.auth_failures.sweep(force=True))
+        self.admin = Admin(
+            gate.audit, gate.keys,
+            sources={"gateway": own_source(gate.audit), **{
+                name: audit_source(backends[name], gate) for name in AUDIT_SOURCES
+                if name in backends and backends[name].channel is not None}},
+            deleters={name: deleter(backends[name], gate) if name in backends and backends[name].channel else None
+                      for name in DELETION_ORDER})
         # The forwarding handlers map their own errors and trace themselves (see Proxy).
         self.self_managed_prefixes = Proxy.prefixes(self.routes)
         self._monitor: asyncio.Task | None = None
@@ -143,6 +160,7 @@ class GatewayApp:
         server.add_generic_rpc_handlers(
             (Proxy(self.routes, self.backends, self.gate, self.settings.max_deadline_seconds),))
         server.add_generic_rpc_handlers((api_key_handler(ApiKeyServicer(self.gate)),))
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.gate, self.admin), server)
 
     async def on_health(self, health) -> None:
         """Reports each backend under its service name, checked every few seconds."""
@@ -158,6 +176,7 @@ class GatewayApp:
     async def _monitor_forever(self, health) -> None:
         while True:
             await asyncio.sleep(self.settings.health_interval_seconds)
+            self.gate.auth_failures.sweep()  # summaries of sources whose minute is over
             try:
                 await self._check_backends(health)
             except Exception:  # noqa: BLE001 - the next round tries again
@@ -180,7 +199,9 @@ class GatewayApp:
 async def build_app(settings: GatewaySettings | None = None) -> GatewayApp:
     settings = settings or GatewaySettings.from_env()
     db = await open_database(settings)
-    keys = ApiKeys(db, KeyPolicy(default_limits=settings.key_limits, cache_seconds=settings.key_cache_seconds))
+    audit_log = AuditLog("gateway", db)
+    keys = ApiKeys(db, KeyPolicy(default_limits=settings.key_limits, cache_seconds=settings.key_cache_seconds),
+                   audit=audit_log)
     keys.start()
     events = None
     if settings.redis_url:
@@ -194,6 +215,8 @@ async def build_app(settings: GatewaySettings | None = None) -> GatewayApp:
         settings.user_limits,
         IdentityMinter(settings.identity_private_key, ttl_seconds=settings.identity_ttl_seconds),
         settings.identity_ttl_seconds,
+        audit_log=audit_log,
+        auth_failures_per_minute=settings.auth_failure_events_per_minute,
     )
     backends = {name: Backend(name, target, backend_service(name)) for name, target in settings.targets.items()}
     for backend in backends.values():

@@ -8,10 +8,12 @@ import time
 from collections.abc import Sequence
 
 from services.gateway.apikeys import ApiKeys, looks_like_api_key
+from services.gateway.auth_failures import AuthFailures
 from services.gateway.jwt_auth import JwtVerifier, looks_like_jwt
 from services.gateway.models import JWT_SCOPES, Principal, RateLimits
 from services.gateway.ratelimit import Admission, MemoryLimiter, RedisLimiter, Subject
-from services.runtime import errors
+from services.runtime import audit, errors
+from services.runtime.audit import AuditLog, Kind, Outcome
 from services.runtime.identity import IdentityMinter
 
 _SCHEME = "bearer "
@@ -26,8 +28,12 @@ class Gate:
         user_limits: RateLimits,
         minter: IdentityMinter,
         identity_ttl_seconds: float,
+        audit_log: AuditLog | None = None,
+        auth_failures_per_minute: int = 10,
     ) -> None:
         self.keys = keys
+        self.audit = audit_log or AuditLog.discarding()
+        self.auth_failures = AuthFailures(self.audit, per_minute=auth_failures_per_minute)
         self._jwt = jwt
         self.limiter = limiter
         self._user_limits = user_limits
@@ -54,6 +60,24 @@ class Gate:
             self._known.clear()
         self._known[authorization] = (principal, time.monotonic() + cache_seconds, valid_until, self.keys.generation)
         return principal
+
+    async def authenticate_call(self, authorization: str | None, context, method: str) -> Principal:
+        """`authenticate`, with a failure in the audit log (rate-limited per source) and the
+        caller named as the actor of the call's later audit events."""
+        try:
+            principal = await self.authenticate(authorization)
+        except errors.Unauthenticated as error:
+            self.auth_failures.failed(error, source=audit.peer_host(_peer(context)), method=method)
+            raise
+        audit.note_actor(principal.user_id)
+        return principal
+
+    def denied(self, principal: Principal, error: errors.PermissionDenied, method: str, context) -> None:
+        """A refusal of the gateway's own (the forwarding handlers', which the error mapping
+        does not see) in the audit log."""
+        self.audit.record(Kind.PERMISSION_DENIED, outcome=Outcome.DENIED, actor=principal.user_id, resource=method,
+                          source=audit.peer_host(_peer(context)),
+                          details={"reason": error.reason, **{k: v for k, v in error.metadata.items() if k == "scope"}})
 
     async def _authenticate(self, authorization: str | None) -> tuple[Principal, float, float]:
         """(principal, seconds it may be cached, epoch time it stops being valid)."""
@@ -108,3 +132,10 @@ class Gate:
             self._minted.clear()
         self._minted[cache_key] = (token, now)
         return token
+
+
+def _peer(context) -> str | None:
+    try:
+        return context.peer()
+    except Exception:  # noqa: BLE001 - a context without a transport (tests)
+        return None

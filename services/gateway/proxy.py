@@ -31,7 +31,7 @@ from services.gateway.hygiene import control_character_violations, redact_prompt
 from services.gateway.models import Principal
 from services.gateway.ownership import MAX_FILES_PER_REQUEST, FileReferences, malformed, not_yours, too_many_files
 from services.gateway.routes import PROMPT_METHODS, USAGE_METHODS, Route
-from services.runtime import errors
+from services.runtime import audit, errors
 from services.runtime.identity import METADATA_KEY
 from services.runtime.metrics import note_caller
 from services.runtime.status import to_grpc_status
@@ -179,14 +179,20 @@ class Proxy(grpc.GenericRpcHandler):
                 request_id = value
             elif key in _TRACE_KEYS:
                 trace_headers[key] = value
-        try:
-            principal = await self._gate.authenticate(authorization)
-            self._gate.authorize(principal, route.scope, route.service)
-        except (errors.Unauthenticated, errors.PermissionDenied) as error:
-            log.info("refused %s: %s", route.path, error.reason)
-            raise
         if not request_id or not _REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex
+        audit.begin_call((), context, request_id)  # the self-managed calls start their audit context here
+        try:
+            principal = await self._gate.authenticate_call(authorization, context, route.path)
+        except errors.Unauthenticated as error:
+            log.info("refused %s: %s", route.path, error.reason)
+            raise
+        try:
+            self._gate.authorize(principal, route.scope, route.service)
+        except errors.PermissionDenied as error:
+            log.info("refused %s: %s", route.path, error.reason)
+            self._gate.denied(principal, error, route.path, context)
+            raise
         metadata = [(METADATA_KEY, self._gate.identity(principal)), (REQUEST_ID_KEY, request_id)]
         span = None
         provider = trace.get_tracer_provider()

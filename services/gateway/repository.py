@@ -92,6 +92,13 @@ class ApiKeyRepository:
         )
         return _key(row) if row else None
 
+    async def revoke_all(self, conn: asyncpg.Connection) -> list[uuid.UUID]:
+        """Revokes every key of the transaction's user that is not revoked yet; their ids."""
+        rows = await conn.fetch(
+            "UPDATE api_keys SET revoke_time = now(), previous_secret_expire_time = "
+            "least(previous_secret_expire_time, now()) WHERE revoke_time IS NULL RETURNING id")
+        return [r["id"] for r in rows]
+
     async def rotate(self, conn: asyncpg.Connection, key_id: uuid.UUID, prefix: str, secret_hash: bytes,
                      previous_expire_time: datetime) -> ApiKey | None:
         row = await conn.fetchrow(

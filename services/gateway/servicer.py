@@ -13,7 +13,7 @@ from services.gateway import convert
 from services.gateway.apikeys import MAX_GRACE, utcnow
 from services.gateway.gate import Gate
 from services.gateway.models import Principal
-from services.runtime import errors
+from services.runtime import audit, errors
 from services.runtime.validation import duration_to_timedelta
 
 
@@ -23,12 +23,7 @@ class ApiKeyServicer(api_grpc.ApiKeyServiceServicer):
         self._keys = gate.keys
 
     async def _caller(self, context) -> Principal:
-        authorization = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value
-                break
-        principal = await self._gate.authenticate(authorization)
+        principal = await authenticated(self._gate, context, "/parley.gateway.v1.ApiKeyService")
         if principal.kind != "jwt" and not principal.is_admin:
             raise errors.PermissionDenied("managing API keys needs a JWT or an API key with the admin scope",
                                           reason="SCOPE_MISSING", metadata={"scope": "admin"})
@@ -61,6 +56,17 @@ class ApiKeyServicer(api_grpc.ApiKeyServiceServicer):
             if request.HasField("grace_period") else None
         key, secret = await self._keys.rotate(caller, request.api_key_id, grace)
         return api.RotateApiKeyResponse(api_key=convert.api_key_to_proto(key, utcnow()), secret=secret)
+
+
+async def authenticated(gate: Gate, context, method: str) -> Principal:
+    """The caller of one of the gateway's own services, authenticated (a failure audited)."""
+    audit.current_request_id()  # the call's audit events share one, made up if the caller sent none
+    authorization = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            authorization = value
+            break
+    return await gate.authenticate_call(authorization, context, method)
 
 
 def _lenient(request_class):

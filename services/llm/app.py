@@ -26,6 +26,9 @@ from services.llm.repository import MIGRATIONS, ROLE, SCHEMA, UsageRepository
 from services.llm.servicer import LLMServicer
 from services.llm.tokens import TokenCounter
 from services.llm.usage import Ledger
+from services.llm.user_data import delete_user_data
+from services.runtime import errors
+from services.runtime.audit import AuditLog
 from services.runtime.config import ConfigError, env_bool, env_float, env_int, env_str, state_dir
 from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, open_service_database, statement_timeout_from_env
 
@@ -66,6 +69,9 @@ class LLMSettings:
     vendor_models_ttl: float = 600.0
     # Longest a ledger statement may run (PostgreSQL statement_timeout); 0: no limit.
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS
+    # A deletion of a user's data (AdminService.DeleteUserData) keeps their usage records,
+    # for billing; budgets go either way.
+    keep_usage_for_billing: bool = False
     # Test hook: providers to use instead of building them from the catalog.
     providers: dict[str, LLMProvider] | None = field(default=None, compare=False)
 
@@ -94,6 +100,7 @@ class LLMSettings:
             vendor_models=env_bool("PARLEY_LLM_VENDOR_MODELS", False),
             vendor_models_ttl=env_float("PARLEY_LLM_VENDOR_MODELS_TTL_SECONDS", 600.0, minimum=1),
             statement_timeout=statement_timeout_from_env("llm"),
+            keep_usage_for_billing=env_bool("PARLEY_LLM_KEEP_USAGE_FOR_BILLING", False),
             warm_embeddings=env_bool("PARLEY_LLM_WARM_EMBEDDINGS", True),
             http_transport=transport,
             admin_url=env_str("PARLEY_DATABASE_URL"),
@@ -140,8 +147,10 @@ class LLMApp:
     service_names = (SERVICE_NAME,)
 
     def __init__(self, llm: LLM, ledger: Ledger, cache: Cache, listing: ModelListing, db=None, budgets=None,
-                 usage=None, redis=None) -> None:
+                 usage=None, redis=None, audit_log: AuditLog | None = None, keep_usage_for_billing: bool = False) -> None:
         self.llm = llm
+        self.audit_log = audit_log or AuditLog("llm", db)
+        self._keep_usage = keep_usage_for_billing
         self.listing = listing
         self.redis = redis
         self.ledger = ledger
@@ -164,8 +173,14 @@ class LLMApp:
             log.exception("could not load the local embedding model")
 
     def register(self, server: grpc.aio.Server) -> None:
-        reports = Reports(self.llm.catalog, self.usage, self.budgets)
+        reports = Reports(self.llm.catalog, self.usage, self.budgets, self.audit_log)
         llm_service_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(self.llm, self.listing, reports), server)
+
+    async def delete_user_data(self, user_id: str):
+        if self.db is None:
+            raise errors.FailedPrecondition("this deployment records no usage (no database)", reason="NO_LEDGER")
+        return await delete_user_data(self.db, self.audit_log, self.budgets, user_id,
+                                      keep_usage=self._keep_usage)
 
     async def aclose(self) -> None:
         if self._warm is not None:
@@ -202,9 +217,9 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
         db = await open_service_database(
             schema=SCHEMA, role=ROLE, migrations_dir=MIGRATIONS, admin_url=settings.admin_url,
             database_url=settings.database_url, role_password=settings.role_password, pool_size=settings.pool_size,
-            statement_timeout=settings.statement_timeout,
+            statement_timeout=settings.statement_timeout, audit=True,
         )
-        usage = UsageRepository(db)
+        usage = UsageRepository(db, keep_for_billing=settings.keep_usage_for_billing)
         writer = usage.write_batch
     ledger = Ledger(writer, flush_interval=settings.usage_flush_seconds, batch_size=settings.usage_batch_size,
                     max_buffered=settings.usage_max_buffered,
@@ -222,7 +237,8 @@ async def build_app(settings: LLMSettings | None = None) -> LLMApp:
               queues=queues)
     listing = ModelListing(catalog, providers, llm.cooldowns, vendor_models=settings.vendor_models,
                            vendor_models_ttl=settings.vendor_models_ttl)
-    app = LLMApp(llm, ledger, cache, listing, db=db, budgets=budgets, usage=usage, redis=limits_redis)
+    app = LLMApp(llm, ledger, cache, listing, db=db, budgets=budgets, usage=usage, redis=limits_redis,
+                 keep_usage_for_billing=settings.keep_usage_for_billing)
     if settings.warm_embeddings:
         app.warm_embeddings()
     return app

@@ -165,7 +165,9 @@ class Budgets:
                     retry_after=max((s.reset - datetime.now(timezone.utc)).total_seconds(), 0.0),
                 )
 
-    async def set_limits(self, user_id: str, new: list[Limit], *, admin: bool) -> datetime:
+    async def set_limits(self, user_id: str, new: list[Limit], *, admin: bool, on_write=None) -> datetime:
+        """Replaces the user's limits; `on_write(conn)` runs in the same transaction (the audit
+        event of the change)."""
         seen = set()
         for i, limit in enumerate(new):
             key = (limit.period, limit.unit)
@@ -194,6 +196,6 @@ class Budgets:
                         reason="ADMIN_LIMIT",
                     )
                 replacement.admin_set = True
-        update_time = await self._repo.put_budget(user_id, [limit.to_json() for limit in new])
+        update_time = await self._repo.put_budget(user_id, [limit.to_json() for limit in new], on_write=on_write)
         self.invalidate(user_id)
         return update_time

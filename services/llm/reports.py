@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from services.llm import access
-from services.llm.budgets import Budgets, Limit, LimitStatus
+from services.llm.budgets import PERIOD_NAMES, Budgets, Limit, LimitStatus
 from services.llm.catalog import Catalog
 from services.llm.repository import UsageGroup, UsageRepository
 from services.runtime import errors
+from services.runtime.audit import AuditLog, Kind
 from services.runtime.identity import Identity
 from services.runtime.pagination import Position, decode_token, encode_token, page_size
 from services.runtime.validation import timestamp_to_datetime
@@ -46,11 +47,19 @@ class BudgetView:
     update_time: datetime | None
 
 
+def _limits_text(limits: list[Limit]) -> str:
+    """"day:usd=5,month:tokens=100000": what a budget change set, for its audit event."""
+    return ",".join(f"{PERIOD_NAMES.get(limit.period, limit.period)}:{limit.unit}={limit.amount:g}"
+                    for limit in limits) or "none"
+
+
 class Reports:
-    def __init__(self, catalog: Catalog, usage: UsageRepository | None, budgets: Budgets | None) -> None:
+    def __init__(self, catalog: Catalog, usage: UsageRepository | None, budgets: Budgets | None,
+                 audit: AuditLog | None = None) -> None:
         self._catalog = catalog
         self._usage = usage
         self._budgets = budgets
+        self._audit = audit or AuditLog.discarding()
 
     def _ledger(self) -> tuple[UsageRepository, Budgets]:
         if self._usage is None or self._budgets is None:
@@ -60,6 +69,9 @@ class Reports:
     async def usage(self, identity: Identity, query: UsageQuery) -> UsagePage:
         repo, _ = self._ledger()
         user_id = access.report_subject(identity, query.target_user_id, query.all_users)
+        if query.all_users or user_id != identity.user_id:
+            self._audit.record(Kind.USAGE_READ_OTHER_USER, subject="" if query.all_users else user_id,
+                               details={"all_users": query.all_users})
         models = [self._catalog.require(m, field="models").id for m in query.models]
         size = page_size(query.page_size, default=100, maximum=1000)
         start = timestamp_to_datetime(query.start, "start_time") if query.start is not None else None
@@ -88,12 +100,20 @@ class Reports:
     async def set_budget(self, identity: Identity, target_user_id: str, limits: list[Limit]) -> BudgetView:
         _, budgets = self._ledger()
         user_id = access.target_user(identity, target_user_id)
-        await budgets.set_limits(user_id, limits, admin=identity.has_scope("admin"))
+
+        async def audited(conn) -> None:
+            await self._audit.write(conn, Kind.BUDGET_CHANGED, subject=user_id, resource=user_id,
+                                    details={"limits": _limits_text(limits)})
+
+        await budgets.set_limits(user_id, limits, admin=identity.has_scope("admin"), on_write=audited)
         return await self._budget(user_id)
 
     async def get_budget(self, identity: Identity, target_user_id: str) -> BudgetView:
         self._ledger()
-        return await self._budget(access.target_user(identity, target_user_id))
+        user_id = access.target_user(identity, target_user_id)
+        if user_id != identity.user_id:
+            self._audit.record(Kind.BUDGET_READ_OTHER_USER, subject=user_id, resource=user_id)
+        return await self._budget(user_id)
 
     async def _budget(self, user_id: str) -> BudgetView:
         repo, budgets = self._ledger()

@@ -32,6 +32,16 @@ INSERT INTO usage_records (id, user_id, create_time, kind, requested_model, mode
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
 ON CONFLICT (id) DO NOTHING
 """
+# The same, unless the user's data was deleted after the call began (services/runtime/user_data.py):
+# a record buffered, spooled or still in flight at the deletion must not bring the user back.
+_INSERT_UNLESS_DELETED = """
+INSERT INTO usage_records (id, user_id, create_time, kind, requested_model, model, provider, status, error_reason,
+    input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, queue_ms,
+    cache_hit, streamed, metadata)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20::jsonb
+WHERE NOT user_deleted_since($2, $3)
+ON CONFLICT (id) DO NOTHING
+"""
 
 
 @dataclass
@@ -92,8 +102,10 @@ def _group(row: asyncpg.Record, keys: list[str]) -> UsageGroup:
 
 
 class UsageRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, keep_for_billing: bool = False) -> None:
         self.db = db
+        # Usage outlives a deletion of its user's data (records keep arriving as they were).
+        self._insert = _INSERT if keep_for_billing else _INSERT_UNLESS_DELETED
 
     async def write_batch(self, records: list[UsageRecord]) -> None:
         """One transaction for the whole batch, switching the RLS user per user."""
@@ -110,7 +122,7 @@ class UsageRepository:
             async with conn.transaction():
                 for user_id, rows in by_user.items():
                     await conn.execute(f"SELECT set_config('app.user_id', {quote_literal(user_id)}, true)")
-                    await conn.executemany(_INSERT, rows)
+                    await conn.executemany(self._insert, rows)
 
     async def spending_by_period(self, user_id: str, starts: list[datetime],
                                  exclude_ids: list[str] = ()) -> list[tuple[float, int]]:
@@ -135,16 +147,21 @@ class UsageRepository:
             row = await conn.fetchrow("SELECT limits, update_time FROM budgets")
         return (row["limits"], row["update_time"]) if row else ([], None)
 
-    async def put_budget(self, user_id: str, limits: list[dict]) -> datetime:
+    async def put_budget(self, user_id: str, limits: list[dict], *, on_write=None) -> datetime:
         async with self.db.transaction(user_id) as conn:
             if not limits:
                 await conn.execute("DELETE FROM budgets")
-                return await conn.fetchval("SELECT now()")
-            return await conn.fetchval(
-                "INSERT INTO budgets (limits) VALUES ($1) "
-                "ON CONFLICT (user_id) DO UPDATE SET limits = excluded.limits, update_time = now() RETURNING update_time",
-                limits,
-            )
+                update_time = await conn.fetchval("SELECT now()")
+            else:
+                update_time = await conn.fetchval(
+                    "INSERT INTO budgets (limits) VALUES ($1) "
+                    "ON CONFLICT (user_id) DO UPDATE SET limits = excluded.limits, update_time = now() "
+                    "RETURNING update_time",
+                    limits,
+                )
+            if on_write is not None:
+                await on_write(conn)
+            return update_time
 
     async def report(
         self,

@@ -90,6 +90,7 @@ class Ledger:
         self._max = max_buffered
         self._dropped = 0
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._listeners = listeners or []
         self.written = 0
@@ -131,12 +132,15 @@ class Ledger:
         """Writes everything buffered; returns how many records were written. Raises on a
         database failure, leaving the records buffered."""
         written = 0
-        while self._buffer and self._writer is not None:
-            batch = [self._buffer[i] for i in range(min(self._batch_size, len(self._buffer)))]
-            await self._writer(batch)
-            for _ in batch:
-                self._buffer.popleft()
-            written += len(batch)
+        # One flush at a time: the background task and an explicit flush (shutdown, a test, a
+        # deletion's caller) would otherwise both write the first batch and then pop it twice.
+        async with self._flushing:
+            while self._buffer and self._writer is not None:
+                batch = [self._buffer[i] for i in range(min(self._batch_size, len(self._buffer)))]
+                await self._writer(batch)
+                for _ in batch:
+                    self._buffer.popleft()
+                written += len(batch)
         self.written += written
         return written
 

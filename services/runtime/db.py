@@ -28,6 +28,10 @@ log = logging.getLogger("parley.db")
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_FILE = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
+# The runtime's own tables, applied to a service's schema with `audit=True`: the audit log
+# (services/runtime/audit.py) and per-user deletion marks (services/runtime/user_data.py).
+RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
+_RUNTIME_VERSION_PREFIX = "runtime:"
 
 
 def admin_database_url() -> str:
@@ -94,14 +98,26 @@ def _check_identifier(name: str) -> str:
     return name
 
 
-async def migrate(admin_url: str, *, schema: str, role: str, role_password: str | None, migrations_dir: Path) -> list[str]:
+def _migration_files(directory: Path) -> list[Path]:
+    found = sorted((int(m.group(1)), path) for path in directory.glob("*.sql") if (m := _MIGRATION_FILE.match(path.name)))
+    return [path for _, path in found]
+
+
+async def migrate(admin_url: str, *, schema: str, role: str, role_password: str | None, migrations_dir: Path,
+                  audit: bool = False) -> list[str]:
     """Creates the service's role and schema and applies pending migrations, in order, each in
     its own transaction. Safe to run from several replicas at once (advisory lock). Returns
-    the versions applied."""
+    the versions applied.
+
+    With `audit`, the runtime's own migrations come first (versions `runtime:NNN_…`, their
+    `{schema}` and `{role}` filled in), and the role may only read and append to the audit
+    log."""
     schema, role = _check_identifier(schema), _check_identifier(role)
-    files = sorted(
-        (int(m.group(1)), path) for path in migrations_dir.glob("*.sql") if (m := _MIGRATION_FILE.match(path.name))
-    )
+    pending = [(path.stem, path.read_text()) for path in _migration_files(migrations_dir)]
+    if audit:
+        pending = [(_RUNTIME_VERSION_PREFIX + path.stem,
+                    path.read_text().replace("{schema}", schema).replace("{role}", role))
+                   for path in _migration_files(RUNTIME_MIGRATIONS)] + pending
     applied_now: list[str] = []
     conn = await asyncpg.connect(admin_url)
     try:
@@ -118,13 +134,12 @@ async def migrate(admin_url: str, *, schema: str, role: str, role_password: str 
             "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
-        for number, path in files:
-            version = path.stem
+        for version, sql in pending:
             if version in done:
                 continue
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL search_path = {schema}, public")
-                await conn.execute(path.read_text())
+                await conn.execute(sql)
                 await conn.execute(f"INSERT INTO {schema}.schema_migrations (version) VALUES ($1)", version)
             applied_now.append(version)
             log.info("applied migration %s.%s", schema, version)
@@ -132,6 +147,8 @@ async def migrate(admin_url: str, *, schema: str, role: str, role_password: str 
         await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}")
         await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}")
         await conn.execute(f"REVOKE ALL ON {schema}.schema_migrations FROM {role}")
+        if audit:  # append-only: the blanket grant above must not reach the audit log
+            await conn.execute(f"REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_events FROM {role}")
     finally:
         try:
             await conn.execute("SELECT pg_advisory_unlock_all()")
@@ -205,6 +222,7 @@ async def open_service_database(
     jsonb: bool = True,
     init: ConnectionHook | None = None,
     check_server: Callable[[str, bool], Awaitable[None]] | None = None,
+    audit: bool = False,
 ) -> Database:
     """The one database start-up of every service: with an admin URL (or, when neither URL is
     given, the embedded server) migrate the schema and create the service role, then open the
@@ -212,12 +230,14 @@ async def open_service_database(
 
     `jsonb` installs `jsonb_as_python` before `init` on every connection. `check_server(url,
     is_admin)` runs first against the admin URL, or against the role URL when there is none
-    (the files service checks for pgvector there)."""
+    (the files service checks for pgvector there). `audit` adds the runtime's audit log and
+    deletion marks to the schema (see `migrate`)."""
     admin_url = admin_url or (None if database_url else admin_database_url())
     if admin_url:
         if check_server is not None:
             await check_server(admin_url, True)
-        await migrate(admin_url, schema=schema, role=role, role_password=role_password, migrations_dir=migrations_dir)
+        await migrate(admin_url, schema=schema, role=role, role_password=role_password, migrations_dir=migrations_dir,
+                      audit=audit)
     url = database_url or with_credentials(admin_url, role, role_password)
     if not admin_url and check_server is not None:
         await check_server(url, False)

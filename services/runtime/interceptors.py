@@ -1,5 +1,8 @@
 """The server interceptors every Parley service runs: error mapping and internal identity.
 
+The error mapping also starts each call's audit context (request id, peer) and records every
+domain PermissionDenied of every service in the service's audit log, once, here.
+
 Both wrap the servicer's behaviour; streaming handlers are async generators (they `yield`,
 never `context.write`), so one wrapper shape per cardinality is enough.
 """
@@ -14,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc.aio import AbortError
 
-from services.runtime import errors
+from services.runtime import audit, errors
 from services.runtime.identity import METADATA_KEY, Identity, IdentityVerifier
 from services.runtime.metrics import note_caller
 from services.runtime.request_check import check_request, tolerant_deserializer
@@ -27,6 +30,7 @@ log = logging.getLogger("parley.rpc")
 UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 _current_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("parley_identity", default=None)
+_current_token: contextvars.ContextVar[str] = contextvars.ContextVar("parley_identity_token", default="")
 
 
 def current_identity() -> Identity:
@@ -35,6 +39,16 @@ def current_identity() -> Identity:
     if identity is None:
         raise errors.Unauthenticated("no verified identity for this call", reason="IDENTITY_MISSING")
     return identity
+
+
+def forwarded_identity() -> tuple[tuple[str, str], ...]:
+    """The verified caller's own identity, as metadata for a call this service makes to
+    another internal service on the caller's behalf (the engine asking the sandbox to delete
+    a user's sandboxes for the administrator who asked it): nothing is minted or widened."""
+    token = _current_token.get()
+    if not token:
+        raise errors.Unauthenticated("no verified identity for this call", reason="IDENTITY_MISSING")
+    return ((METADATA_KEY, token),)
 
 
 def is_unguarded(method: str) -> bool:
@@ -77,27 +91,38 @@ async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns domain errors into rich statuses and anything unexpected into a bare INTERNAL.
+    """Turns domain errors into rich statuses and anything unexpected into a bare INTERNAL,
+    and audits permission denials (with an audit log: `audit_log`).
 
     Methods under `skip_prefixes` map their own errors (the gateway's forwarding handlers,
     which cannot afford a wrapper per streamed message)."""
 
-    def __init__(self, skip_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(self, skip_prefixes: tuple[str, ...] = (), audit_log: audit.AuditLog | None = None) -> None:
         self._skip = (*UNGUARDED_PREFIXES, *skip_prefixes)
+        self._audit = audit_log if audit_log is not None else audit.AuditLog.discarding()
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(self._skip):
             return handler
-        return wrap_handler(handler, lambda b: self._unary(method, b), lambda b: self._streaming(method, b))
+        metadata = handler_call_details.invocation_metadata
+        return wrap_handler(handler, lambda b: self._unary(method, metadata, b),
+                            lambda b: self._streaming(method, metadata, b))
 
-    @staticmethod
-    def _unary(method: str, behavior: Callable[..., Awaitable]):
+    def _denied(self, method: str, error: errors.PermissionDenied) -> None:
+        self._audit.record(audit.Kind.PERMISSION_DENIED, outcome=audit.Outcome.DENIED, resource=method,
+                           source=audit.call_source(),
+                           details={"reason": error.reason, **{k: v for k, v in error.metadata.items() if k == "scope"}})
+
+    def _unary(self, method: str, metadata, behavior: Callable[..., Awaitable]):
         async def handle(request, context):
+            audit.begin_call(metadata, context)
             try:
                 return await behavior(request, context)
             except errors.ParleyError as error:
+                if isinstance(error, errors.PermissionDenied):
+                    self._denied(method, error)
                 await _drain_requests(request)
                 await _abort(context, error)
             except (AbortError, asyncio.CancelledError):
@@ -107,13 +132,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return handle
 
-    @staticmethod
-    def _streaming(method: str, behavior: Callable):
+    def _streaming(self, method: str, metadata, behavior: Callable):
         async def handle(request, context):
+            audit.begin_call(metadata, context)
             try:
                 async for response in behavior(request, context):
                     yield response
             except errors.ParleyError as error:
+                if isinstance(error, errors.PermissionDenied):
+                    self._denied(method, error)
                 await _abort(context, error)
             except (AbortError, asyncio.CancelledError, GeneratorExit):
                 raise
@@ -173,10 +200,13 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
                 if failure is not None:
                     await _abort(context, failure)
                 note_caller(identity.user_id)  # the call's log line (services/runtime/metrics.py)
+                audit.note_actor(identity.user_id)
                 reset = _current_identity.set(identity)
+                token_reset = _current_token.set(token)
                 try:
                     return await behavior(request, context)
                 finally:
+                    _current_token.reset(token_reset)
                     _current_identity.reset(reset)
 
             return handle
@@ -186,7 +216,9 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
                 if failure is not None:
                     await _abort(context, failure)
                 note_caller(identity.user_id)
+                audit.note_actor(identity.user_id)
                 _current_identity.set(identity)
+                _current_token.set(token)
                 async for response in behavior(request, context):
                     yield response
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.runtime import admin_servicers
 from services.runtime.config import ConfigError, ServerSettings
 from services.runtime.identity import IdentityVerifier
 from services.runtime.interceptors import ErrorInterceptor, IdentityInterceptor, RequestCheckInterceptor
@@ -34,7 +35,10 @@ log = logging.getLogger("parley.server")
 
 
 class ServiceApp(Protocol):
-    """What a service hands to the bootstrap."""
+    """What a service hands to the bootstrap. Optional attributes the bootstrap looks for:
+    `audit_log` (services/runtime/audit.py: started and flushed here, and with a database
+    served as AuditLogService), `delete_user_data(user_id)` (served as UserDataService),
+    `self_managed_prefixes` and `on_health` (below)."""
 
     # Full protobuf names of the services it serves, e.g. "parley.sessions.v1.SessionService".
     service_names: Sequence[str]
@@ -67,12 +71,16 @@ class RunningServer:
     _stopped: bool = field(default=False, init=False)
 
     async def stop(self, grace: float) -> None:
-        """Reports NOT_SERVING, lets in-flight calls finish for `grace` seconds, then closes."""
+        """Reports NOT_SERVING, lets in-flight calls finish for `grace` seconds, then closes
+        (the audit log's queued events are written before the app closes its database)."""
         if self._stopped:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        audit_log = getattr(self.app, "audit_log", None)
+        if audit_log is not None:
+            await audit_log.aclose()
         await self.app.aclose()
 
 
@@ -87,24 +95,26 @@ async def start_server(
     # An app may serve some methods with its own error mapping and tracing (the gateway's
     # forwarding handlers): the shared interceptors leave those alone.
     own = tuple(getattr(app, "self_managed_prefixes", ()))
+    audit_log = getattr(app, "audit_log", None)
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        server_interceptor(own), CallInterceptor(own), ErrorInterceptor(own), *extra_interceptors
+        server_interceptor(own), CallInterceptor(own), ErrorInterceptor(own, audit_log), *extra_interceptors
     ]
     if verifier is not None:
         interceptors.append(IdentityInterceptor(verifier))
     interceptors.append(RequestCheckInterceptor(own))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     app.register(server)
+    internal = admin_servicers.register(server, app, guarded=verifier is not None)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for name in app.service_names:
+    for name in (*app.service_names, *internal):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     # Optional hook: an app that reports more than "up" (the gateway reports each backend).
     on_health = getattr(app, "on_health", None)
     if on_health is not None:
         await on_health(health)
     reflection.enable_server_reflection(
-        [*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        [*app.service_names, *internal, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     address = f"{settings.host}:{settings.port}"
     try:
@@ -112,6 +122,8 @@ async def start_server(
     except RuntimeError:
         raise ConfigError(f"cannot listen on {address}: is another process using that port?") from None
     await server.start()
+    if audit_log is not None:
+        audit_log.start()
     return RunningServer(server=server, health=health, app=app, port=port)
 
 

@@ -134,3 +134,17 @@ def error_details(status: status_pb2.Status) -> dict[str, object]:
                 detail.Unpack(message)
                 found[cls.DESCRIPTOR.name] = message
     return found
+
+
+_CLASSES = {code: cls for cls, code in _CODES.items()}
+
+
+def domain_error(error: grpc.aio.AioRpcError) -> errors.ParleyError:
+    """Another service's failure as the domain error it reported (code, message, ErrorInfo
+    reason and metadata), for a service that relays it from behind its own servicer."""
+    status = from_rpc_error(error)
+    details = error_details(status) if status is not None else {}
+    info = details.get("ErrorInfo")
+    cls = _CLASSES.get(error.code().value[0], errors.Internal)
+    return cls(error.details() or error.code().name, reason=info.reason if info else error.code().name,
+               metadata=dict(info.metadata) if info else {})

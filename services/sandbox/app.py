@@ -9,6 +9,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from parley.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
+from services.runtime.audit import AuditLog, Kind
+from services.runtime.user_data import Removed
 from services.sandbox import cgroups, walls
 from services.sandbox.sandboxes import Sandboxes
 from services.sandbox.servicer import SandboxServicer
@@ -24,6 +26,8 @@ class SandboxApp:
 
     def __init__(self, sandboxes: Sandboxes) -> None:
         self.sandboxes = sandboxes
+        # No database: events are log lines (the gateway records the deletion as a whole).
+        self.audit_log = AuditLog("sandbox")
 
     def register(self, server: grpc.aio.Server) -> None:
         sandbox_service_pb2_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(self.sandboxes), server)
@@ -33,6 +37,12 @@ class SandboxApp:
         NOT_SERVING while executions would be refused."""
         if not self.sandboxes.walls.can_execute:
             await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def delete_user_data(self, user_id: str) -> list[Removed]:
+        deleted = await self.sandboxes.delete_for_user(user_id)
+        self.audit_log.record(Kind.USER_DATA_DELETED, subject=user_id, resource=user_id,
+                              details={"sandboxes": deleted})
+        return [Removed("sandbox", {"sandboxes": deleted})]
 
     async def aclose(self) -> None:
         await self.sandboxes.aclose()

@@ -270,6 +270,17 @@ class Sandboxes:
         for sandbox in found:
             await self._destroy(sandbox)
 
+    async def delete_for_user(self, user_id: str) -> int:
+        """Deletes every sandbox of the user (their data was deleted), with its kernel and
+        files, and forgets their expired ones; returns how many were live."""
+        async with self._creating:  # not while a CreateSandbox of theirs is deciding
+            found = [s for s in self._live.values() if s.user_id == user_id]
+            for sandbox_id in [i for i, (s, _) in self._expired.items() if s.user_id == user_id]:
+                del self._expired[sandbox_id]
+        for sandbox in found:
+            await self._destroy(sandbox)
+        return len(found)
+
     async def _destroy(self, sandbox: Sandbox, *, expired: bool = False) -> None:
         if self._live.pop(sandbox.id, None) is None:
             return

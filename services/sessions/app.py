@@ -14,6 +14,7 @@ import grpc
 
 from parley.runstore.v1 import runstore_service_pb2, runstore_service_pb2_grpc
 from parley.sessions.v1 import sessions_service_pb2, sessions_service_pb2_grpc
+from services.runtime.audit import AuditLog
 from services.runtime.config import env_float, env_int, env_str
 from services.runtime.db import DEFAULT_STATEMENT_TIMEOUT_SECONDS, Database, open_service_database, statement_timeout_from_env
 from services.runtime.metrics import log_quietly_when_ok
@@ -22,6 +23,7 @@ from services.sessions.runstore import RunStore
 from services.sessions.runstore.servicer import RunStoreServicer
 from services.sessions.runstore.session_deletions import SessionDeletions
 from services.sessions.servicer import SessionServicer
+from services.sessions.user_data import delete_user_data
 
 log = logging.getLogger("parley.sessions")
 
@@ -65,10 +67,11 @@ class SessionsSettings:
 class SessionsApp:
     service_names = (SERVICE_NAME, RUN_STORE_SERVICE_NAME)
 
-    def __init__(self, db: Database, sessions: Sessions, settings: SessionsSettings) -> None:
+    def __init__(self, db: Database, sessions: Sessions, settings: SessionsSettings, audit_log: AuditLog) -> None:
         self.db = db
         self.sessions = sessions
-        self.run_store = RunStore(db)
+        self.audit_log = audit_log
+        self.run_store = RunStore(db, audit=audit_log)
         self._retention: asyncio.Task | None = None
         if settings.retention_days > 0:
             self._retention = asyncio.create_task(
@@ -92,6 +95,9 @@ class SessionsApp:
                 log.exception("retention purge failed")
             await asyncio.sleep(interval)
 
+    async def delete_user_data(self, user_id: str):
+        return await delete_user_data(self.db, self.audit_log, user_id)
+
     async def aclose(self) -> None:
         if self._retention is not None:
             self._retention.cancel()
@@ -106,7 +112,8 @@ async def build_app(settings: SessionsSettings | None = None) -> SessionsApp:
     db = await open_service_database(
         schema=SCHEMA, role=ROLE, migrations_dir=MIGRATIONS, admin_url=settings.admin_url,
         database_url=settings.database_url, role_password=settings.role_password, pool_size=settings.pool_size,
-        statement_timeout=settings.statement_timeout,
+        statement_timeout=settings.statement_timeout, audit=True,
     )
-    sessions = Sessions(db, Limits(max_message_bytes=settings.max_message_bytes))
-    return SessionsApp(db, sessions, settings)
+    audit_log = AuditLog("sessions", db)
+    sessions = Sessions(db, Limits(max_message_bytes=settings.max_message_bytes), audit=audit_log)
+    return SessionsApp(db, sessions, settings, audit_log)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from services.runtime import errors
+from services.runtime.audit import AuditLog, Kind
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
 from services.runtime.pagination import (
@@ -87,10 +88,12 @@ def _enum_value(value: int, enum: type, field: str, *, allow_unspecified: bool) 
 
 
 class Sessions:
-    def __init__(self, db: Database, limits: Limits | None = None, repository: SessionRepository | None = None) -> None:
+    def __init__(self, db: Database, limits: Limits | None = None, repository: SessionRepository | None = None,
+                 audit: AuditLog | None = None) -> None:
         self._db = db
         self._repo = repository or SessionRepository()
         self.limits = limits or Limits()
+        self._audit = audit or AuditLog.discarding()
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -152,6 +155,8 @@ class Sessions:
         sid = parse_id(session_id, "session_id")
         async with self._db.transaction(user_id) as conn:
             deleted = await self._repo.delete_session(conn, sid)
+            if deleted:
+                await self._audit.write(conn, Kind.SESSION_DELETED, subject=user_id, resource=str(sid))
         if not deleted:
             raise _session_not_found(sid)
 
@@ -302,12 +307,16 @@ class Sessions:
 
     async def purge_idle_sessions(self, idle_for: timedelta, *, batch: int = 1000) -> int:
         """Deletes every session (of any user) idle for longer than `idle_for`. Maintenance,
-        not a user action: it runs through a SECURITY DEFINER function in the database."""
+        not a user action: it runs through a SECURITY DEFINER function in the database. Each
+        batch commits with its `retention.purged` audit event."""
         cutoff = datetime.now(timezone.utc) - idle_for
         total = 0
         while True:
-            async with self._db.acquire() as conn:
+            async with self._db.acquire() as conn, conn.transaction():
                 purged = await self._repo.purge_idle_sessions(conn, cutoff, batch)
+                if purged:
+                    await self._audit.write(conn, Kind.RETENTION_PURGED, actor="", details={
+                        "table": "sessions", "count": purged, "idle_before": cutoff.isoformat()})
             total += purged
             if purged < batch:
                 return total

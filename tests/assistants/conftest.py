@@ -260,3 +260,49 @@ async def backends(stack):
     yield sgrpc.SessionServiceStub(sessions), fgrpc.FileServiceStub(files)
     await sessions.close()
     await files.close()
+
+
+@dataclasses.dataclass
+class CodeInterpreterStack:
+    gateway: object  # RunningServer
+    sandbox: object  # RunningServer
+    sessions: object  # RunningServer
+    sessions_url: str
+    engine: EngineProcess
+
+
+@pytest.fixture(scope="module")
+async def code_interpreter_stack(stack, postgres_server_url, identity_private_key, identity_public_key):
+    """A sandbox service, an engine process that uses it on its own sessions service (so the
+    stack's other engine, which has no sandbox, never claims these runs from the queue), and
+    a gateway in front of them; llm and files are the stack's. Used by the code interpreter's
+    end-to-end tests and the user data deletion's; per module, so that its connections are
+    closed before the tests after them (the embedded PostgreSQL takes 100)."""
+    from services.gateway.jwt_auth import JwtSettings
+    from services.sandbox.app import build_app as build_sandbox_app
+    from services.sessions.app import build_app as build_sessions_app
+    from tests.gateway.conftest import gateway_settings, start_gateway
+    from tests.sandbox.conftest import sandbox_root, sandbox_settings
+    from tests.sessions.conftest import sessions_settings
+
+    sandbox = await serve_app(await build_sandbox_app(sandbox_settings(sandbox_root())), "sandbox",
+                              identity_public_key)
+    async with fresh_database(postgres_server_url, "parley_ci_sessions") as sessions_url:
+        sessions = await serve_app(await build_sessions_app(sessions_settings(sessions_url)), "sessions",
+                                   identity_public_key)
+        engine = stack.engine_process("code-interpreter", PARLEY_SANDBOX_TARGET=f"127.0.0.1:{sandbox.port}",
+                                      PARLEY_SESSIONS_TARGET=f"127.0.0.1:{sessions.port}")
+        try:
+            await engine.wait_serving()
+            # The stack's gateway database, where stack.api_key() stores keys.
+            gateway = await start_gateway(gateway_settings(stack.database_url, identity_private_key, targets={
+                "llm": f"127.0.0.1:{stack.llm_port}", "sessions": f"127.0.0.1:{sessions.port}",
+                "files": f"127.0.0.1:{stack.files_port}", "assistants": engine.target}, jwt=JwtSettings()))
+            try:
+                yield CodeInterpreterStack(gateway, sandbox, sessions, sessions_url, engine)
+            finally:
+                await gateway.stop(0.5)
+        finally:
+            engine.stop()
+            await sessions.stop(0.5)
+            await sandbox.stop(0.5)

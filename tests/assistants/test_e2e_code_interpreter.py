@@ -27,45 +27,15 @@ from parley.sessions.v1 import sessions_service_pb2 as sapi
 from parley.sessions.v1 import sessions_service_pb2_grpc as sgrpc
 from parley.sessions.v1 import sessions_pb2 as spb
 from tests.assistants.helpers import collect, user_message
-from tests.conftest import channel_to, serve_app
+from tests.conftest import channel_to
 
 CSV = b"city,temp\nLisbon,21\nOslo,7\nCairo,33\n"
 
 
 @pytest.fixture(scope="module")
-async def ci(stack, postgres_server_url, identity_private_key, identity_public_key):
-    """A sandbox service, an engine process that uses it on its own sessions service (so the
-    stack's other engine, which has no sandbox, never claims these runs from the queue), and
-    a gateway in front of them; llm and files are the stack's."""
-    from services.gateway.jwt_auth import JwtSettings
-    from services.sandbox.app import build_app as build_sandbox_app
-    from services.sessions.app import build_app as build_sessions_app
-    from tests.conftest import fresh_database
-    from tests.gateway.conftest import gateway_settings, start_gateway
-    from tests.sandbox.conftest import sandbox_root, sandbox_settings
-    from tests.sessions.conftest import sessions_settings
-
-    sandbox = await serve_app(await build_sandbox_app(sandbox_settings(sandbox_root())), "sandbox",
-                              identity_public_key)
-    async with fresh_database(postgres_server_url, "parley_ci_sessions") as sessions_url:
-        sessions = await serve_app(await build_sessions_app(sessions_settings(sessions_url)), "sessions",
-                                   identity_public_key)
-        engine = stack.engine_process("code-interpreter", PARLEY_SANDBOX_TARGET=f"127.0.0.1:{sandbox.port}",
-                                      PARLEY_SESSIONS_TARGET=f"127.0.0.1:{sessions.port}")
-        try:
-            await engine.wait_serving()
-            # The stack's gateway database, where stack.api_key() stores keys.
-            gateway = await start_gateway(gateway_settings(stack.database_url, identity_private_key, targets={
-                "llm": f"127.0.0.1:{stack.llm_port}", "sessions": f"127.0.0.1:{sessions.port}",
-                "files": f"127.0.0.1:{stack.files_port}", "assistants": engine.target}, jwt=JwtSettings()))
-            try:
-                yield gateway, sandbox
-            finally:
-                await gateway.stop(0.5)
-        finally:
-            engine.stop()
-            await sessions.stop(0.5)
-            await sandbox.stop(0.5)
+def ci(code_interpreter_stack):
+    """The gateway and the sandbox of the code-interpreter stack (tests/assistants/conftest.py)."""
+    return code_interpreter_stack.gateway, code_interpreter_stack.sandbox
 
 
 @pytest.fixture

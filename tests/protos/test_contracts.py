@@ -41,11 +41,15 @@ def test_every_service_contract_is_importable_with_its_stub():
         "parley.sandbox.v1.SandboxService",
         "parley.gateway.v1.ApiKeyService",
         "parley.runstore.v1.RunStoreService",
+        "parley.admin.v1.AdminService",
+        "parley.admin.v1.AuditLogService",
+        "parley.admin.v1.UserDataService",
     }
     assert {"Generate", "StreamGenerate", "Embed", "ListModels", "CountTokens", "GetUsage"} <= set(services["parley.llm.v1.LLMService"])
     assert {"UploadFile", "SearchVectorStore", "DownloadFile"} <= set(services["parley.files.v1.FileService"])
     assert {"StreamRun", "WatchRun", "SubmitToolOutputs", "CancelRun"} <= set(services["parley.assistants.v1.AssistantService"])
     assert {"ExportSession", "SubmitFeedback", "ListMessages"} <= set(services["parley.sessions.v1.SessionService"])
+    assert {"ListAuditEvents", "ExportAuditEvents", "DeleteUserData"} <= set(services["parley.admin.v1.AdminService"])
     assert {"CreateRun", "UpdateRun", "GetActiveRun", "AppendRunEvents", "ListRunEvents"} <= set(
         services["parley.runstore.v1.RunStoreService"]
     )

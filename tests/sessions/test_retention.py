@@ -10,6 +10,7 @@ import asyncpg
 
 from parley.sessions.v1 import sessions_pb2 as pb
 from parley.sessions.v1 import sessions_service_pb2 as api
+from services.runtime.audit import AuditFilter
 from services.sessions.app import build_app
 from tests.sessions.conftest import sessions_settings
 
@@ -50,6 +51,12 @@ async def test_purge_removes_only_idle_sessions_of_all_users(sessions_server, se
 
     purged = await sessions_server.app.sessions.purge_idle_sessions(timedelta(days=30), batch=1)
     assert purged >= 2
+    # Each batch committed with its own audit event (the system acting: no actor).
+    events, _ = await sessions_server.app.audit_log.list("auditor", AuditFilter(kinds=("retention.purged",)),
+                                                         after=None, limit=1000)
+    mine = [e for e in events if e.details.get("table") == "sessions"]
+    assert sum(e.details["count"] for e in mine) >= 2 and all(e.details["count"] == 1 for e in mine)
+    assert all(e.actor_user_id == "" and e.service == "sessions" for e in mine)
     assert await _exists(admin_url, old_a.id) == (False, 0)
     assert await _exists(admin_url, old_b.id) == (False, 0)
     assert await _exists(admin_url, fresh.id) == (True, 1)

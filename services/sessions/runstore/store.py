@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from services.runtime import errors
+from services.runtime.audit import AuditLog, Kind
 from services.runtime.db import Database
 from services.runtime.errors import FieldViolation
 from services.runtime.pagination import (
@@ -216,10 +217,11 @@ def _statuses(values: Iterable[int], field: str) -> tuple[list[int], list[FieldV
 
 class RunStore:
     def __init__(self, db: Database, repository: RunStoreRepository | None = None,
-                 changes: RunChanges | None = None) -> None:
+                 changes: RunChanges | None = None, audit: AuditLog | None = None) -> None:
         self._db = db
         self._repo = repository or RunStoreRepository()
         self._changes = changes or RunChanges(db.pool)
+        self._audit = audit or AuditLog.discarding()
 
     async def aclose(self) -> None:
         await self._changes.aclose()
@@ -271,6 +273,8 @@ class RunStore:
         aid = parse_id(assistant_id, "assistant_id")
         async with self._db.transaction(user_id) as conn:
             deleted = await self._repo.delete_assistant(conn, aid)
+            if deleted:
+                await self._audit.write(conn, Kind.ASSISTANT_DELETED, subject=user_id, resource=str(aid))
         if not deleted:
             raise not_found("assistant", "assistant_id", aid)
 
