@@ -11,7 +11,9 @@ import secrets
 import sys
 from pathlib import Path
 
-from services.runtime.identity import generate_private_key_pem, public_key_pem
+from cryptography.hazmat.primitives import serialization
+
+from services.runtime.identity import generate_private_key_pem, key_id, load_public_keys, public_key_pem
 
 PRIVATE_KEY = "identity-ed25519.pem"
 PUBLIC_KEY = "identity-ed25519.pub.pem"
@@ -28,6 +30,15 @@ def _write_once(path: Path, content: bytes) -> bool:
     return True
 
 
+def _trusts(public_file: Path, private_pem: bytes) -> bool:
+    try:
+        trusted = load_public_keys(public_file.read_bytes())
+    except (OSError, ValueError):
+        return False
+    own = serialization.load_pem_private_key(private_pem, password=None).public_key()
+    return key_id(own) in trusted
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: parley-init-secrets DIR", file=sys.stderr)
@@ -37,8 +48,10 @@ def main(argv: list[str]) -> int:
     created = []
     if _write_once(directory / PRIVATE_KEY, generate_private_key_pem()):
         created.append(PRIVATE_KEY)
-    public = public_key_pem((directory / PRIVATE_KEY).read_bytes())
-    if not (directory / PUBLIC_KEY).exists() or (directory / PUBLIC_KEY).read_bytes() != public:
+    private = (directory / PRIVATE_KEY).read_bytes()
+    public = public_key_pem(private)
+    # A bundle that already trusts this key is kept: during a rotation it holds the old key too.
+    if not _trusts(directory / PUBLIC_KEY, private):
         (directory / PUBLIC_KEY).write_bytes(public)
         created.append(PUBLIC_KEY)
     if _write_once(directory / PAGE_TOKEN_SECRET, secrets.token_hex(32).encode()):

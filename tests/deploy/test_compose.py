@@ -122,6 +122,27 @@ def test_secrets_init_creates_the_shared_secrets_once(secrets_dir):
     assert {path.name: path.read_bytes() for path in secrets_dir.iterdir()} == before
 
 
+def test_secrets_init_keeps_a_public_key_bundle_of_a_rotation_and_mends_a_wrong_one(tmp_path):
+    """During an identity key rotation the public key file trusts the old and the new key; a
+    restart of secrets-init must not cut it back to one (backends would refuse the other)."""
+    from services.runtime.identity import generate_private_key_pem, public_key_pem
+
+    def init() -> None:
+        result = subprocess.run([sys.executable, str(ROOT / "deploy" / "init_secrets.py"), str(tmp_path)],
+                                capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stderr
+
+    init()
+    current = (tmp_path / "identity-ed25519.pub.pem").read_bytes()
+    bundle = public_key_pem(generate_private_key_pem()) + current
+    (tmp_path / "identity-ed25519.pub.pem").write_bytes(bundle)
+    init()
+    assert (tmp_path / "identity-ed25519.pub.pem").read_bytes() == bundle
+    (tmp_path / "identity-ed25519.pub.pem").write_bytes(public_key_pem(generate_private_key_pem()))
+    init()
+    assert (tmp_path / "identity-ed25519.pub.pem").read_bytes() == current
+
+
 def _env_with_local_secrets(compose: dict, name: str, spec: dict, secrets_dir: Path) -> dict[str, str]:
     """The container's environment, each `*_FILE` pointing at the local copy of the file — which
     must lie on the secrets volume that this container mounts read-only."""
