@@ -19,6 +19,7 @@ import {
   type Step,
   type Thread,
 } from "../types";
+import { useFileDrop } from "../filedrop";
 import { MessageView, StepsView } from "./messages";
 
 // ---- what to chat with -----------------------------------------------------------------------
@@ -342,7 +343,7 @@ function Conversation(props: {
   const [stopping, setStopping] = useState(false);
   const [pending, setPending] = useState<Message | null>(null);
   const [attachments, setAttachments] = useState<Attachment[]>([]);
-  const [dragging, setDragging] = useState(false);
+  const [dragging, dropHandlers] = useFileDrop((files) => attach(files));
   const [chosen, setChosen] = useState<Target | null>(props.threadId ? null : props.preselect);
   // How the last run ended when it did not complete (stopped, failed, …), shown until the next one.
   const [outcome, setOutcome] = useState<{ run: Run | null; error: string | null } | null>(null);
@@ -583,19 +584,7 @@ function Conversation(props: {
   );
 
   return (
-    <section class={dragging ? "conversation dragging" : "conversation"} aria-label="Conversation"
-      onDragOver={(e) => {
-        if (e.dataTransfer?.types.includes("Files")) {
-          e.preventDefault();
-          setDragging(true);
-        }
-      }}
-      onDragLeave={(e) => e.currentTarget === e.target && setDragging(false)}
-      onDrop={(e) => {
-        e.preventDefault();
-        setDragging(false);
-        if (e.dataTransfer?.files.length) attach(e.dataTransfer.files);
-      }}
+    <section class={dragging ? "conversation dragging" : "conversation"} aria-label="Conversation" {...dropHandlers}
       data-testid="conversation">
       <header class="conversation-header">
         <h1 class="conversation-title" data-testid="conversation-title">{threadId ? thread?.title || "Untitled chat" : "New chat"}</h1>

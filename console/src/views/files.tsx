@@ -5,6 +5,7 @@ import { Link, useLocation, useSearch } from "wouter-preact";
 import { describe, saveBlob, type Page } from "../api";
 import { useConsole } from "../app";
 import type { FileObject, SearchResult, VectorStore, VectorStoreFile } from "../types";
+import { useFileDrop } from "../filedrop";
 
 export function size(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;
@@ -31,7 +32,7 @@ function StoreView(props: { store: VectorStore; files: Map<string, FileObject>; 
   const [entries, setEntries] = useState<VectorStoreFile[] | null>(null);
   const [uploads, setUploads] = useState<Upload[]>([]);
   const [names, setNames] = useState<Map<string, FileObject>>(props.files);
-  const [dragging, setDragging] = useState(false);
+  const [dragging, dropHandlers] = useFileDrop((files) => files.forEach((file) => upload(file)));
   const [query, setQuery] = useState("");
   const [results, setResults] = useState<SearchResult[] | null>(null);
   const [searching, setSearching] = useState(false);
@@ -113,19 +114,7 @@ function StoreView(props: { store: VectorStore; files: Map<string, FileObject>; 
   };
 
   return (
-    <div class={dragging ? "store dragging" : "store"} data-testid="store-view"
-      onDragOver={(e) => {
-        if (e.dataTransfer?.types.includes("Files")) {
-          e.preventDefault();
-          setDragging(true);
-        }
-      }}
-      onDragLeave={(e) => e.currentTarget === e.target && setDragging(false)}
-      onDrop={(e) => {
-        e.preventDefault();
-        setDragging(false);
-        for (const file of Array.from(e.dataTransfer?.files ?? [])) upload(file);
-      }}>
+    <div class={dragging ? "store dragging" : "store"} data-testid="store-view" {...dropHandlers}>
       <h2>{props.store.name || props.store.id}</h2>
       <p class="muted">{props.store.id}</p>
       <div class="dropzone" data-testid="dropzone">
