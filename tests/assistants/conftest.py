@@ -32,11 +32,13 @@ import pytest
 from parley.assistants.v1 import assistants_service_pb2_grpc as agrpc
 from parley.files.v1 import files_service_pb2_grpc as fgrpc
 from parley.sessions.v1 import sessions_service_pb2_grpc as sgrpc
+from services.runtime.identity import generate_private_key_pem, public_key_pem
 from tests.conftest import fresh_database, serve_app
 
 VENDORS = ("openai", "anthropic", "mistral")
 MODELS_PER_VENDOR = 60
 LEASE_SECONDS = 3.0
+IDENTITY_PROVIDER = "https://idp.parley.test"
 
 
 def _models_file() -> str:
@@ -124,12 +126,26 @@ class Stack:
     log_dir: Path
     # Admin URL of the sessions database (the run store's tables), for tests that count writes.
     database_url: str
+    # The private key of the identity provider whose JWTs the gateway accepts (see `jwt`).
+    identity_provider_key: bytes = b""
     _models: dict = dataclasses.field(default_factory=lambda: {v: itertools.count() for v in VENDORS})
 
     def model(self, vendor: str = "openai") -> str:
         index = next(self._models[vendor])
         assert index < MODELS_PER_VENDOR, "add models to tests/assistants/conftest.py's models file"
         return f"{vendor}/m{index}"
+
+    def jwt(self, user: str, lifetime_seconds: float = 600) -> str:
+        """A JWT for `user` from the stack's identity provider, as a browser would hold one."""
+        import time
+
+        import jwt as pyjwt
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(self.identity_provider_key, password=None)
+        now = int(time.time())
+        return pyjwt.encode({"sub": user, "iss": IDENTITY_PROVIDER, "aud": "parley", "iat": now,
+                             "exp": now + int(lifetime_seconds)}, key, algorithm="EdDSA")
 
     def direct(self, user: str):
         return self.minter.metadata(user, ("sessions", "llm", "files", "assistants"))
@@ -169,6 +185,7 @@ async def stack(postgres_server_url, vector_server_url, identity_private_key, id
     from tests.sessions.conftest import sessions_settings
 
     base = tmp_path_factory.mktemp("assistants-stack")
+    identity_provider_key = generate_private_key_pem()  # an Ed25519 key, as an identity provider may use
     models = base / "models.yaml"
     models.write_text(_models_file())
     private, public = base / "identity.pem", base / "identity.pub.pem"
@@ -210,10 +227,12 @@ async def stack(postgres_server_url, vector_server_url, identity_private_key, id
             admin_url, identity_private_key, targets={
                 "llm": f"127.0.0.1:{llm.port}", "sessions": f"127.0.0.1:{sessions.port}",
                 "files": f"127.0.0.1:{files.port}", "assistants": engine.target},
-            jwt=JwtSettings()))
+            jwt=JwtSettings(public_key_pem=public_key_pem(identity_provider_key), issuer=IDENTITY_PROVIDER,
+                            audiences=("parley",))))
         stack = Stack(fakes=assistant_fakes, llm_port=llm.port, sessions_port=sessions.port, files_port=files.port,
                       gateway_port=gateway.port, engine=engine, engine_env=engine_env, minter=minter,
-                      keys=gateway.app.gate.keys, log_dir=log_dir, database_url=admin_url)
+                      keys=gateway.app.gate.keys, log_dir=log_dir, database_url=admin_url,
+                      identity_provider_key=identity_provider_key)
         try:
             yield stack
         finally:

@@ -140,6 +140,16 @@ const SCENARIOS = {
     return { message: text };
   },
 
+  async jwt_sign_in({ page }) {
+    // config.key is a JWT from the deployment's identity provider; config.title, a thread of
+    // that user's made through the API with the same token.
+    await signIn(page);
+    check(!page.url().includes(config.key), "the token must never be in the URL");
+    await page.waitForSelector(`[data-testid=session-item]:has-text(${JSON.stringify(config.title)})`, { timeout: WAIT });
+    const titles = await page.$$eval("[data-testid=session-item]", (items) => items.map((item) => item.textContent));
+    return { titles };
+  },
+
   async streaming({ page }) {
     await signIn(page);
     await choose(page, `model:${config.model}`);
