@@ -46,8 +46,10 @@ def record(user: str, when: datetime) -> UsageRecord:
 
 @pytest.fixture(scope="module")
 async def deleting_llm(admin_url, identity_public_key):
-    """An llm service of its own (the test reaches into its ledger), usage deleted with users."""
-    app, running = await start_llm(llm_settings(admin_url), identity_public_key)
+    """An llm service of its own (the test reaches into its ledger), usage deleted with users.
+    Its ledger flushes only when the test says so: a background flush could otherwise write
+    the "late" record before the deletion it is meant to arrive after."""
+    app, running = await start_llm(llm_settings(admin_url, usage_flush_seconds=3600), identity_public_key)
     channel = channel_to(running)
     yield app, llm_service_pb2_grpc.LLMServiceStub(channel), channel
     await channel.close()
@@ -57,7 +59,8 @@ async def deleting_llm(admin_url, identity_public_key):
 @pytest.fixture(scope="module")
 async def billing_llm(admin_url, identity_public_key):
     """An llm service that keeps usage records for billing when a user's data is deleted."""
-    app, running = await start_llm(llm_settings(admin_url, keep_usage_for_billing=True), identity_public_key)
+    app, running = await start_llm(llm_settings(admin_url, keep_usage_for_billing=True, usage_flush_seconds=3600),
+                                   identity_public_key)
     yield app, running
     await running.stop(0.5)
 
