@@ -40,14 +40,8 @@ def _model_out(model: lpb.Model) -> dict:
 
 @router.get("/models", summary="List models")
 async def list_models(request: Request):
-    gateway, models, token = _gateway(request), [], ""
-    while True:
-        page = await gateway.call(request, gateway.llm.ListModels, lapi.ListModelsRequest(page_size=100,
-                                                                                          page_token=token))
-        models.extend(_model_out(m) for m in page.models)
-        token = page.next_page_token
-        if not token:
-            return json_response({"object": "list", "data": models})
+    models = await _gateway(request).all_models(request)
+    return json_response({"object": "list", "data": [_model_out(m) for m in models]})
 
 
 @router.get("/models/{model_id:path}", summary="Retrieve a model")

@@ -264,14 +264,8 @@ def model_out(model: lpb.Model) -> dict:
 
 @router.get("/models", summary="Every model with its capabilities, limits, prices and availability")
 async def list_models(request: Request):
-    gateway, models, token = _gateway(request), [], ""
-    while True:
-        page = await gateway.call(request, gateway.llm.ListModels, lapi.ListModelsRequest(page_size=100,
-                                                                                          page_token=token))
-        models.extend(model_out(m) for m in page.models)
-        token = page.next_page_token
-        if not token:
-            return json_response({"object": "list", "data": models})
+    models = await _gateway(request).all_models(request)
+    return json_response({"object": "list", "data": [model_out(m) for m in models]})
 
 
 # ---- usage and budgets -----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from parley.assistants.v1 import assistants_service_pb2_grpc
 from parley.files.v1 import files_service_pb2_grpc
-from parley.llm.v1 import llm_service_pb2_grpc
+from parley.llm.v1 import llm_pb2, llm_service_pb2, llm_service_pb2_grpc
 from parley.sessions.v1 import sessions_service_pb2_grpc
 from services.rest.errors import ApiError, from_grpc
 
@@ -52,6 +52,17 @@ class Gateway:
 
     def stream(self, request: Request, method, message, timeout: float | None = None):
         return method(message, metadata=self.metadata(request), timeout=timeout or self.timeout)
+
+    async def all_models(self, request: Request) -> list[llm_pb2.Model]:
+        """Every model the caller may use, all pages of ListModels."""
+        models, token = [], ""
+        while True:
+            page = await self.call(request, self.llm.ListModels,
+                                   llm_service_pb2.ListModelsRequest(page_size=100, page_token=token))
+            models.extend(page.models)
+            token = page.next_page_token
+            if not token:
+                return models
 
 
 async def _disconnected(request: Request) -> None:
