@@ -258,6 +258,16 @@ def rich_error(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, list[
     return error.code(), reason, fields
 
 
+async def user_rows(url: str, schema: str, tables, user: str) -> dict[str, int]:
+    """How many rows of `user` each of `schema`'s `tables` holds, counted as the database's
+    owner (past row-level security)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return {t: await conn.fetchval(f"SELECT count(*) FROM {schema}.{t} WHERE user_id = $1", user) for t in tables}
+    finally:
+        await conn.close()
+
+
 async def expect_error(call, code: grpc.StatusCode) -> tuple[str, list[str]]:
     """Awaits `call`, asserts it fails with `code`, returns (reason, fields)."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import uuid
 
-import asyncpg
 import grpc
 
 from parley.admin.v1 import admin_service_pb2 as aapi
@@ -24,16 +23,11 @@ from parley.assistants.v1 import assistants_service_pb2_grpc as agrpc
 from parley.sandbox.v1 import sandbox_service_pb2 as sbapi
 from parley.sandbox.v1 import sandbox_service_pb2_grpc as sbgrpc
 from tests.assistants.helpers import user_message, wait_for_status
-from tests.conftest import channel_to, expect_error
+from tests.conftest import channel_to, expect_error, user_rows
 
 
 async def run_rows(sessions_url: str, user: str) -> dict[str, int]:
-    conn = await asyncpg.connect(sessions_url)
-    try:
-        return {t: await conn.fetchval(f"SELECT count(*) FROM sessions.{t} WHERE user_id = $1", user)
-                for t in ("sessions", "messages", "assistants", "runs", "run_events")}
-    finally:
-        await conn.close()
+    return await user_rows(sessions_url, "sessions", ("sessions", "messages", "assistants", "runs", "run_events"), user)
 
 
 async def test_a_running_run_stops_sandboxes_go_and_every_service_deletes(stack, code_interpreter_stack, minter):

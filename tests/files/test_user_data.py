@@ -16,7 +16,7 @@ from parley.admin.v1 import audit_pb2
 from parley.admin.v1 import user_data_service_pb2_grpc as ugrpc
 from parley.files.v1 import files_pb2
 from parley.files.v1 import files_service_pb2 as fapi
-from tests.conftest import channel_to, expect_error
+from tests.conftest import channel_to, expect_error, user_rows
 from tests.files.conftest import stored_files, upload, wait_entry, wait_file
 
 ADMIN = ("admin",)
@@ -30,12 +30,8 @@ async def user_data(files_server):
 
 
 async def rows(admin_url: str, user: str) -> dict[str, int]:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        return {t: await conn.fetchval(f"SELECT count(*) FROM files.{t} WHERE user_id = $1", user)
-                for t in ("files", "file_texts", "vector_stores", "vector_store_files", "chunks")}
-    finally:
-        await conn.close()
+    return await user_rows(admin_url, "files", ("files", "file_texts", "vector_stores", "vector_store_files", "chunks"),
+                           user)
 
 
 async def test_the_users_files_vectors_and_bytes_go_and_nobody_elses(stub, user_data, as_user, admin_url, storage_dir,

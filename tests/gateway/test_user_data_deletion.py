@@ -27,7 +27,7 @@ from parley.sessions.v1 import sessions_service_pb2 as sapi
 from parley.sessions.v1 import sessions_service_pb2_grpc as sgrpc
 from services.files.user_data import USER_TABLES as FILES_TABLES
 from services.sessions.user_data import USER_TABLES as SESSIONS_TABLES
-from tests.conftest import expect_error
+from tests.conftest import expect_error, user_rows
 from tests.gateway.audit_helpers import audit_events, details, flush
 from tests.gateway.conftest import bearer
 
@@ -35,20 +35,12 @@ SCOPES = ("llm", "sessions", "files", "assistants")
 LLM_TABLES = ("usage_records", "budgets")
 
 
-async def rows(url: str, schema: str, tables, user: str) -> dict[str, int]:
-    conn = await asyncpg.connect(url)
-    try:
-        return {t: await conn.fetchval(f"SELECT count(*) FROM {schema}.{t} WHERE user_id = $1", user) for t in tables}
-    finally:
-        await conn.close()
-
-
 async def everything(admin_url: str, files_url: str, user: str) -> dict[str, dict[str, int]]:
     return {
-        "sessions": await rows(admin_url, "sessions", ("message_feedback", "messages", "sessions"), user),
-        "files": await rows(files_url, "files", FILES_TABLES, user),
-        "llm": await rows(admin_url, "llm", LLM_TABLES, user),
-        "gateway": await rows(admin_url, "gateway", ("api_keys",), user),
+        "sessions": await user_rows(admin_url, "sessions", ("message_feedback", "messages", "sessions"), user),
+        "files": await user_rows(files_url, "files", FILES_TABLES, user),
+        "llm": await user_rows(admin_url, "llm", LLM_TABLES, user),
+        "gateway": await user_rows(admin_url, "gateway", ("api_keys",), user),
     }
 
 

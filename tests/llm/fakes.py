@@ -216,13 +216,9 @@ class FakeVendor:
         prefix = f"event: {event}\n" if event else ""
         await response.write(f"{prefix}data: {payload}\n\n".encode())
 
-    async def _openai_stream(self, response: web.StreamResponse, model: str, step: dict) -> None:
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
-
-        async def send_choice(delta: dict, finish: str | None = None) -> None:
-            await self._sse(response, {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                                             "logprobs": None}]})
-
+    async def _chat_text(self, response: web.StreamResponse, step: dict, send_choice) -> bool:
+        """The text part of a chat-completions stream (OpenAI's and Mistral's alike); False when
+        the step ends it with a malformed event."""
         await send_choice({"role": "assistant", "content": ""})
         if step.get("endless"):
             await self._endless(response, lambda text: send_choice({"content": text}))
@@ -233,6 +229,17 @@ class FakeVendor:
             await step["stall"]()
         if step.get("malformed"):
             await self._malformed(response)
+            return False
+        return True
+
+    async def _openai_stream(self, response: web.StreamResponse, model: str, step: dict) -> None:
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+
+        async def send_choice(delta: dict, finish: str | None = None) -> None:
+            await self._sse(response, {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                                             "logprobs": None}]})
+
+        if not await self._chat_text(response, step, send_choice):
             return
         if step.get("fail_midway"):
             await self._sse(response, {"error": {"message": "upstream model crashed", "type": "server_error"}})
@@ -311,16 +318,7 @@ class FakeVendor:
                 chunk["usage"] = usage
             await self._sse(response, chunk)
 
-        await send_choice({"role": "assistant", "content": ""})
-        if step.get("endless"):
-            await self._endless(response, lambda text: send_choice({"content": text}))
-        for piece in chunks_of(step.get("text", "")) if step.get("text") else []:
-            await send_choice({"content": piece})
-            await asyncio.sleep(step.get("pace", PACE))
-        if step.get("stall"):
-            await step["stall"]()
-        if step.get("malformed"):
-            await self._malformed(response)
+        if not await self._chat_text(response, step, send_choice):
             return
         usage = step.get("usage", (11, 7))
         usage_body = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]}

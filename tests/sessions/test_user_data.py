@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,7 +22,7 @@ from parley.sessions.v1 import sessions_pb2 as spb
 from parley.sessions.v1 import sessions_service_pb2 as sapi
 from services.runtime.audit import AuditFilter
 from services.sessions.user_data import USER_TABLES
-from tests.conftest import channel_to, expect_error
+from tests.conftest import channel_to, expect_error, user_rows
 
 ADMIN = ("admin",)
 
@@ -36,12 +35,7 @@ async def user_data(sessions_server):
 
 
 async def rows(admin_url: str, user: str) -> dict[str, int]:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        return {t: await conn.fetchval(f"SELECT count(*) FROM sessions.{t} WHERE user_id = $1", user)
-                for t in USER_TABLES}
-    finally:
-        await conn.close()
+    return await user_rows(admin_url, "sessions", USER_TABLES, user)
 
 
 async def populate(sessions, store, md) -> None:
