@@ -15,6 +15,7 @@ Missing pieces fail with what to install: the console build and playwright-core 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.assistants.conftest import free_port
+from tests.assistants.conftest import code_interpreter_stack, free_port  # noqa: F401 - a fixture
 from tests.rest.conftest import Edge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,11 +169,38 @@ class Console:
         return report
 
 
+@contextlib.asynccontextmanager
+async def signed_in(edge: Edge, endpoint: str):
+    """A Console for a fresh user with a key, on `edge`."""
+    key = await edge.key(f"console-{uuid.uuid4().hex[:10]}")
+    async with aiohttp.ClientSession(headers={"authorization": f"Bearer {key}"}) as http:
+        yield Console(edge, endpoint, key, http)
+
+
 @pytest.fixture
 async def console(console_edge, browser):
-    key = await console_edge.key(f"console-{uuid.uuid4().hex[:10]}")
-    async with aiohttp.ClientSession(headers={"authorization": f"Bearer {key}"}) as http:
-        yield Console(console_edge, browser, key, http)
+    async with signed_in(console_edge, browser) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+async def code_interpreter_edge(stack, code_interpreter_stack, console_tools, tmp_path_factory):  # noqa: F811
+    """An edge serving the console in front of the code-interpreter stack's gateway (its engine
+    runs code in a real sandbox; llm, files and the keys are the shared stack's). Per module,
+    as that stack is: its connections close before the modules after it run."""
+    running = Edge(stack, tmp_path_factory.mktemp("console-ci") / "rest.log", PARLEY_REST_CONSOLE_DIR=str(BUILD),
+                   PARLEY_GATEWAY_TARGET=f"127.0.0.1:{code_interpreter_stack.gateway.port}")
+    try:
+        await running.wait_healthy()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def code_interpreter_console(code_interpreter_edge, browser):
+    async with signed_in(code_interpreter_edge, browser) as opened:
+        yield opened
 
 
 class CuttableProxy:
