@@ -385,6 +385,32 @@ const SCENARIOS = {
     return { live, stored, fileRequests, fileLinks, lengths: lengths.length, thread: threadIdOf(page) };
   },
 
+  async code_interpreter_live({ page }) {
+    // The code prints a line, then waits until config.control (the test) lets it go on.
+    await signIn(page);
+    await choose(page, `assistant:${config.assistant}`);
+    await send(page, "Print two lines.");
+    const selector = "[data-testid=tool-step][data-tool-type=code_interpreter]";
+    const state = () => page.$eval(selector, (details) => ({
+      title: details.querySelector("summary").textContent,
+      output: [...details.querySelectorAll("pre")].slice(1).map((pre) => pre.textContent).join(""),
+      answers: document.querySelectorAll("[data-testid=assistant-message]").length,
+    }));
+    // The output's <pre>s follow the code's.
+    await page.waitForFunction((s) => [...(document.querySelector(s)?.querySelectorAll("pre") ?? [])].slice(1)
+      .some((pre) => pre.textContent.includes("first line")), selector, { timeout: WAIT * 2 });
+    const waiting = await state();
+    check(await page.$("[data-testid=stop-button]") !== null, "the run is still going while the code waits");
+    await page.waitForURL(/\/chat\/thread_[0-9a-f]{32}/, { timeout: WAIT });
+    const thread = threadIdOf(page);
+    const released = await fetch(`${config.control}/go?thread=${thread}`, { method: "POST" });
+    check(released.ok, `the test let the code go on: ${released.status} ${await released.text()}`);
+    await page.waitForFunction((expected) => [...document.querySelectorAll("[data-testid=assistant-message]")]
+      .some((m) => m.textContent.includes(expected)), config.expected, { timeout: WAIT * 2 });
+    await waitIdle(page);
+    return { waiting, done: await state(), thread };
+  },
+
   async theme({ page, browser }) {
     await signIn(page);
     const colours = async () => page.evaluate(() => ({ theme: document.documentElement.dataset.theme, background: getComputedStyle(document.body).backgroundColor }));

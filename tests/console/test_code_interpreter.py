@@ -3,14 +3,25 @@ sandbox (real bubblewrap, a real kernel with matplotlib): the fake vendor calls
 code_interpreter with code that prints and draws a chart, and the chat shows the step with its
 code, the printed output and the chart (fetched from the edge with the key in a header, never
 in a URL, and actually decoded by Chromium), then the answer streaming in after it; the same
-step again after a reload (read back from the run's steps). Screenshots in both themes."""
+step again after a reload (read back from the run's steps). Screenshots in both themes.
+
+And the printed output streams into the step while the code still runs: the code prints, then
+waits for a file that the test writes into the session's sandbox only once the browser has
+shown the line."""
 
 from __future__ import annotations
 
 import json
 import struct
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+
+from parley.sandbox.v1 import sandbox_service_pb2 as sbapi
+from parley.sandbox.v1 import sandbox_service_pb2_grpc as sbgrpc
+from services.rest import ids
+from tests.conftest import channel_to
+from tests.console.conftest import Trigger
 
 CODE = ("import matplotlib.pyplot as plt\n"
         "squares = [n * n for n in range(1, 6)]\n"
@@ -75,3 +86,51 @@ async def test_a_code_interpreter_step_shows_its_code_output_and_chart_then_the_
     [link] = report["fileLinks"]
     saved = await console.call("GET", f"/files/{link.split('/')[-1]}")
     assert link.startswith("/files/file-") and saved["filename"] == "squares.png"
+
+
+WAITING_CODE = ("import os, time\n"
+                "print('first line', flush=True)\n"
+                "while not os.path.exists('go'):  # written by the test once the browser shows the line\n"
+                "    time.sleep(0.05)\n"
+                "os.remove('go')\n"
+                "print('second line')")
+
+
+async def test_the_printed_output_streams_into_the_step_while_the_code_runs(code_interpreter_console,
+                                                                           code_interpreter_stack, minter):
+    console = code_interpreter_console
+    model = console.model()
+    console.script(model, {"tool_calls": [("call_wait", "code_interpreter", json.dumps({"code": WAITING_CODE}))]},
+                   {"text": "Both lines were printed."})
+    assistant = await console.call("POST", "/assistants", {"model": model, "name": "Patient",
+                                                            "tools": [{"type": "code_interpreter"}]})
+
+    async def let_the_code_go_on(path: str) -> None:
+        """Writes `go` into the sandbox of the scenario's chat (?thread=), as its user."""
+        thread = parse_qs(urlsplit(path).query)["thread"][0]
+        who = minter.metadata(console.user, ("sandbox",))
+        async with channel_to(code_interpreter_stack.sandbox) as channel:
+            stub = sbgrpc.SandboxServiceStub(channel)
+            sandbox = await stub.CreateSandbox(sbapi.CreateSandboxRequest(session_id=ids.internal("thread", thread)),
+                                               metadata=who)  # the session's live sandbox
+
+            async def upload():
+                yield sbapi.UploadSandboxFileRequest(metadata=sbapi.UploadSandboxFileMetadata(
+                    sandbox_id=sandbox.id, path="go"))
+                yield sbapi.UploadSandboxFileRequest(chunk=b"go")
+
+            await stub.UploadSandboxFile(upload(), metadata=who)
+
+    trigger = await Trigger(let_the_code_go_on).start()
+    try:
+        report = await console.run("code_interpreter_live", assistant=assistant["id"], control=trigger.url,
+                                   expected="Both lines were printed.")
+    finally:
+        await trigger.stop()
+    assert trigger.calls == 1
+    # While the code waited: the step in progress, its first line shown, no answer yet.
+    assert "in progress" in report["waiting"]["title"] and report["waiting"]["answers"] == 0
+    assert report["waiting"]["output"].strip() == "first line"
+    assert report["done"]["output"].strip() == "first line\nsecond line"
+    runs = (await console.call("GET", f"/threads/{report['thread']}/runs"))["data"]
+    assert [r["status"] for r in runs] == ["completed"]
