@@ -381,8 +381,18 @@ const SCENARIOS = {
     await page.waitForSelector("[data-testid=tool-step][data-tool-type=code_interpreter]", { timeout: WAIT });
     const stored = await inspect();
 
+    const thread = threadIdOf(page);
+
+    // The answer's link to the saved chart opens the file's page, which shows the image.
+    await page.click("[data-testid=assistant-message] .markdown a[data-internal]");
+    await page.waitForSelector("[data-testid=file-name]", { timeout: WAIT });
+    await page.waitForFunction(() => document.querySelector("[data-testid=file-image] img")?.complete, null, { timeout: WAIT });
+    const linked = await page.$eval("[data-testid=file-image] img", (img) => ({
+      name: document.querySelector("[data-testid=file-name]").textContent, src: img.getAttribute("src"),
+      width: img.naturalWidth, height: img.naturalHeight }));
+
     check(!urls.some((url) => url.includes(config.key)), "the key is never in a URL");
-    return { live, stored, fileRequests, fileLinks, lengths: lengths.length, thread: threadIdOf(page) };
+    return { live, stored, linked, fileRequests, fileLinks, lengths: lengths.length, thread };
   },
 
   async code_interpreter_live({ page }) {

@@ -82,10 +82,16 @@ async def test_a_code_interpreter_step_shows_its_code_output_and_chart_then_the_
     # URL the page asked for held the key).
     fetched = [r for r in report["fileRequests"] if r["path"] == f"/v1/files/{image_id}/content"]
     assert fetched and all(r["authorization"] == f"Bearer {console.key}" for r in fetched)
-    # The answer's sandbox path became a link to the saved file's page.
+    # The answer's sandbox path became a link to the saved file's page, which shows the image.
     [link] = report["fileLinks"]
-    saved = await console.call("GET", f"/files/{link.split('/')[-1]}")
+    saved_id = link.split("/")[-1]
+    saved = await console.call("GET", f"/files/{saved_id}")
     assert link.startswith("/files/file-") and saved["filename"] == "squares.png"
+    async with console.http.get(f"{console.origin}/v1/files/{saved_id}/content") as response:
+        saved_size = png_size(await response.read())
+    linked = report["linked"]
+    assert linked["name"] == "squares.png" and linked["src"].startswith("blob:")
+    assert (linked["width"], linked["height"]) == saved_size
 
 
 WAITING_CODE = ("import os, time\n"
