@@ -15,6 +15,7 @@ Missing pieces fail with what to install: the console build and playwright-core 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.assistants.conftest import free_port
+from tests.assistants.conftest import code_interpreter_stack, free_port  # noqa: F401 - a fixture
 from tests.rest.conftest import Edge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,8 +108,8 @@ class Console:
     """What a test needs: the edge, a user with a key, HTTP calls as that user, the fakes, and
     `run(scenario, **config)` to drive the browser."""
 
-    def __init__(self, edge: Edge, endpoint: str, key: str, http: aiohttp.ClientSession) -> None:
-        self.edge, self.endpoint, self.key, self.http = edge, endpoint, key, http
+    def __init__(self, edge: Edge, endpoint: str, user: str, key: str, http: aiohttp.ClientSession) -> None:
+        self.edge, self.endpoint, self.user, self.key, self.http = edge, endpoint, user, key, http
         self.origin = f"http://127.0.0.1:{edge.port}"
         self.fake = edge.stack.fakes["openai"]
 
@@ -168,11 +169,75 @@ class Console:
         return report
 
 
+@contextlib.asynccontextmanager
+async def signed_in(edge: Edge, endpoint: str):
+    """A Console for a fresh user with a key, on `edge`."""
+    user = f"console-{uuid.uuid4().hex[:10]}"
+    key = await edge.key(user)
+    async with aiohttp.ClientSession(headers={"authorization": f"Bearer {key}"}) as http:
+        yield Console(edge, endpoint, user, key, http)
+
+
 @pytest.fixture
 async def console(console_edge, browser):
-    key = await console_edge.key(f"console-{uuid.uuid4().hex[:10]}")
-    async with aiohttp.ClientSession(headers={"authorization": f"Bearer {key}"}) as http:
-        yield Console(console_edge, browser, key, http)
+    async with signed_in(console_edge, browser) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+async def code_interpreter_edge(stack, code_interpreter_stack, console_tools, tmp_path_factory):  # noqa: F811
+    """An edge serving the console in front of the code-interpreter stack's gateway (its engine
+    runs code in a real sandbox; llm, files and the keys are the shared stack's). Per module,
+    as that stack is: its connections close before the modules after it run."""
+    running = Edge(stack, tmp_path_factory.mktemp("console-ci") / "rest.log", PARLEY_REST_CONSOLE_DIR=str(BUILD),
+                   PARLEY_GATEWAY_TARGET=f"127.0.0.1:{code_interpreter_stack.gateway.port}")
+    try:
+        await running.wait_healthy()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def code_interpreter_console(code_interpreter_edge, browser):
+    async with signed_in(code_interpreter_edge, browser) as opened:
+        yield opened
+
+
+class Trigger:
+    """An HTTP endpoint a scenario calls to make the test act at that moment (cut the network,
+    let waiting code go on): each request runs `action(path)` and is answered once it is done."""
+
+    def __init__(self, action) -> None:
+        self.action = action
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.calls = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> Trigger:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        path = head.split(" ", 2)[1]
+        self.calls += 1
+        try:
+            outcome = self.action(path)
+            if asyncio.iscoroutine(outcome):
+                await outcome
+            status, body = b"200 OK", b""
+        except Exception as error:  # told to the scenario, whose check then fails with it
+            status, body = b"500 Internal Server Error", repr(error).encode()
+        writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (status, len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
 
 
 class CuttableProxy:
@@ -185,12 +250,12 @@ class CuttableProxy:
         self.connections: set[asyncio.StreamWriter] = set()
         self.cuts = 0
         self.server: asyncio.AbstractServer | None = None
-        self.control: asyncio.AbstractServer | None = None
-        self.control_port = free_port()
+        # Any request to it cuts every proxied connection.
+        self.control = Trigger(lambda path: self.cut())
 
     async def start(self) -> CuttableProxy:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.control = await asyncio.start_server(self._control, "127.0.0.1", self.control_port)
+        await self.control.start()
         return self
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -223,20 +288,12 @@ class CuttableProxy:
                 transport.abort()  # a reset, as when a network goes away
         self.connections.clear()
 
-    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # One plain HTTP request: any request cuts every proxied connection.
-        await reader.readuntil(b"\r\n\r\n")
-        self.cut()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\ncut")
-        await writer.drain()
-        writer.close()
-
     async def stop(self) -> None:
         self.cut()
-        for server in (self.server, self.control):
-            if server is not None:
-                server.close()
-                await server.wait_closed()
+        await self.control.stop()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
 
 
 @pytest.fixture

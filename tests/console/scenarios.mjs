@@ -21,8 +21,8 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---- helpers -----------------------------------------------------------------------------------
 
-async function shot(page, screen) {
-  const file = path.join(config.artifacts, `${screen}-${theme}.png`);
+async function shot(page, screen, as = theme) {
+  const file = path.join(config.artifacts, `${screen}-${as}.png`);
   await page.screenshot({ path: file });
   return file;
 }
@@ -305,6 +305,120 @@ const SCENARIOS = {
     await page.waitForSelector("[data-testid=file-preview]", { timeout: WAIT });
     check((await page.textContent("[data-testid=file-preview]")).includes("45 days"), "the cited text is there");
     return { url: page.url() };
+  },
+
+  async code_interpreter({ page }) {
+    // Every request the page makes to the files API, with its credential, and every URL.
+    const urls = [];
+    const fileRequests = [];
+    page.on("request", (request) => {
+      urls.push(request.url());
+      if (new URL(request.url()).pathname.startsWith("/v1/files/")) {
+        fileRequests.push({ path: new URL(request.url()).pathname, authorization: request.headers().authorization ?? null });
+      }
+    });
+    await signIn(page);
+    await choose(page, `assistant:${config.assistant}`);
+    // Sampled in the page: the code step (its code, its printed output, its image) and the answer.
+    await page.evaluate((printed) => {
+      window.__samples = [];
+      window.__sampler = setInterval(() => {
+        const step = document.querySelector("[data-testid=tool-step][data-tool-type=code_interpreter]");
+        const bodies = document.querySelectorAll("[data-testid=assistant-message] .message-body");
+        const last = bodies[bodies.length - 1];
+        window.__samples.push({
+          step: Boolean(step),
+          printed: Boolean(step && step.textContent.includes(printed)),
+          answer: last ? last.textContent.length : 0,
+        });
+      }, 20);
+    }, config.printed);
+    await send(page, "Square one to five and plot them.");
+    await page.waitForFunction((expected) => [...document.querySelectorAll("[data-testid=assistant-message]")]
+      .some((m) => m.textContent.includes(expected)), config.expected, { timeout: WAIT * 2 });
+    await waitIdle(page);
+    const samples = await page.evaluate(() => {
+      clearInterval(window.__sampler);
+      return window.__samples;
+    });
+    const written = samples.filter((s) => s.answer > 0);
+    const lengths = [...new Set(written.map((s) => s.answer))];
+    check(written.length > 0 && written.every((s) => s.printed),
+      `the step and its printed output were shown before the answer began: ${JSON.stringify(samples.filter((s, i) => i % 10 === 0))}`);
+    check(lengths.length >= 3, `the answer streamed in after the step, piece by piece (${lengths.length} lengths seen)`);
+
+    /** What the code step shows, opened: its code, its text outputs, its images (loaded or not). */
+    const inspect = async () => {
+      const step = page.locator("[data-testid=tool-step][data-tool-type=code_interpreter]");
+      check(await step.count() === 1, `one code interpreter step: ${await step.count()}`);
+      if (!(await step.evaluate((d) => d.open))) await step.locator("summary").click();
+      await step.locator("img").waitFor({ timeout: WAIT });
+      await page.waitForFunction(() => {
+        const image = document.querySelector("[data-testid=tool-step][data-tool-type=code_interpreter] img");
+        return image && image.complete;
+      }, null, { timeout: WAIT });
+      return step.evaluate((details) => ({
+        title: details.querySelector("summary").textContent,
+        pres: [...details.querySelectorAll("pre")].map((pre) => pre.textContent),
+        images: [...details.querySelectorAll("img")].map((img) => ({
+          src: img.getAttribute("src"), alt: img.alt, width: img.naturalWidth, height: img.naturalHeight })),
+      }));
+    };
+    const live = await inspect();
+    // Tall enough for the step (code, output, chart) and the answer under it.
+    await page.setViewportSize({ width: 1280, height: 1100 });
+    await page.locator("[data-testid=assistant-message]").last().scrollIntoViewIfNeeded();
+    await accessibility(page, "chat with a code interpreter step");
+    await shot(page, "chat-code-interpreter", "light");
+    await page.click("[data-testid=theme-toggle]");
+    await page.waitForFunction(() => document.documentElement.dataset.theme === "dark", null, { timeout: WAIT });
+    await accessibility(page, "chat with a code interpreter step");
+    await shot(page, "chat-code-interpreter", "dark");
+    const fileLinks = await page.$$eval("[data-testid=assistant-message] .markdown a[data-internal]", (links) => links.map((a) => a.getAttribute("href")));
+
+    // The same step as stored (the run's steps, read back after a reload).
+    await page.reload();
+    await page.waitForSelector("[data-testid=tool-step][data-tool-type=code_interpreter]", { timeout: WAIT });
+    const stored = await inspect();
+
+    const thread = threadIdOf(page);
+
+    // The answer's link to the saved chart opens the file's page, which shows the image.
+    await page.click("[data-testid=assistant-message] .markdown a[data-internal]");
+    await page.waitForSelector("[data-testid=file-name]", { timeout: WAIT });
+    await page.waitForFunction(() => document.querySelector("[data-testid=file-image] img")?.complete, null, { timeout: WAIT });
+    const linked = await page.$eval("[data-testid=file-image] img", (img) => ({
+      name: document.querySelector("[data-testid=file-name]").textContent, src: img.getAttribute("src"),
+      width: img.naturalWidth, height: img.naturalHeight }));
+
+    check(!urls.some((url) => url.includes(config.key)), "the key is never in a URL");
+    return { live, stored, linked, fileRequests, fileLinks, lengths: lengths.length, thread };
+  },
+
+  async code_interpreter_live({ page }) {
+    // The code prints a line, then waits until config.control (the test) lets it go on.
+    await signIn(page);
+    await choose(page, `assistant:${config.assistant}`);
+    await send(page, "Print two lines.");
+    const selector = "[data-testid=tool-step][data-tool-type=code_interpreter]";
+    const state = () => page.$eval(selector, (details) => ({
+      title: details.querySelector("summary").textContent,
+      output: [...details.querySelectorAll("pre")].slice(1).map((pre) => pre.textContent).join(""),
+      answers: document.querySelectorAll("[data-testid=assistant-message]").length,
+    }));
+    // The output's <pre>s follow the code's.
+    await page.waitForFunction((s) => [...(document.querySelector(s)?.querySelectorAll("pre") ?? [])].slice(1)
+      .some((pre) => pre.textContent.includes("first line")), selector, { timeout: WAIT * 2 });
+    const waiting = await state();
+    check(await page.$("[data-testid=stop-button]") !== null, "the run is still going while the code waits");
+    await page.waitForURL(/\/chat\/thread_[0-9a-f]{32}/, { timeout: WAIT });
+    const thread = threadIdOf(page);
+    const released = await fetch(`${config.control}/go?thread=${thread}`, { method: "POST" });
+    check(released.ok, `the test let the code go on: ${released.status} ${await released.text()}`);
+    await page.waitForFunction((expected) => [...document.querySelectorAll("[data-testid=assistant-message]")]
+      .some((m) => m.textContent.includes(expected)), config.expected, { timeout: WAIT * 2 });
+    await waitIdle(page);
+    return { waiting, done: await state(), thread };
   },
 
   async theme({ page, browser }) {

@@ -96,7 +96,7 @@ async def test_a_network_drop_in_the_middle_of_a_run_resumes_without_repeating_t
     model = console.model()
     console.script(model, {"text": STORY, "pace": 0.05})
     report = await console.run("network_drop", origin=f"http://127.0.0.1:{cuttable_proxy.port}", model=model,
-                               expected=STORY, control=f"http://127.0.0.1:{cuttable_proxy.control_port}/cut")
+                               expected=STORY, control=f"{cuttable_proxy.control.url}/cut")
     assert cuttable_proxy.cuts == 1 and report["thread"]
 
 

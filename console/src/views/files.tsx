@@ -6,6 +6,7 @@ import { describe, saveBlob, type Page } from "../api";
 import { useConsole } from "../app";
 import type { FileObject, SearchResult, VectorStore, VectorStoreFile } from "../types";
 import { useFileDrop } from "../filedrop";
+import { FileImage } from "./messages";
 
 export function size(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;
@@ -282,6 +283,9 @@ export function Files() {
 }
 
 const TEXT_FILE = /\.(txt|md|markdown|csv|json|html?|xml|ya?ml|log|py|js|ts)$/i;
+// Shown as images: a code interpreter's chart, an uploaded photo. (Not SVG: an image the model's
+// code wrote is user content, and SVG is a document that can carry script.)
+const IMAGE_FILE = /\.(png|jpe?g|gif|webp)$/i;
 
 export function FileDetail(props: { fileId: string }) {
   const { api, notify } = useConsole();
@@ -331,6 +335,12 @@ export function FileDetail(props: { fileId: string }) {
             <>
               <h2>Content</h2>
               <pre class="preview" data-testid="file-preview">{preview.slice(0, 20000)}</pre>
+            </>
+          )}
+          {IMAGE_FILE.test(file.filename) && (
+            <>
+              <h2>Content</h2>
+              <div data-testid="file-image"><FileImage fileId={file.id} alt={file.filename} /></div>
             </>
           )}
         </>
