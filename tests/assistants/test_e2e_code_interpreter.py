@@ -144,10 +144,12 @@ async def test_a_variable_lives_on_in_the_sessions_sandbox_and_a_chart_comes_bac
     assert streamed == images
     # The saved file is in the files service too, and the model was told where it is.
     output = tool_outputs(fake.requests_for(name)[-1])["call_chart"]
-    assert "sandbox:/mnt/data/bars.png" in output
-    saved_id = output.split("sandbox:/mnt/data/bars.png (file id ")[1].split(")")[0]
-    saved, saved_data = await download(files, md, saved_id)
-    assert saved.filename == "bars.png" and saved_data.startswith(b"\x89PNG")
+    assert "Files written:\nsandbox:/mnt/data/bars.png" in output
+    saved = [f for f in (await files.ListFiles(fapi.ListFilesRequest(), metadata=md)).files
+             if f.filename == "bars.png"]
+    assert len(saved) == 1 and saved[0].id not in output  # the model links the path, not an id
+    saved, saved_data = await download(files, md, saved[0].id)
+    assert saved.purpose == fpb.FILE_PURPOSE_ASSISTANTS_OUTPUT and saved_data.startswith(b"\x89PNG")
     # The answer's link to the file is a file_path annotation, streamed and on the step, whose
     # file id downloads the produced file.
     link = "sandbox:/mnt/data/bars.png"

@@ -225,7 +225,10 @@ class CodeInterpreterExecutor(ToolExecutor):
             file_id = await context.files.write(os.path.basename(file.path), data, media_type=file.media_type)
             produced.append(file_id)
             paths.append(file.path)
-            written.append(f"sandbox:{WORK_DIR}/{file.path} (file id {file_id})")
+            # The path alone: the answer links it and the engine resolves the link to this file
+            # (a FilePath annotation). An id here would be Parley's internal one, shown to
+            # people in the step's logs where the REST edge gives files other ids.
+            written.append(f"sandbox:{WORK_DIR}/{file.path}")
         # The logs output carries what the model must read besides the printed text (the
         # traceback, the sandbox's note, the files written), as the hosted tool's logs do:
         # the step's logs are what the next model call is given.
