@@ -64,7 +64,9 @@ class ServiceProcess:
     def __init__(self, name: str, env: dict[str, str]) -> None:
         self.name = name
         self.port = free_port()
-        self._env = dict(os.environ, **env, **{f"PARLEY_{name.upper()}_PORT": str(self.port), "PARLEY_LOG_LEVEL": "WARNING"})
+        # Its metrics port free too: the default (the gRPC port + 1000) may be taken.
+        self._env = dict(os.environ, **{f"PARLEY_{name.upper()}_METRICS_PORT": str(free_port())}, **env,
+                         **{f"PARLEY_{name.upper()}_PORT": str(self.port), "PARLEY_LOG_LEVEL": "WARNING"})
         self._process: subprocess.Popen | None = None
 
     @property
