@@ -426,9 +426,9 @@ def report(result: Result) -> None:
 async def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds after the warm-up (60)")
-    # A minute: over 200 s of this load the sessions service grew 5.5% in its first 80 s (each
-    # of its 20 pooled connections preparing its statements as it meets them, the allocator's
-    # high-water mark) and 0.75% in the 100 s after; 20 s of warm-up measured that start.
+    # A minute: over 200 s of this load the sessions service grew 5.5% in its first 80 s and
+    # 0.75% in the 100 s after (a warm-up, consistent with each of its 20 pooled connections
+    # preparing its statements as it first meets them); 20 s of warm-up measured that start.
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds of the same load first (60)")
     parser.add_argument("--window", type=float, default=10.0,
                         help="seconds averaged at each end of the measured span for RSS growth (10)")
