@@ -3,12 +3,15 @@
 Streams chat completions as fast as it can, in OpenAI's wire format (chunks, then a usage
 chunk from `stream_options.include_usage`, then `[DONE]`). The model name says how many
 tokens to stream: "fake-200" streams 200 one-word deltas; "fake-200-p5" waits 5 ms between
-them (a paced model, for measuring live tails).
+them (a paced model, for measuring live tails). A request that offers tools and does not end
+with a tool's result is answered with one call of its first tool (a run then waits for the
+caller's tool outputs); with the result, the model streams its text as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 
@@ -45,12 +48,32 @@ def _stream(model: str) -> list[bytes]:
     return _cache[model]
 
 
+_call_ids = itertools.count(1)
+
+
+def _tool_call(model: str, function: str) -> list[bytes]:
+    call = {"index": 0, "id": f"call_{next(_call_ids)}", "type": "function",
+            "function": {"name": function, "arguments": ""}}
+    usage = {**_BASE, "model": model, "choices": [],
+             "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}}
+    return [_chunk(model, {"role": "assistant", "content": None, "tool_calls": [call]}),
+            _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '{"order": "A-1"}'}}]}),
+            _chunk(model, {}, "tool_calls"),
+            b"data: " + json.dumps(usage).encode() + b"\n\n",
+            b"data: [DONE]\n\n"]
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     pace = _pace(body["model"])
-    for part in _stream(body["model"]):
+    tools, messages = body.get("tools"), body.get("messages") or [{}]
+    if tools and messages[-1].get("role") != "tool":
+        parts = _tool_call(body["model"], tools[0]["function"]["name"])
+    else:
+        parts = _stream(body["model"])
+    for part in parts:
         await response.write(part)
         if pace:
             await asyncio.sleep(pace)

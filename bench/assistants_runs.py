@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,16 @@ from pathlib import Path
 import asyncpg
 import grpc
 
-from bench._common import ServiceProcess, free_port, percentile
+from bench._common import (
+    UNLIMITED_GATEWAY,
+    ServiceProcess,
+    admin_api_key,
+    fake_openai,
+    identity_env,
+    percentile,
+    postgres_pid,
+    proc_stat,
+)
 from parley.assistants.v1 import assistants_service_pb2 as run_api
 from parley.assistants.v1 import assistants_service_pb2_grpc as run_grpc
 from parley.client import run_request
@@ -42,7 +50,6 @@ from parley.llm.v1 import llm_service_pb2_grpc as llm_grpc
 from parley.sessions.v1 import sessions_service_pb2 as sessions_api
 from parley.sessions.v1 import sessions_service_pb2_grpc as sessions_grpc
 from services.runtime.db import start_embedded_postgres
-from services.runtime.identity import generate_private_key_pem, public_key_pem
 
 TTFT_CALLS = 60  # per side, alternating
 THROUGHPUT_ROUNDS = 3
@@ -146,23 +153,19 @@ async def ttft(llm, runs, sessions, metadata, direct_model: str, assistant_id: s
             f"| where StreamRun's first token time goes (p50 since the call began) | | {breakdown} | | |"]
 
 
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU seconds each process has used so far (Linux /proc); "postgres" counts
     the postmaster's live children (the backends) too."""
     ticks = os.sysconf("SC_CLK_TCK")
     used = {}
     for name, pid in pids.items():
-        fields = _stat(pid)
+        fields = proc_stat(pid)
         used[name] = (int(fields[11]) + int(fields[12])) / ticks
     if "postgres" in pids:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    fields = _stat(int(entry.name))
+                    fields = proc_stat(int(entry.name))
                 except OSError:
                     continue
                 if int(fields[1]) == pids["postgres"]:
@@ -299,65 +302,33 @@ async def writes_per_run(admin_url: str, runs, metadata, assistants: dict[int, s
 # ---- the stack -------------------------------------------------------------------------------
 
 
-async def postgres_pid(admin_url: str) -> int | None:
-    """The postmaster's pid (the parent of a backend), or None when it is not on this machine."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        backend = await conn.fetchval("SELECT pg_backend_pid()")
-        return int(_stat(backend)[1])  # read while the backend lives
-    except OSError:
-        return None
-    finally:
-        await conn.close()
-
-
 async def main() -> None:
-    root = Path(__file__).resolve().parent.parent
-    upstream_port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "bench._fake_openai", str(upstream_port)], cwd=root)
-    with tempfile.TemporaryDirectory(prefix="parley-bench-runs-") as tmp:
-        try:
-            admin_url = os.environ.get("PARLEY_DATABASE_URL") or start_embedded_postgres(Path(tmp) / "pg")
-            private_key = generate_private_key_pem()
-            (Path(tmp) / "id.pem").write_bytes(private_key)
-            (Path(tmp) / "id.pub.pem").write_bytes(public_key_pem(private_key))
-            models = Path(tmp) / "models.yaml"
-            models.write_text("providers:\n  bench:\n    type: openai_compatible\n"
-                              f"    base_url: http://127.0.0.1:{upstream_port}/v1\n")
-            common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_REDIS_URL": "",
-                      "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(Path(tmp) / "id.pub.pem"),
-                      "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(Path(tmp) / "id.pem")}
-            async with ServiceProcess("llm", {**common, "PARLEY_LLM_WARM_EMBEDDINGS": "false",
-                                              "PARLEY_MODELS_FILE": str(models)}) as llm, \
-                    ServiceProcess("sessions", common) as sessions, \
-                    ServiceProcess("files", {**common, "PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}",
-                                             "PARLEY_FILES_STORAGE_DIR": str(Path(tmp) / "files")}) as files:
-                targets = {"PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}",
-                           "PARLEY_SESSIONS_TARGET": f"127.0.0.1:{sessions.port}",
-                           "PARLEY_FILES_TARGET": f"127.0.0.1:{files.port}", "PARLEY_SANDBOX_TARGET": "none"}
-                async with ServiceProcess("assistants", {**common, **targets}) as engine_a, \
-                        ServiceProcess("assistants", {**common, **targets}) as engine_b:
-                    gateway_env = {**common, **targets, "PARLEY_ASSISTANTS_TARGET": f"127.0.0.1:{engine_a.port}",
-                                   "PARLEY_GATEWAY_KEY_REQUESTS_PER_MINUTE": "0",
-                                   "PARLEY_GATEWAY_USER_REQUESTS_PER_MINUTE": "0",
-                                   "PARLEY_GATEWAY_KEY_CONCURRENT_STREAMS": "0",
-                                   "PARLEY_GATEWAY_USER_CONCURRENT_STREAMS": "0"}
-                    gateway_b_env = {**gateway_env, "PARLEY_ASSISTANTS_TARGET": f"127.0.0.1:{engine_b.port}"}
-                    async with ServiceProcess("gateway", gateway_env) as gateway, \
-                            ServiceProcess("gateway", gateway_b_env) as gateway_b:
-                        made = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user",
-                                               "bench"], env={**os.environ, **common}, capture_output=True, text=True,
-                                              check=True, cwd=root)
-                        metadata = (("authorization", f"Bearer {made.stdout.strip()}"),)
-                        pids = {name: process._process.pid for name, process in (
-                            ("gateway", gateway), ("gateway B", gateway_b), ("engine A", engine_a),
-                            ("engine B", engine_b), ("llm", llm), ("sessions", sessions), ("files", files))}
-                        pids.update(upstream=upstream.pid, postgres=await postgres_pid(admin_url))
-                        lines = await measure(admin_url, gateway.port, gateway_b.port, metadata,
-                                              {k: v for k, v in pids.items() if v})
-        finally:
-            upstream.terminate()
-            upstream.wait(10)
+    with tempfile.TemporaryDirectory(prefix="parley-bench-runs-") as tmp, \
+            fake_openai(Path(tmp)) as (upstream, models):
+        admin_url = os.environ.get("PARLEY_DATABASE_URL") or start_embedded_postgres(Path(tmp) / "pg")
+        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_REDIS_URL": "", **identity_env(Path(tmp))}
+        async with ServiceProcess("llm", {**common, "PARLEY_LLM_WARM_EMBEDDINGS": "false",
+                                          "PARLEY_MODELS_FILE": str(models)}) as llm, \
+                ServiceProcess("sessions", common) as sessions, \
+                ServiceProcess("files", {**common, "PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}",
+                                         "PARLEY_FILES_STORAGE_DIR": str(Path(tmp) / "files")}) as files:
+            targets = {"PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}",
+                       "PARLEY_SESSIONS_TARGET": f"127.0.0.1:{sessions.port}",
+                       "PARLEY_FILES_TARGET": f"127.0.0.1:{files.port}", "PARLEY_SANDBOX_TARGET": "none"}
+            async with ServiceProcess("assistants", {**common, **targets}) as engine_a, \
+                    ServiceProcess("assistants", {**common, **targets}) as engine_b:
+                gateway_env = {**common, **targets, **UNLIMITED_GATEWAY,
+                               "PARLEY_ASSISTANTS_TARGET": f"127.0.0.1:{engine_a.port}"}
+                gateway_b_env = {**gateway_env, "PARLEY_ASSISTANTS_TARGET": f"127.0.0.1:{engine_b.port}"}
+                async with ServiceProcess("gateway", gateway_env) as gateway, \
+                        ServiceProcess("gateway", gateway_b_env) as gateway_b:
+                    metadata = (("authorization", f"Bearer {admin_api_key(common)}"),)
+                    pids = {name: process.pid for name, process in (
+                        ("gateway", gateway), ("gateway B", gateway_b), ("engine A", engine_a),
+                        ("engine B", engine_b), ("llm", llm), ("sessions", sessions), ("files", files))}
+                    pids.update(upstream=upstream.pid, postgres=await postgres_pid(admin_url))
+                    lines = await measure(admin_url, gateway.port, gateway_b.port, metadata,
+                                          {k: v for k, v in pids.items() if v})
     print("| measure | baseline (same run) | assistants | added / ratio | target |")
     print("|---|---|---|---|---|")
     print("\n".join(lines[:6]))

@@ -18,12 +18,20 @@ from pathlib import Path
 
 import grpc
 
-from bench._common import ServiceProcess, free_port, percentile, run_concurrently
+from bench._common import (
+    UNLIMITED_GATEWAY,
+    ServiceProcess,
+    admin_api_key,
+    free_port,
+    identity_env,
+    percentile,
+    run_concurrently,
+)
 from parley.llm.v1 import llm_pb2
 from parley.llm.v1 import llm_service_pb2 as api
 from parley.llm.v1 import llm_service_pb2_grpc as api_grpc
 from services.runtime.db import start_embedded_postgres
-from services.runtime.identity import IdentityMinter, generate_private_key_pem, public_key_pem
+from services.runtime.identity import IdentityMinter
 
 ROUNDS = 2
 UNARY_CALLS = {1: 900, 32: 3200}
@@ -117,21 +125,14 @@ async def measure(direct, gateway, bare) -> list[str]:
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="parley-bench-gw-") as tmp:
         admin_url = os.environ.get("PARLEY_DATABASE_URL") or start_embedded_postgres(Path(tmp) / "pg")
-        private_key = generate_private_key_pem()
-        (Path(tmp) / "id.pem").write_bytes(private_key)
-        (Path(tmp) / "id.pub.pem").write_bytes(public_key_pem(private_key))
-        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(Path(tmp) / "id.pub.pem"),
-                  "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(Path(tmp) / "id.pem"), "PARLEY_REDIS_URL": ""}
+        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_REDIS_URL": "", **identity_env(Path(tmp))}
+        private_key = Path(common["PARLEY_IDENTITY_PRIVATE_KEY_FILE"]).read_bytes()
         llm_env = {**common, "PARLEY_LLM_WARM_EMBEDDINGS": "false"}
         async with ServiceProcess("llm", llm_env) as llm:
             gateway_env = {**common, "PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}", "PARLEY_SESSIONS_TARGET": "none",
-                           "PARLEY_FILES_TARGET": "none", "PARLEY_ASSISTANTS_TARGET": "none",
-                           "PARLEY_GATEWAY_KEY_REQUESTS_PER_MINUTE": "0", "PARLEY_GATEWAY_USER_REQUESTS_PER_MINUTE": "0",
-                           "PARLEY_GATEWAY_KEY_CONCURRENT_STREAMS": "0", "PARLEY_GATEWAY_USER_CONCURRENT_STREAMS": "0"}
+                           "PARLEY_FILES_TARGET": "none", "PARLEY_ASSISTANTS_TARGET": "none", **UNLIMITED_GATEWAY}
             async with ServiceProcess("gateway", gateway_env) as gateway:
-                made = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user", "bench"],
-                                      env={**os.environ, **common}, capture_output=True, text=True, check=True)
-                api_key = made.stdout.strip()
+                api_key = admin_api_key(common)
                 minter = IdentityMinter(private_key, ttl_seconds=3600)
                 bare_port = free_port()
                 bare_process = subprocess.Popen([sys.executable, "-m", "bench._bare_proxy", f"127.0.0.1:{llm.port}",

@@ -29,9 +29,12 @@ from services.runtime import errors
 
 log = logging.getLogger("parley.assistants.events")
 
-# Events kept in memory per locally executed run for late local watchers; older ones are
-# read from the store.
+# Events of the runs this replica executed, kept in memory after the run ended (or was
+# handed off) for late local watchers: for at most this long, and at most this many events
+# in all (the oldest runs go first); older ones are read from the run store. Without the
+# total, what is kept grows with the run rate (a minute of runs).
 _KEEP_ENDED_SECONDS = 60.0
+KEEP_CLOSED_EVENTS = 20_000
 
 
 def now_stamp() -> Timestamp:
@@ -49,7 +52,7 @@ def stamp_in(seconds: float) -> Timestamp:
 class LocalRun:
     """The events this replica produced for one run, for watchers on this replica."""
 
-    def __init__(self, run_id: str, first_sequence: int) -> None:
+    def __init__(self, run_id: str, first_sequence: int, on_close=None) -> None:
         self.run_id = run_id
         self.first_sequence = first_sequence
         self.events: list[apb.RunEvent] = []
@@ -57,6 +60,7 @@ class LocalRun:
         self.ended = False  # the run itself ended (its done event is in `events`)
         self.closed_at = 0.0
         self._changed = asyncio.Condition()
+        self._on_close = on_close
 
     async def publish(self, events: Sequence[apb.RunEvent]) -> None:
         async with self._changed:
@@ -65,8 +69,11 @@ class LocalRun:
 
     async def close(self, *, ended: bool) -> None:
         async with self._changed:
+            already = self.closed
             self.closed, self.ended, self.closed_at = True, ended, time.monotonic()
             self._changed.notify_all()
+        if not already and self._on_close is not None:
+            self._on_close(self)
 
     async def follow(self, after_sequence: int) -> AsyncIterator[apb.RunEvent]:
         """Events after `after_sequence` (which must be >= first_sequence - 1), live, until closed."""
@@ -85,24 +92,48 @@ class LocalRun:
 
 
 class LocalRuns:
-    """The runs this replica executes (or recently executed), by id."""
+    """The runs this replica executes (or recently executed), by id. Runs still executing
+    keep every event; closed ones as long as _KEEP_ENDED_SECONDS and KEEP_CLOSED_EVENTS allow."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_closed_events: int = KEEP_CLOSED_EVENTS) -> None:
         self._runs: dict[str, LocalRun] = {}
+        self._closed: dict[str, LocalRun] = {}  # in the order they closed, oldest first
+        self._closed_events = 0
+        self._keep_closed_events = keep_closed_events
 
     def open(self, run_id: str, first_sequence: int) -> LocalRun:
+        self._forget_closed(run_id)  # a run started again here (after its tool outputs)
         self._sweep()
-        local = LocalRun(run_id, first_sequence)
+        local = LocalRun(run_id, first_sequence, on_close=self._closed_one)
         self._runs[run_id] = local
         return local
 
     def get(self, run_id: str) -> LocalRun | None:
         return self._runs.get(run_id)
 
+    def _closed_one(self, local: LocalRun) -> None:
+        if self._runs.get(local.run_id) is not local:
+            return  # replaced meanwhile by a newer execution's
+        if len(local.events) > self._keep_closed_events:
+            del self._runs[local.run_id]  # on its own more than the total: not at the others' cost
+            return
+        self._closed[local.run_id] = local
+        self._closed_events += len(local.events)
+        self._sweep()
+
+    def _forget_closed(self, run_id: str) -> None:
+        local = self._closed.pop(run_id, None)
+        if local is not None:
+            self._closed_events -= len(local.events)
+
     def _sweep(self) -> None:
         now = time.monotonic()
-        for run_id, local in list(self._runs.items()):
-            if local.closed and now - local.closed_at > _KEEP_ENDED_SECONDS:
+        while self._closed:
+            run_id, local = next(iter(self._closed.items()))
+            if now - local.closed_at <= _KEEP_ENDED_SECONDS and self._closed_events <= self._keep_closed_events:
+                return
+            self._forget_closed(run_id)
+            if self._runs.get(run_id) is local:
                 del self._runs[run_id]
 
 

@@ -770,6 +770,9 @@ class Execution:
             paths.append("incomplete_details")
         kinds["done"] = apb.RunDone(status=status, usage=final.usage)
         await self.log.commit(StatusChange(run=final, paths=paths, expected=expected, lease=rs.RunLease()), **kinds)
+        # Released with the final status: a renewal answered from now on says "not held",
+        # which must not stop this execution while it closes its log.
+        self.holds_lease = False
         self.run = final
         record_end(final)
 

@@ -532,20 +532,29 @@ class Runs:
     async def _renew_forever(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            ids = [run_id for run_id, e in self.executions.items() if e.holds_lease]
-            if not ids:
-                continue
-            try:
-                reply = await self.store.renew(rs.RenewRunLeasesRequest(lease=self.lease(), run_ids=ids))
-            except errors.ParleyError as exc:
-                log.warning("renewing leases failed (%s); retrying", exc.reason)
-                continue
-            held = set(reply.run_ids)
-            for run_id in ids:
-                execution = self.executions.get(run_id)
-                if run_id not in held and execution is not None and execution.holds_lease:
-                    log.warning("run %s: lease lost; stopping here", run_id)
-                    await execution.abandon()
+            await self.renew_leases()
+
+    async def renew_leases(self) -> None:
+        """Renews the leases of the runs executing here; an execution whose lease the store
+        no longer holds stops.
+
+        The answer is about the executions that were asked for: while the call was under way
+        a run may have ended or gone to wait for tool outputs (releasing its lease), and been
+        started again here by SubmitToolOutputs, a new execution with a lease of its own that
+        this answer knows nothing of (stopping it left the run stalled until its lease lapsed)."""
+        asked = {run_id: e for run_id, e in self.executions.items() if e.holds_lease}
+        if not asked:
+            return
+        try:
+            reply = await self.store.renew(rs.RenewRunLeasesRequest(lease=self.lease(), run_ids=list(asked)))
+        except errors.ParleyError as exc:
+            log.warning("renewing leases failed (%s); retrying", exc.reason)
+            return
+        held = set(reply.run_ids)
+        for run_id, execution in asked.items():
+            if run_id not in held and execution.holds_lease and self.executions.get(run_id) is execution:
+                log.warning("run %s: lease lost; stopping here", run_id)
+                await execution.abandon()
 
 
 def _canonical_id(value: str) -> bool:

@@ -302,22 +302,28 @@ class Database:
 
         BEGIN and the setting travel in one round trip: the user id is checked against the
         identity alphabet, so quoting it as a literal is safe.
+
+        BEGIN and COMMIT are inside the rolled-back part too: a call cancelled by its client
+        (a deadline, a stream closed early) is cancelled wherever it waits, and a BEGIN the
+        server ran before the cancellation reached it would otherwise leave the transaction
+        open for the pool's reset to find (which asyncpg logs as an error). ROLLBACK where
+        no transaction is open only warns.
         """
         if not USER_ID_PATTERN.match(user_id):
             raise errors.Unauthenticated("user id is not acceptable", reason="IDENTITY_INVALID")
         begin = "BEGIN READ ONLY" if readonly else "BEGIN"
         try:
             async with self.acquire() as conn:
-                await conn.execute(f"{begin}; SELECT set_config('app.user_id', {quote_literal(user_id)}, true)")
                 try:
+                    await conn.execute(f"{begin}; SELECT set_config('app.user_id', {quote_literal(user_id)}, true)")
                     yield conn
+                    await conn.execute("COMMIT")
                 except BaseException:
                     try:
                         await conn.execute("ROLLBACK")
                     except Exception:  # noqa: BLE001 - a broken connection is reset by the pool
                         pass
                     raise
-                await conn.execute("COMMIT")
         except UNAVAILABLE_ERRORS as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise database_unavailable() from None

@@ -122,3 +122,54 @@ async def test_a_connection_left_in_a_broken_protocol_state_is_never_handed_out_
                 raise asyncpg.exceptions._base.InternalClientError("cannot switch to state 12")
     finally:
         await db.close()
+
+
+async def test_transactions_cancelled_anywhere_leave_no_transaction_open_and_no_stray_cancel(admin_url, migrations):
+    """A call cancelled by its client (a deadline, a stream closed early) cancels the task in
+    the middle of whatever it awaits, BEGIN and COMMIT included. Each such transaction is
+    rolled back where it was cancelled, not left open for the pool's reset to find (asyncpg
+    logs that as an error), and the transactions after it on the same connection all work."""
+    import asyncio
+    import random
+
+    db = await _open(admin_url, migrations, pool_size=1)
+    loop = asyncio.get_running_loop()
+    left_open: list[str] = []
+    previous = loop.get_exception_handler()
+
+    def handler(_loop, context):
+        if "active transaction" in context.get("message", ""):
+            left_open.append(context["message"])
+        elif previous is not None:
+            previous(_loop, context)
+        else:
+            _loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    user = f"cancel-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(13)
+    failures = []
+    try:
+        for _ in range(150):
+            async def one() -> None:
+                async with db.transaction(user) as conn:
+                    await conn.execute("INSERT INTO notes (body) VALUES ('1')")
+
+            task = asyncio.create_task(one())
+            await asyncio.sleep(rng.uniform(0, 0.003))
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            try:  # the next transaction on the (only) connection
+                async with db.transaction(user, readonly=True) as conn:
+                    await conn.fetchval("SELECT count(*) FROM notes")
+            except errors.ParleyError as exc:
+                failures.append(exc)
+        async with db.acquire() as conn:
+            assert not conn.is_in_transaction()
+    finally:
+        loop.set_exception_handler(previous)
+        await db.close()
+    assert left_open == [] and failures == [], (left_open[:2], failures[:2])
