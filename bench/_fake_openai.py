@@ -73,11 +73,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
         parts = _tool_call(body["model"], tools[0]["function"]["name"])
     else:
         parts = _stream(body["model"])
-    for part in parts:
-        await response.write(part)
-        if pace:
-            await asyncio.sleep(pace)
-    await response.write_eof()
+    try:
+        for part in parts:
+            await response.write(part)
+            if pace:
+                await asyncio.sleep(pace)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the caller hung up mid-stream (a cancelled run, a benchmark's live tail): expected here
     return response
 
 
