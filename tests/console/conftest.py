@@ -70,12 +70,9 @@ def console_tools():
 
 @pytest.fixture(scope="session")
 async def console_edge(stack, console_tools, tmp_path_factory):  # noqa: F811
-    running = Edge(stack, tmp_path_factory.mktemp("console") / "rest.log", PARLEY_REST_CONSOLE_DIR=str(BUILD))
-    try:
-        await running.wait_healthy()
+    async with Edge.started(stack, tmp_path_factory.mktemp("console") / "rest.log",
+                            PARLEY_REST_CONSOLE_DIR=str(BUILD)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -189,13 +186,10 @@ async def code_interpreter_edge(stack, code_interpreter_stack, console_tools, tm
     """An edge serving the console in front of the code-interpreter stack's gateway (its engine
     runs code in a real sandbox; llm, files and the keys are the shared stack's). Per module,
     as that stack is: its connections close before the modules after it run."""
-    running = Edge(stack, tmp_path_factory.mktemp("console-ci") / "rest.log", PARLEY_REST_CONSOLE_DIR=str(BUILD),
-                   PARLEY_GATEWAY_TARGET=f"127.0.0.1:{code_interpreter_stack.gateway.port}")
-    try:
-        await running.wait_healthy()
+    async with Edge.started(stack, tmp_path_factory.mktemp("console-ci") / "rest.log",
+                            PARLEY_REST_CONSOLE_DIR=str(BUILD),
+                            PARLEY_GATEWAY_TARGET=f"127.0.0.1:{code_interpreter_stack.gateway.port}") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

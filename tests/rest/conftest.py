@@ -6,11 +6,13 @@ vendors), driven by the official `openai` SDKs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import AsyncIterator
 
 import openai
 import pytest
@@ -53,6 +55,17 @@ class Edge:
             await asyncio.sleep(0.2)
         raise AssertionError("the edge never became healthy")
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def started(cls, stack, log_path, **env: str) -> AsyncIterator[Edge]:
+        """An edge process, healthy, for as long as the `async with` lasts."""
+        running = cls(stack, log_path, **env)
+        try:
+            await running.wait_healthy()
+            yield running
+        finally:
+            running.stop()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -73,12 +86,8 @@ class Edge:
 
 @pytest.fixture(scope="session")
 async def edge(stack, tmp_path_factory):  # noqa: F811
-    running = Edge(stack, tmp_path_factory.mktemp("rest") / "rest.log")
-    try:
-        await running.wait_healthy()
+    async with Edge.started(stack, tmp_path_factory.mktemp("rest") / "rest.log") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
