@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -120,6 +121,16 @@ def admin_api_key(env: dict[str, str], user: str = "bench") -> str:
     return made.stdout.strip()
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def fake_openai(directory: Path):
     """bench/_fake_openai.py on a free port, and a models file naming it provider `bench`
@@ -131,8 +142,7 @@ def fake_openai(directory: Path):
     try:
         yield process, models
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process)
 
 
 def _redis_answers(port: int) -> bool:
@@ -165,11 +175,7 @@ def redis_server(directory: Path):
             try:
                 yield process, f"redis://127.0.0.1:{port}/0"
             finally:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+                stop_process(process)
             return
         process.kill()
         process.wait()
@@ -184,8 +190,6 @@ def proc_stat(pid: int) -> list[str]:
 
 async def postgres_pid(admin_url: str) -> int | None:
     """The postmaster's pid (the parent of a backend), or None when it is not on this machine."""
-    import asyncpg
-
     conn = await asyncpg.connect(admin_url)
     try:
         backend = await conn.fetchval("SELECT pg_backend_pid()")

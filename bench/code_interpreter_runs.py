@@ -29,13 +29,20 @@ from pathlib import Path
 
 import grpc
 
-from bench._common import ServiceProcess, free_port, percentile
+from bench._common import (
+    UNLIMITED_GATEWAY,
+    ServiceProcess,
+    admin_api_key,
+    free_port,
+    identity_env,
+    percentile,
+    stop_process,
+)
 from parley.assistants.v1 import assistants_pb2 as apb
 from parley.assistants.v1 import assistants_service_pb2 as run_api
 from parley.assistants.v1 import assistants_service_pb2_grpc as run_grpc
 from parley.client import run_request
 from services.runtime.db import start_embedded_postgres
-from services.runtime.identity import generate_private_key_pem, public_key_pem
 from services.sandbox.settings import PROJECT_DIR
 
 RUNS = {"plain": 30, "code, warm": 30, "code, cold": 8}
@@ -141,15 +148,10 @@ async def main() -> None:
     tmp.chmod(0o711)
     try:
         admin_url = os.environ.get("PARLEY_DATABASE_URL") or start_embedded_postgres(tmp / "pg")
-        private_key = generate_private_key_pem()
-        (tmp / "id.pem").write_bytes(private_key)
-        (tmp / "id.pub.pem").write_bytes(public_key_pem(private_key))
         models = tmp / "models.yaml"
         models.write_text("providers:\n  bench:\n    type: openai_compatible\n"
                           f"    base_url: http://127.0.0.1:{upstream_port}/v1\n")
-        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_REDIS_URL": "",
-                  "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(tmp / "id.pub.pem"),
-                  "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(tmp / "id.pem")}
+        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_REDIS_URL": "", **identity_env(tmp)}
         async with ServiceProcess("llm", {**common, "PARLEY_LLM_WARM_EMBEDDINGS": "false",
                                           "PARLEY_MODELS_FILE": str(models)}) as llm, \
                 ServiceProcess("sessions", common) as sessions, \
@@ -161,18 +163,13 @@ async def main() -> None:
                        "PARLEY_FILES_TARGET": f"127.0.0.1:{files.port}",
                        "PARLEY_SANDBOX_TARGET": f"127.0.0.1:{sandbox.port}"}
             async with ServiceProcess("assistants", {**common, **targets}) as engine:
-                gateway_env = {**common, **targets, "PARLEY_ASSISTANTS_TARGET": f"127.0.0.1:{engine.port}",
-                               "PARLEY_GATEWAY_KEY_REQUESTS_PER_MINUTE": "0",
-                               "PARLEY_GATEWAY_USER_REQUESTS_PER_MINUTE": "0"}
+                gateway_env = {**common, **targets, **UNLIMITED_GATEWAY,
+                               "PARLEY_ASSISTANTS_TARGET": f"127.0.0.1:{engine.port}"}
                 async with ServiceProcess("gateway", gateway_env) as gateway:
-                    made = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user",
-                                           "bench"], env={**os.environ, **common}, capture_output=True, text=True,
-                                          check=True, cwd=PROJECT_DIR)
-                    metadata = (("authorization", f"Bearer {made.stdout.strip()}"),)
+                    metadata = (("authorization", f"Bearer {admin_api_key(common)}"),)
                     results = await measure(gateway.port, metadata)
     finally:
-        upstream.terminate()
-        upstream.wait(10)
+        stop_process(upstream)
         shutil.rmtree(tmp, ignore_errors=True)
 
     plain50 = percentile(results["plain"], 0.5)

@@ -25,12 +25,20 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from bench._common import ServiceProcess, free_port, percentile, run_concurrently
+from bench._common import (
+    UNLIMITED_GATEWAY,
+    ServiceProcess,
+    admin_api_key,
+    free_port,
+    identity_env,
+    percentile,
+    run_concurrently,
+    stop_process,
+)
 from parley.llm.v1 import llm_pb2
 from parley.llm.v1 import llm_service_pb2 as api
 from parley.llm.v1 import llm_service_pb2_grpc as api_grpc
 from services.runtime.db import start_embedded_postgres
-from services.runtime.identity import generate_private_key_pem, public_key_pem
 
 ROUNDS = 3
 TTFT_STREAMS = {1: 300, 32: 960}
@@ -212,14 +220,9 @@ async def against_litellm(common: dict) -> list[str]:
             async with ServiceProcess("llm", llm_env) as llm:
                 gateway_env = {**common, "PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}",
                                "PARLEY_SESSIONS_TARGET": "none", "PARLEY_FILES_TARGET": "none",
-                               "PARLEY_ASSISTANTS_TARGET": "none", "PARLEY_GATEWAY_KEY_REQUESTS_PER_MINUTE": "0",
-                               "PARLEY_GATEWAY_USER_REQUESTS_PER_MINUTE": "0",
-                               "PARLEY_GATEWAY_KEY_CONCURRENT_STREAMS": "0",
-                               "PARLEY_GATEWAY_USER_CONCURRENT_STREAMS": "0"}
+                               "PARLEY_ASSISTANTS_TARGET": "none", **UNLIMITED_GATEWAY}
                 async with ServiceProcess("gateway", gateway_env) as gateway:
-                    made = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user",
-                                           "bench"], env={**os.environ, **common}, capture_output=True, text=True,
-                                          check=True)
+                    api_key = admin_api_key(common)
                     edge = subprocess.Popen([sys.executable, "-m", "services.rest"], cwd=root, env={
                         **os.environ, "PARLEY_REST_PORT": str(edge_port), "PARLEY_LOG_LEVEL": "WARNING",
                         "PARLEY_GATEWAY_TARGET": f"127.0.0.1:{gateway.port}"})
@@ -244,7 +247,7 @@ async def against_litellm(common: dict) -> list[str]:
                                 for round_number in range(ROUNDS):
                                     print(f"edge vs LiteLLM, round {round_number + 1}/{ROUNDS}", file=sys.stderr,
                                           flush=True)
-                                    session.headers["authorization"] = f"Bearer {made.stdout.strip()}"
+                                    session.headers["authorization"] = f"Bearer {api_key}"
                                     rates["edge"].append(await _streams_per_second(
                                         session, f"http://127.0.0.1:{edge_port}/v1/chat/completions",
                                         f"bench/fake-{COMPARE_TOKENS}", clients, total // ROUNDS))
@@ -261,32 +264,19 @@ async def against_litellm(common: dict) -> list[str]:
                         edge.terminate()
                         edge.wait(15)
         finally:
-            proxy.terminate()
-            try:
-                proxy.wait(15)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
-            upstream.terminate()
-            upstream.wait(15)
+            stop_process(proxy, 15)
+            stop_process(upstream, 15)
 
 
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="parley-bench-rest-") as tmp:
         admin_url = os.environ.get("PARLEY_DATABASE_URL") or start_embedded_postgres(Path(tmp) / "pg")
-        private_key = generate_private_key_pem()
-        (Path(tmp) / "id.pem").write_bytes(private_key)
-        (Path(tmp) / "id.pub.pem").write_bytes(public_key_pem(private_key))
-        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_IDENTITY_PUBLIC_KEY_FILE": str(Path(tmp) / "id.pub.pem"),
-                  "PARLEY_IDENTITY_PRIVATE_KEY_FILE": str(Path(tmp) / "id.pem"), "PARLEY_REDIS_URL": ""}
+        common = {"PARLEY_DATABASE_URL": admin_url, "PARLEY_REDIS_URL": "", **identity_env(Path(tmp))}
         async with ServiceProcess("llm", {**common, "PARLEY_LLM_WARM_EMBEDDINGS": "false"}) as llm:
             gateway_env = {**common, "PARLEY_LLM_TARGET": f"127.0.0.1:{llm.port}", "PARLEY_SESSIONS_TARGET": "none",
-                           "PARLEY_FILES_TARGET": "none", "PARLEY_ASSISTANTS_TARGET": "none",
-                           "PARLEY_GATEWAY_KEY_REQUESTS_PER_MINUTE": "0", "PARLEY_GATEWAY_USER_REQUESTS_PER_MINUTE": "0",
-                           "PARLEY_GATEWAY_KEY_CONCURRENT_STREAMS": "0", "PARLEY_GATEWAY_USER_CONCURRENT_STREAMS": "0"}
+                           "PARLEY_FILES_TARGET": "none", "PARLEY_ASSISTANTS_TARGET": "none", **UNLIMITED_GATEWAY}
             async with ServiceProcess("gateway", gateway_env) as gateway:
-                made = subprocess.run([sys.executable, "-m", "services.gateway", "create-admin-key", "--user", "bench"],
-                                      env={**os.environ, **common}, capture_output=True, text=True, check=True)
-                api_key = made.stdout.strip()
+                api_key = admin_api_key(common)
                 edge_port = free_port()
                 edge = subprocess.Popen([sys.executable, "-m", "services.rest"], env={
                     **os.environ, "PARLEY_REST_PORT": str(edge_port), "PARLEY_LOG_LEVEL": "WARNING",
